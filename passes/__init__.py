@@ -1,0 +1,1 @@
+"""Graph passes: one transformation or analysis per module."""

@@ -1,0 +1,181 @@
+"""Turn precision decisions and calibrated ranges into per-tensor QuantSpecs.
+
+For every int8 node, the target's `OpRule` says which tensors are quantized:
+
+- activations get `target.activation_dtype` from the calibrated range [lo, hi]
+  (asymmetric unless the target says otherwise); tensors tied by the rule
+  (MaxPool in/out, Concat inputs/output) share one spec computed from the
+  union of their ranges;
+- weights (constant inputs at `rule.weight`) get `target.weight_dtype`,
+  symmetric, per channel along `rule.weight_axis` (or per tensor), from their
+  own values: scale_c = max|W_c| / qmax;
+- bias gets int32 with scale_c = s_input · s_weight_c, zero point 0 (a derived
+  spec: it is what lets the runtime accumulate in int32 without rescaling).
+
+A tensor between a compute op and the Relu/Clip the runtime fuses into it is
+not quantized.  Specs in a user plan override computed ones; a user spec with
+no scale asks for that dtype with a calibrated scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.errors import QCompileError
+from qcompile.ir_utils import const_array, is_float_value, single_consumer
+from qcompile.pipeline import CompilePass
+from qcompile.plan import QuantPlan, QuantSpec
+from qcompile.quant_math import int_range, scale_zero_point
+from qcompile.passes.calibrate import CalibrationResult
+from qcompile.targets.base import Target
+
+__all__ = ["AssignSpecs"]
+
+
+class _Groups:
+    """Union-find over tensor names: tied tensors share a spec."""
+
+    def __init__(self) -> None:
+        self.parent: dict[str, str] = {}
+
+    def find(self, x: str) -> str:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, names: list[str]) -> None:
+        roots = [self.find(n) for n in names]
+        for r in roots[1:]:
+            self.parent[r] = roots[0]
+
+
+class AssignSpecs(CompilePass):
+    requires = ("precision_selected", "calibrated", "types_known")
+    provides = ("specs_assigned",)
+    mutates = False
+
+    def __init__(self, plan: QuantPlan, target: Target, calib: CalibrationResult, *,
+                 per_channel: bool = True, pinned: QuantPlan | None = None):
+        super().__init__()
+        self.plan, self.target, self.calib = plan, target, calib
+        self.per_channel = per_channel and target.per_channel
+        self.pinned = pinned.tensors if pinned else {}
+
+    def _int8(self, node: ir.Node | None) -> bool:
+        return node is not None and self.plan.nodes.get(node.name) is not None and self.plan.nodes[node.name].precision != "float"
+
+    def _fused_away(self, node: ir.Node, out: ir.Value) -> bool:
+        rule = self.target.rule(node)
+        nxt = single_consumer(out)
+        return bool(rule and rule.fuses_activation and nxt is not None
+                    and nxt.op_type in self.target.fusable_activations and self._int8(nxt))
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        activations: list[str] = []
+        weights: dict[str, int | None] = {}
+        biases: dict[str, tuple[str, str]] = {}
+        groups = _Groups()
+        for node in model.graph:
+            if not self._int8(node) or (rule := self.target.rule(node)) is None:
+                continue
+            acts = [node.inputs[i] for i in rule.activations if i < len(node.inputs)]
+            if rule.output == "tied_all":
+                acts = list(node.inputs)
+            acts = [v for v in acts if is_float_value(v)]
+            w = node.inputs[rule.weight] if rule.weight is not None and rule.weight < len(node.inputs) else None
+            w_array = const_array(w) if is_float_value(w) else None
+            if w_array is not None:
+                weights[w.name] = rule.weight_axis(node, w_array.ndim) if (self.per_channel and rule.weight_axis) else None
+            elif is_float_value(w):
+                acts.append(w)
+            b = node.inputs[rule.bias] if rule.bias is not None and rule.bias < len(node.inputs) else None
+            if w_array is not None and is_float_value(b) and const_array(b) is not None and acts:
+                biases[b.name] = (acts[0].name, w.name)
+            out = node.outputs[0]
+            quantize_out = is_float_value(out) and not self._fused_away(node, out)
+            if quantize_out and out.is_graph_output() and rule.float_output_ok:
+                quantize_out = False
+            if quantize_out:
+                acts.append(out)
+            activations += [v.name for v in acts]
+            if rule.output == "tied_all" and quantize_out:
+                groups.union([v.name for v in acts])
+            elif rule.output == "tied" and quantize_out and is_float_value(node.inputs[0]):
+                groups.union([node.inputs[0].name, out.name])
+        self._assign_activations(model, activations, groups)
+        self._assign_weights(model, weights)
+        self._assign_biases(model, biases)
+        self._apply_pins(model)
+        self.plan.meta["per_channel"] = self.per_channel
+        return ir.passes.PassResult(model, False)
+
+    def _range_of(self, model: ir.Model, name: str) -> tuple[float, float] | None:
+        if name in self.calib.ranges:
+            return self.calib.ranges[name]
+        init = model.graph.initializers.get(name)
+        arr = const_array(init) if init is not None else None
+        if arr is not None and arr.size:
+            return float(arr.min()), float(arr.max())
+        return None
+
+    def _assign_activations(self, model: ir.Model, names: list[str], groups: _Groups) -> None:
+        members: dict[str, list[str]] = {}
+        for n in dict.fromkeys(names):
+            members.setdefault(groups.find(n), []).append(n)
+        dtype = self.target.activation_dtype
+        sym = self.target.activation_symmetric
+        qrange = int_range(dtype, symmetric=sym)
+        for group in members.values():
+            ranges = [r for n in group if (r := self._range_of(model, n)) is not None]
+            if not ranges:
+                continue
+            lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+            scale, zp = scale_zero_point(lo, hi, qrange, symmetric=sym)
+            spec = QuantSpec(dtype, symmetric=sym).with_params(scale, zp)
+            for n in group:
+                self.plan.tensors[n] = spec
+
+    def _assign_weights(self, model: ir.Model, weights: dict[str, int | None]) -> None:
+        dtype = self.target.weight_dtype
+        qrange = int_range(dtype, symmetric=True, reduce_range=self.target.weight_reduce_range)
+        for name, axis in weights.items():
+            w = const_array(model.graph.initializers[name]).astype(np.float64)
+            if axis is None:
+                lo, hi = w.min(initial=0.0), w.max(initial=0.0)
+            else:
+                moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
+                lo, hi = moved.min(axis=1, initial=0.0), moved.max(axis=1, initial=0.0)
+            scale, zp = scale_zero_point(lo, hi, qrange, symmetric=True)
+            self.plan.tensors[name] = QuantSpec(dtype, axis=axis, symmetric=True).with_params(scale, zp)
+            self.plan.meta.setdefault("weight_qrange", [qrange.qmin, qrange.qmax])
+
+    def _assign_biases(self, model: ir.Model, biases: dict[str, tuple[str, str]]) -> None:
+        for name, (act, weight) in biases.items():
+            a, w = self.plan.tensors.get(act), self.plan.tensors.get(weight)
+            if a is None or w is None or a.is_float or w.is_float:
+                continue
+            scale = a.scale_array().astype(np.float64) * w.scale_array().astype(np.float64)
+            zp = np.zeros(np.shape(scale), np.int32)
+            axis = 0 if w.per_channel else None
+            self.plan.tensors[name] = QuantSpec("int32", axis=axis, symmetric=True).with_params(scale, zp)
+
+    def _apply_pins(self, model: ir.Model) -> None:
+        known = {v.name for v in model.graph.inputs} | set(model.graph.initializers)
+        known |= {v.name for n in model.graph for v in n.outputs}
+        for name, spec in self.pinned.items():
+            if name not in known:
+                raise QCompileError(f"plan names tensor {name!r}, which the model does not have")
+            if spec.is_float:
+                self.plan.tensors.pop(name, None)
+            elif spec.is_resolved:
+                self.plan.tensors[name] = spec
+            else:
+                rng = self._range_of(model, name)
+                if rng is None:
+                    raise QCompileError(f"plan asks for tensor {name!r} as {spec.dtype}, but it was never observed as float")
+                qrange = int_range(spec.dtype, symmetric=spec.symmetric)
+                scale, zp = scale_zero_point(rng[0], rng[1], qrange, symmetric=spec.symmetric)
+                self.plan.tensors[name] = QuantSpec(spec.dtype, symmetric=spec.symmetric).with_params(scale, zp)

@@ -1,0 +1,137 @@
+"""Streaming range statistics: memory per tensor is constant, never per sample.
+
+- `MinMaxStat`: running min and max.
+- `EmaMinMaxStat`: exponential moving average of per-batch min and max,
+  lo ← (1-m)·lo + m·batch_lo (the first batch initialises).
+- `HistogramStat`: a histogram of `bins` bins of width w = 2^k, on absolute bin
+  indices i = floor(x / w).  When new data falls outside the window, w doubles
+  and bin i merges into bin floor(i / 2): exact re-binning, no resampling.  The
+  range is the (100-p)th and p-th percentile, each within one bin width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["MinMaxStat", "EmaMinMaxStat", "HistogramStat", "CALIBRATORS", "make_stat"]
+
+
+class MinMaxStat:
+    def __init__(self) -> None:
+        self.lo = math.inf
+        self.hi = -math.inf
+
+    def update(self, x: np.ndarray) -> None:
+        if x.size:
+            self.lo = min(self.lo, float(x.min()))
+            self.hi = max(self.hi, float(x.max()))
+
+    def range(self) -> tuple[float, float]:
+        return (self.lo, self.hi) if self.lo <= self.hi else (0.0, 0.0)
+
+
+class EmaMinMaxStat:
+    def __init__(self, momentum: float = 0.1) -> None:
+        self.momentum = momentum
+        self.lo: float | None = None
+        self.hi: float | None = None
+
+    def update(self, x: np.ndarray) -> None:
+        if not x.size:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        if self.lo is None:
+            self.lo, self.hi = lo, hi
+            return
+        m = self.momentum
+        self.lo = (1 - m) * self.lo + m * lo
+        self.hi = (1 - m) * self.hi + m * hi
+
+    def range(self) -> tuple[float, float]:
+        return (self.lo, self.hi) if self.lo is not None else (0.0, 0.0)
+
+
+class HistogramStat:
+    def __init__(self, percentile: float = 99.99, bins: int = 2048) -> None:
+        if not 50.0 < percentile <= 100.0:
+            raise ValueError(f"percentile must be in (50, 100], got {percentile}")
+        self.percentile = percentile
+        self.bins = bins
+        self.counts = np.zeros(bins, dtype=np.int64)
+        self.origin = 0  # absolute index of counts[0]
+        self.log2_width: int | None = None
+        self.exact = MinMaxStat()
+
+    @property
+    def width(self) -> float:
+        assert self.log2_width is not None
+        return math.ldexp(1.0, self.log2_width)
+
+    def _index(self, v: float) -> int:
+        return math.floor(v / self.width)
+
+    def _coarsen(self) -> None:
+        """Double the bin width: absolute bin i → floor(i / 2)."""
+        occupied = np.nonzero(self.counts)[0]
+        new_origin = self.origin // 2
+        merged = np.zeros_like(self.counts)
+        np.add.at(merged, (self.origin + occupied) // 2 - new_origin, self.counts[occupied])
+        self.counts, self.origin = merged, new_origin
+        self.log2_width += 1
+
+    def _fit(self, lo: float, hi: float) -> None:
+        if self.log2_width is None:
+            span = max(hi - lo, abs(hi), abs(lo), 1e-30)
+            self.log2_width = math.ceil(math.log2(span / (self.bins - 2)))
+            self.origin = self._index(lo)
+            return
+        while True:
+            occupied = np.nonzero(self.counts)[0]
+            first = min(self._index(lo), self.origin + (occupied[0] if occupied.size else 0))
+            last = max(self._index(hi), self.origin + (occupied[-1] if occupied.size else 0))
+            if last - first < self.bins:
+                break
+            self._coarsen()
+        if first < self.origin or last >= self.origin + self.bins:
+            shifted = np.zeros_like(self.counts)
+            occupied = np.nonzero(self.counts)[0]
+            shifted[occupied + self.origin - first] = self.counts[occupied]
+            self.counts, self.origin = shifted, first
+
+    def update(self, x: np.ndarray) -> None:
+        if not x.size:
+            return
+        x = x.ravel()
+        lo, hi = float(x.min()), float(x.max())
+        self.exact.update(x)
+        self._fit(lo, hi)
+        idx = np.floor(x.astype(np.float64) / self.width).astype(np.int64) - self.origin
+        self.counts += np.bincount(idx, minlength=self.bins)[: self.bins]
+
+    def range(self) -> tuple[float, float]:
+        total = int(self.counts.sum())
+        if total == 0:
+            return (0.0, 0.0)
+        cum = np.cumsum(self.counts)
+        tail = (100.0 - self.percentile) / 100.0 * total
+        lo_bin = int(np.searchsorted(cum, tail, side="right"))
+        hi_bin = int(np.searchsorted(cum, total - tail, side="left"))
+        lo = (self.origin + lo_bin) * self.width
+        hi = (self.origin + hi_bin + 1) * self.width
+        exact_lo, exact_hi = self.exact.range()
+        return max(lo, exact_lo), min(hi, exact_hi)
+
+
+CALIBRATORS = ("minmax", "ema", "percentile")
+
+
+def make_stat(calibrator: str, **options):
+    if calibrator == "minmax":
+        return MinMaxStat()
+    if calibrator == "ema":
+        return EmaMinMaxStat(**options)
+    if calibrator == "percentile":
+        return HistogramStat(**options)
+    raise ValueError(f"unknown calibrator {calibrator!r}; known: {', '.join(CALIBRATORS)}")

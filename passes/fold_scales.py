@@ -1,0 +1,107 @@
+"""Store weights and biases already quantized; merge redundant requantization.
+
+1. A QuantizeLinear reading a constant W is evaluated now:
+   W_q = clip(round(W / s) + z, qmin, qmax) stored as an int8 initializer that
+   feeds the DequantizeLinear directly (4× smaller than float32).
+2. Each int32 bias spec (scale s_b = s_in · s_w) becomes an int32 initializer
+   b_q = round(b / s_b) with a DequantizeLinear in front of its readers.
+3. Q(DQ(x)) with identical scale, zero point, axis and dtype is x: the pair is
+   dropped and readers use x.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.ir_utils import add_initializer, const_array, unique_name
+from qcompile.pipeline import CompilePass
+from qcompile.plan import QuantPlan
+from qcompile.quant_math import INT_RANGES, quantize
+from qcompile.passes.insert_qdq import qdq_params
+
+__all__ = ["FoldScales"]
+
+
+def _axis(node: ir.Node) -> int | None:
+    attr = node.attributes.get("axis")
+    return attr.as_int() if attr is not None else None
+
+
+def _fold_weight_q(graph: ir.Graph, q: ir.Node) -> bool:
+    w, scale, zp = (const_array(v) for v in (q.inputs + (None, None, None))[:3])
+    if w is None or scale is None or zp is None:
+        return False
+    dtype = zp.dtype.name
+    axis = _axis(q) if scale.ndim else None
+    if axis is not None and axis < 0:
+        axis += w.ndim
+    qrange = INT_RANGES[dtype]
+    w_q = quantize(w, scale, zp, qrange, axis=axis)
+    stored = add_initializer(graph, f"{q.inputs[0].name}_{dtype}", w_q)
+    q.outputs[0].replace_all_uses_with(stored)
+    graph.remove(q, safe=True)
+    return True
+
+
+def _fold_bias(graph: ir.Graph, value: ir.Value, spec) -> None:
+    b = const_array(value).astype(np.float64)
+    scale = spec.scale_array().astype(np.float64)
+    b_q = np.clip(np.rint(b / scale), INT_RANGES["int32"].qmin, INT_RANGES["int32"].qmax).astype(np.int32)
+    stored = add_initializer(graph, value.name + "_int32", b_q)
+    s, _, attrs = qdq_params(graph, value.name, spec, with_zero_point=False)  # int32 zero point is 0 by default
+    dq_out = ir.Value(name=unique_name(graph, value.name + "_dequantized"), type=value.type, shape=value.shape)
+    dq = ir.Node("", "DequantizeLinear", [stored, s], attributes=attrs, outputs=[dq_out],
+                 name=unique_name(graph, value.name + "_DequantizeLinear"))
+    readers = list(value.uses())
+    graph.insert_before(readers[0].node, [dq])
+    for use in readers:
+        use.node.replace_input_with(use.idx, dq_out)
+
+
+def _same_params(a: ir.Node, b: ir.Node) -> bool:
+    pa = [const_array(v) for v in a.inputs[1:3]]
+    pb = [const_array(v) for v in b.inputs[1:3]]
+    if any(p is None for p in pa + pb):
+        return False
+    return _axis(a) == _axis(b) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(pa, pb))
+
+
+def _merge_requant(graph: ir.Graph) -> bool:
+    modified = False
+    for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
+        dq = q.inputs[0].producer() if q.inputs[0] is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear" or not _same_params(q, dq):
+            continue
+        if q.outputs[0].is_graph_output():
+            continue
+        q.outputs[0].replace_all_uses_with(dq.inputs[0])
+        graph.remove(q, safe=True)
+        modified = True
+    return modified
+
+
+class FoldScales(CompilePass):
+    requires = ("qdq",)
+    provides = ("scales_folded",)
+
+    def __init__(self, plan: QuantPlan):
+        super().__init__()
+        self.plan = plan
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = False
+        for q in [n for n in graph if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")]:
+            if q.inputs[0] is not None and q.inputs[0].is_initializer():
+                modified |= _fold_weight_q(graph, q)
+        for name, spec in sorted(self.plan.tensors.items()):
+            value = graph.initializers.get(name)
+            if spec.dtype == "int32" and value is not None and value.uses():
+                _fold_bias(graph, value, spec)
+                modified = True
+        modified |= _merge_requant(graph)
+        if modified:
+            ir.passes.common.RemoveUnusedNodesPass()(model)
+            ir.passes.common.TopologicalSortPass()(model)
+        return ir.passes.PassResult(model, modified)

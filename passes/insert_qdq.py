@@ -1,0 +1,95 @@
+"""Insert a QuantizeLinear → DequantizeLinear pair on every quantized tensor.
+
+For tensor T with spec (scale s, zero point z, axis a):
+
+    T ──► QuantizeLinear(s, z, axis=a) ──► T_q ──► DequantizeLinear(s, z, axis=a) ──► T_dq
+
+and every reader of T reads T_dq instead, so the graph computes
+dq(q(T)) = clip(round(T/s) + z) - z) · s in place of T.  A graph output keeps
+its name (the DQ output takes it).  int32 specs (bias) are left to
+`FoldScales`, since ONNX has no QuantizeLinear to int32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.errors import QCompileError
+from qcompile.ir_utils import add_initializer, unique_name
+from qcompile.pipeline import CompilePass
+from qcompile.plan import QuantPlan, QuantSpec
+
+__all__ = ["InsertQDQ", "qdq_params"]
+
+
+def qdq_params(
+    graph: ir.Graph, name: str, spec: QuantSpec, *, with_zero_point: bool = True
+) -> tuple[ir.Value, ir.Value | None, list[ir.Attr]]:
+    """Scale and zero-point initializers (and the axis attribute) for `spec`."""
+    scale = add_initializer(graph, f"{name}_scale", spec.scale_array().astype(np.float32))
+    zp = add_initializer(graph, f"{name}_zero_point", spec.zero_point_array()) if with_zero_point else None
+    attrs = [ir.AttrInt64("axis", spec.axis)] if spec.per_channel else []
+    if spec.block_size is not None:
+        attrs.append(ir.AttrInt64("block_size", spec.block_size))
+    return scale, zp, attrs
+
+
+def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    values = {v.name: v for v in graph.inputs}
+    values.update(graph.initializers)
+    values.update({v.name: v for n in graph for v in n.outputs if v.name})
+    return values
+
+
+class InsertQDQ(CompilePass):
+    requires = ("specs_assigned",)
+    provides = ("qdq",)
+
+    def __init__(self, plan: QuantPlan):
+        super().__init__()
+        self.plan = plan
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        values = _values_by_name(graph)
+        modified = False
+        for name, spec in sorted(self.plan.quantized_tensors().items()):
+            if spec.dtype == "int32":
+                continue
+            value = values.get(name)
+            if value is None:
+                raise QCompileError(f"plan quantizes tensor {name!r}, which the model does not have")
+            if not spec.is_resolved:
+                raise QCompileError(f"tensor {name!r}: spec {spec.dtype} has no scale (was it calibrated?)")
+            self._insert(graph, value, spec)
+            modified = True
+        if modified:
+            ir.passes.common.TopologicalSortPass()(model)
+        return ir.passes.PassResult(model, modified)
+
+    def _insert(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
+        name = value.name
+        scale, zp, attrs = qdq_params(graph, name, spec)
+        readers = list(value.uses())
+        was_output = value.is_graph_output()
+        q_out = ir.Value(name=unique_name(graph, f"{name}_quantized"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]),
+                         shape=value.shape)
+        q = ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out],
+                    name=unique_name(graph, f"{name}_QuantizeLinear"))
+        dq_out = ir.Value(name=unique_name(graph, f"{name}_dequantized"), type=value.type, shape=value.shape)
+        dq = ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out],
+                     name=unique_name(graph, f"{name}_DequantizeLinear"))
+        producer = value.producer()
+        if producer is None:
+            graph.insert_before(graph.node(0), [q, dq]) if len(graph) else graph.extend([q, dq])
+        else:
+            graph.insert_after(producer, [q, dq])
+        for use in readers:
+            use.node.replace_input_with(use.idx, dq_out)
+        if was_output:
+            for i, out in enumerate(graph.outputs):
+                if out is value:
+                    graph.outputs[i] = dq_out
+            value.name = unique_name(graph, f"{name}_float")
+            dq_out.name = name

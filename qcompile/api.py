@@ -1,0 +1,203 @@
+"""The public entry point: `compile(model, target=..., calibration=...)`.
+
+prepare (opset, constants, BatchNorm, no-ops, shapes, names)
+→ calibrate → select precision → assign specs → insert Q/DQ → fold scales
+→ legality → verify against the float original on held-out data → card.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from qcompile.card import render_markdown
+from qcompile.data import HoldoutSplit, iter_samples, model_input_specs
+from qcompile.ir_utils import onnx_opset
+from qcompile.model_io import ModelSource, load_model, model_to_bytes, save_model, to_graphsurgeon
+from qcompile.passes.assign_specs import AssignSpecs
+from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
+from qcompile.passes.cleanup import RemoveNoOps
+from qcompile.passes.fold_batchnorm import FoldBatchNorm
+from qcompile.passes.fold_constants import FoldConstants
+from qcompile.passes.fold_scales import FoldScales
+from qcompile.passes.infer_shapes import InferShapes
+from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.passes.lift_constants import LiftConstants
+from qcompile.passes.name_nodes import NameNodes
+from qcompile.passes.select_precision import SelectPrecision
+from qcompile.passes.upgrade_opset import UpgradeOpset
+from qcompile.pipeline import Pipeline
+from qcompile.plan import QuantPlan
+from qcompile.runtime import fused_op_counts, make_session, median_latency_ms
+from qcompile.targets import Target, get_target
+from qcompile.targets.legality import check_legality
+from qcompile.verify import compare
+
+__all__ = ["compile", "CompileResult", "prepare_pipeline"]
+
+
+def _progress(enabled: bool | None, desc: str) -> Callable[[Iterable], Iterable]:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return lambda it: it
+    from tqdm.auto import tqdm
+
+    return lambda it: tqdm(it, desc=desc, unit="sample", leave=False)
+
+
+def prepare_pipeline(target: Target) -> Pipeline:
+    """Float in, float out: the passes that clean a graph before quantizing it."""
+    return Pipeline([
+        UpgradeOpset(target.preferred_opset, target.min_opset),
+        LiftConstants(),
+        FoldConstants(),
+        RemoveNoOps(),
+        FoldBatchNorm(),
+        InferShapes(),
+        NameNodes(),
+    ])
+
+
+@dataclass
+class CompileResult:
+    """A compiled model with its plan and quantization card."""
+
+    model: ir.Model
+    plan: QuantPlan
+    card: dict[str, Any]
+    target: Target
+    stem: str = "model"
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_proto(self) -> onnx.ModelProto:
+        return ir.to_proto(self.model)
+
+    def to_graphsurgeon(self):
+        return to_graphsurgeon(self.model)
+
+    def save(self, directory: str | os.PathLike) -> dict[str, Path]:
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        import json
+
+        model_path = save_model(self.model, out / f"{self.stem}.{self.target.name}.onnx")
+        self.plan.save(out / "plan.json")
+        (out / "card.json").write_text(json.dumps(self.card, indent=1, default=str) + "\n")
+        (out / "card.md").write_text(render_markdown(self.card))
+        self.files = {"model": model_path, "plan": out / "plan.json", "card_json": out / "card.json",
+                      "card_md": out / "card.md"}
+        return self.files
+
+
+def _stem(source: ModelSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source).stem
+    return "model"
+
+
+def compile(
+    model: ModelSource,
+    target: str | Target = "ort-cpu",
+    calibration: Any = None,
+    evaluation: Any = None,
+    *,
+    plan: QuantPlan | str | os.PathLike | None = None,
+    per_channel: bool = True,
+    calibrator: str = "minmax",
+    policy: str = "naive",
+    target_options: dict[str, Any] | None = None,
+    progress: bool | None = None,
+    measure_latency: bool = True,
+) -> CompileResult:
+    """Compile `model` for `target`, calibrating on `calibration` and verifying on `evaluation`.
+
+    Without `evaluation`, every fifth calibration sample is held out for it.
+    """
+    tgt = get_target(target, **(target_options or {}))
+    pinned = QuantPlan.load(plan) if isinstance(plan, (str, os.PathLike)) else plan
+    float_model = load_model(model)
+    float_bytes = model_to_bytes(float_model)
+    work = ir.from_proto(onnx.ModelProto.FromString(float_bytes))
+    opset_before = onnx_opset(work)
+    hist_before = {n.op_type for n in work.graph}
+    specs = model_input_specs(work)
+
+    prepare_pipeline(tgt)(work)
+
+    samples = iter_samples(calibration, specs, what="calibration data")
+    split = HoldoutSplit(samples) if evaluation is None else None
+    calib_stream = split.calibration() if split else samples
+    qplan = QuantPlan(meta={"target": tgt.name, "calibrator": calibrator})
+    calib = CalibrationResult()
+    Pipeline([
+        Calibrate(calib, calib_stream, calibrator=calibrator, progress=_progress(progress, "calibrate")),
+        ApplyObservedShapes(calib),
+        SelectPrecision(qplan, tgt, policy, pinned),
+        AssignSpecs(qplan, tgt, calib, per_channel=per_channel, pinned=pinned),
+        InsertQDQ(qplan),
+        FoldScales(qplan),
+    ], given=("batchnorm_folded", "clean", "named"))(work)
+    check_legality(work, qplan, tgt)
+    onnx.checker.check_model(ir.to_proto(work))
+
+    if split is not None:
+        eval_samples, held_out = (split.held, True) if split.held else (split.first, False)
+        eval_source = "held-out calibration split" if held_out else "calibration samples (too few to hold any out)"
+    else:
+        eval_samples, held_out, eval_source = list(iter_samples(evaluation, specs, what="evaluation data")), False, "evaluation data"
+
+    card = _build_card(float_bytes, work, qplan, tgt, calib, eval_samples, progress, measure_latency)
+    card.update({
+        "model": _stem(model),
+        "opset": {"before": opset_before, "after": onnx_opset(work)},
+        "ops_before": sorted(hist_before),
+        "evaluation": {"held_out": held_out, "source": eval_source, "samples": len(eval_samples)},
+    })
+    qplan.meta["opset"] = onnx_opset(work)
+    return CompileResult(work, qplan, card, tgt, _stem(model))
+
+
+def _build_card(float_bytes: bytes, qmodel: ir.Model, plan: QuantPlan, target: Target, calib: CalibrationResult,
+                eval_samples: list, progress: bool | None, measure_latency: bool) -> dict[str, Any]:
+    q_bytes = model_to_bytes(qmodel)
+    with tempfile.TemporaryDirectory() as tmp:
+        opt_path = Path(tmp) / "optimized.onnx"
+        q_session = make_session(q_bytes, optimized_model_path=opt_path)
+        kernels = fused_op_counts(onnx.load(str(opt_path)).graph.node)
+    f_session = make_session(float_bytes)
+    fidelity = compare(f_session, q_session, eval_samples, _progress(progress, "verify"))
+    per_node = [{"name": n.name, "op": n.op_type, **vars(plan.nodes[n.name])}
+                for n in qmodel.graph if n.name in plan.nodes]
+    int8 = sum(1 for d in plan.nodes.values() if d.precision != "float")
+    card: dict[str, Any] = {
+        "target": target.describe(),
+        "policy": plan.meta.get("policy"),
+        "calibrator": calib.calibrator,
+        "calibration_samples": calib.num_samples,
+        "per_channel": plan.meta.get("per_channel"),
+        "shape_inference": qmodel.meta.get("qcompile.shape_inference", "not run"),
+        "fidelity": fidelity.to_dict(),
+        "sizes": {"float_bytes": len(float_bytes), "quantized_bytes": len(q_bytes),
+                  "ratio": len(q_bytes) / len(float_bytes)},
+        "nodes": {"int8": int8, "float": len(plan.nodes) - int8},
+        "ort_kernels": kernels,
+        "per_node": per_node,
+        "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+    }
+    if measure_latency and eval_samples:
+        sample = eval_samples[0]
+        card["latency_ms"] = {
+            kind: {str(t or "default"): median_latency_ms(make_session(b, threads=t), sample) for t in (1, None)}
+            for kind, b in (("float", float_bytes), ("quantized", q_bytes))
+        }
+    return card

@@ -1,0 +1,68 @@
+"""The quantization card: what was compiled, how, and how close it is to float.
+
+`card.json` holds every figure; `card.md` is the same for people.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["render_markdown"]
+
+
+def _fmt(x: Any, digits: int = 2) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        if math.isinf(x):
+            return "∞" if x > 0 else "-∞"
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def _fidelity_lines(card: dict) -> list[str]:
+    fid = card.get("fidelity")
+    if not fid:
+        return ["_Not verified._"]
+    where = "held-out calibration split" if card["evaluation"].get("held_out") else card["evaluation"].get("source", "")
+    lines = [f"Evaluated on {fid['samples']} samples ({where}).", "",
+             "| output | SQNR (dB) | cosine | max abs err | top-1 agreement |", "|---|---|---|---|---|"]
+    for o in fid["outputs"]:
+        agree = None if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.1f}%"
+        lines.append(f"| {o['name']} | {_fmt(o['sqnr_db'])} | {_fmt(o['cosine'], 5)} | {_fmt(o['max_abs_error'], 4)} | {_fmt(agree)} |")
+    if fid.get("float_accuracy") is not None:
+        lines += ["", f"Top-1 accuracy on labels: float {100 * fid['float_accuracy']:.2f}%, "
+                      f"quantized {100 * fid['quant_accuracy']:.2f}%."]
+    return lines
+
+
+def render_markdown(card: dict) -> str:
+    t = card["target"]
+    sizes = card["sizes"]
+    lines = [
+        f"# Quantization card: {card['model']} → {t['name']}",
+        "",
+        f"- policy **{card['policy']}**, calibrator **{card['calibrator']}** on {card['calibration_samples']} samples",
+        f"- activations {t['activation_dtype']}, weights {t['weight_dtype']} "
+        f"{'per-channel' if card['per_channel'] else 'per-tensor'}"
+        f"{' (7-bit: ' + '; '.join(t['notes']) + ')' if t['weight_reduce_range'] else ''}",
+        f"- opset {card['opset']['before']} → {card['opset']['after']}; shape inference: {card['shape_inference']}",
+        f"- size {sizes['float_bytes']:,} B → {sizes['quantized_bytes']:,} B ({100 * sizes['ratio']:.1f}%)",
+        f"- nodes: {card['nodes']['int8']} int8, {card['nodes']['float']} float; "
+        f"ORT kernels after fusion: {card['ort_kernels']['integer']} integer, {card['ort_kernels']['float']} float compute",
+        "",
+        "## Fidelity",
+        "",
+        *_fidelity_lines(card),
+    ]
+    lat = card.get("latency_ms")
+    if lat:
+        lines += ["", "## Latency (ONNX Runtime CPU, median ms)", "", "| threads | float | quantized | ratio |", "|---|---|---|---|"]
+        for k in ("1", "default"):
+            f, q = lat["float"][k], lat["quantized"][k]
+            lines.append(f"| {k} | {_fmt(f, 3)} | {_fmt(q, 3)} | {_fmt(q / f if f else None)} |")
+    lines += ["", "## Per-node precision", "", "| node | op | precision | reason |", "|---|---|---|---|"]
+    for n in card["per_node"]:
+        lines.append(f"| {n['name']} | {n['op']} | {n['precision']} | {n['reason']} |")
+    return "\n".join(lines) + "\n"

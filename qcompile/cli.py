@@ -1,0 +1,112 @@
+"""Command line: `qcompile compile …` and `qcompile inspect …`.
+
+Exit codes: 0 success, 1 verification below the requested budget, 2 bad input,
+3 internal error (a bug: please report it with the --debug traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from qcompile.errors import QCompileError
+
+__all__ = ["main"]
+
+INTERNAL_ERROR = 3
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from qcompile.passes.calibrators import CALIBRATORS
+    from qcompile.passes.select_precision import POLICIES
+    from qcompile.targets import TARGET_NAMES
+
+    parser = argparse.ArgumentParser(prog="qcompile", description="Compile ONNX models to int8 for edge targets.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="calibrate, quantize, lower and verify a model")
+    c.add_argument("model", type=Path)
+    c.add_argument("--target", default="ort-cpu", choices=TARGET_NAMES)
+    c.add_argument("--calib", required=True, help=".npz file or folder of calibration samples")
+    c.add_argument("--eval", default=None, help="evaluation data (default: held-out fifth of --calib)")
+    c.add_argument("--plan", type=Path, default=None, help="plan.json whose decisions and specs override the policy")
+    c.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales instead of per-channel")
+    c.add_argument("--calibrator", default="minmax", choices=CALIBRATORS)
+    c.add_argument("--policy", default="naive", choices=POLICIES)
+    c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: on when stderr is a terminal)")
+    c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+
+    i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
+    i.add_argument("model", type=Path)
+    return parser
+
+
+def _cmd_compile(args: argparse.Namespace) -> int:
+    import qcompile
+    from qcompile.card import render_markdown
+
+    if args.output.resolve() == args.model.resolve() or args.output.is_file():
+        raise QCompileError(f"-o must be a folder, not a file: {args.output}")
+    result = qcompile.compile(
+        args.model, target=args.target, calibration=args.calib, evaluation=args.eval, plan=args.plan,
+        per_channel=not args.per_tensor, calibrator=args.calibrator, policy=args.policy,
+        progress=args.progress, measure_latency=not args.no_latency,
+    )
+    files = result.save(args.output)
+    sys.stdout.write(render_markdown(result.card))
+    sys.stdout.write("\nWrote " + ", ".join(str(p) for p in files.values()) + "\n")
+    return 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from qcompile.ir_utils import onnx_opset, op_histogram
+    from qcompile.model_io import load_model
+    from qcompile.targets import TARGET_NAMES, get_target
+
+    model = load_model(args.model)
+    out = sys.stdout
+    out.write(f"{args.model}: opset {onnx_opset(model)}, ir_version {model.ir_version}, {len(model.graph)} nodes\n")
+    for kind, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+        for v in values:
+            if not v.is_initializer():
+                out.write(f"  {kind} {v.name}: {v.dtype.name if v.dtype else '?'}{list(v.shape) if v.shape else '?'}\n")
+    out.write("ops:\n")
+    for op, n in op_histogram(model).most_common():
+        out.write(f"  {op:28s} {n}\n")
+    for name in TARGET_NAMES:
+        target = get_target(name)
+        nodes = target.quantizable_nodes(model)
+        ops = sorted({n.op_type for n in nodes})
+        out.write(f"{name}: {len(nodes)}/{len(model.graph)} nodes quantizable ({', '.join(ops) or 'none'})\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    handler = {"compile": _cmd_compile, "inspect": _cmd_inspect}[args.command]
+    try:
+        return handler(args)
+    except QCompileError as e:
+        if args.debug:
+            raise
+        print(f"qcompile: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("qcompile: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug, not bad input
+        if args.debug:
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"qcompile: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

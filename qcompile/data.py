@@ -1,0 +1,215 @@
+"""Calibration and evaluation data: readers and validation at the boundary.
+
+A data source is one of
+- a path to an `.npz` whose arrays are named after the model inputs, shaped
+  `[N, *input_shape]` (sample i is `arr[i]`; a rank-matching array without the
+  extra axis is read as N samples of batch 1), plus an optional `labels` array;
+- a folder of `.npz` / `.npy` files (one sample per file; `.npy` only for a
+  single-input model);
+- any iterable of `{input_name: array}` dicts.
+
+Every sample is checked against the model's inputs (names, static dims, dtype
+kind, finite values) before any model runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.errors import QCompileError
+
+__all__ = ["InputSpec", "Sample", "model_input_specs", "iter_samples", "HoldoutSplit", "LABELS_KEY"]
+
+LABELS_KEY = "labels"
+Sample = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None
+
+    def describe(self) -> str:
+        dims = "?" if self.shape is None else "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in self.shape) + "]"
+        return f"{self.name}: {self.dtype.name}{dims}"
+
+
+def model_input_specs(model: ir.Model) -> list[InputSpec]:
+    specs = []
+    initializers = set(model.graph.initializers)
+    for v in model.graph.inputs:
+        if v.name in initializers:
+            continue
+        dtype = np.dtype(v.dtype.numpy()) if v.dtype is not None else np.dtype(np.float32)
+        shape = None if v.shape is None else tuple(d if isinstance(d, int) else None for d in v.shape)
+        specs.append(InputSpec(v.name, dtype, shape))
+    return specs
+
+
+def _expected(specs: list[InputSpec]) -> str:
+    return "; ".join(s.describe() for s in specs)
+
+
+def _check_array(arr: np.ndarray, spec: InputSpec, where: str, specs: list[InputSpec]) -> np.ndarray:
+    if not isinstance(arr, np.ndarray) or arr.dtype == object:
+        raise QCompileError(f"{where}: input {spec.name!r} is not a numeric array; the model expects {_expected(specs)}")
+    if arr.dtype.kind != spec.dtype.kind and not (arr.dtype.kind in "iu" and spec.dtype.kind in "iu"):
+        raise QCompileError(f"{where}: input {spec.name!r} has dtype {arr.dtype.name}, the model expects {spec.dtype.name}")
+    if spec.shape is not None:
+        if arr.ndim != len(spec.shape):
+            raise QCompileError(
+                f"{where}: input {spec.name!r} has shape {list(arr.shape)}, the model expects {spec.describe()}"
+            )
+        for got, want in zip(arr.shape, spec.shape):
+            if want is not None and got != want:
+                raise QCompileError(
+                    f"{where}: input {spec.name!r} has shape {list(arr.shape)}, the model expects {spec.describe()}"
+                )
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise QCompileError(f"{where}: input {spec.name!r} contains NaN or Inf")
+    return arr.astype(spec.dtype, copy=False)
+
+
+def _validate(sample: Any, specs: list[InputSpec], where: str) -> Sample:
+    if not isinstance(sample, Mapping):
+        raise QCompileError(f"{where}: expected a dict of input name → array, got {type(sample).__name__}")
+    names = {s.name for s in specs}
+    unknown = sorted(set(sample) - names - {LABELS_KEY})
+    missing = sorted(names - set(sample))
+    if unknown or missing:
+        what = f"unknown input(s) {unknown}" if unknown else f"missing input(s) {missing}"
+        raise QCompileError(f"{where}: {what}; the model expects {_expected(specs)}")
+    out = {s.name: _check_array(np.asarray(sample[s.name]), s, where, specs) for s in specs}
+    if LABELS_KEY in sample:
+        out[LABELS_KEY] = np.asarray(sample[LABELS_KEY])
+    return out
+
+
+def _npz_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise QCompileError(f"cannot read data file {path}: {e}") from e
+    with arrays:
+        data = {k: arrays[k] for k in arrays.files}
+    if not isinstance(data, dict) or not data:
+        raise QCompileError(f"data file {path} holds no arrays; the model expects {_expected(specs)}")
+    counts = set()
+    per_input: dict[str, Any] = {}
+    for s in specs:
+        if s.name not in data:
+            raise QCompileError(f"{path}: missing input(s) [{s.name!r}]; the model expects {_expected(specs)}")
+        arr = data[s.name]
+        stacked = s.shape is not None and arr.ndim == len(s.shape) + 1
+        per_input[s.name] = (arr, stacked)
+        counts.add(arr.shape[0] if arr.ndim else 0)
+    unknown = sorted(set(data) - {s.name for s in specs} - {LABELS_KEY})
+    if unknown:
+        raise QCompileError(f"{path}: unknown array(s) {unknown}; the model expects {_expected(specs)}")
+    if len(counts) != 1:
+        raise QCompileError(f"{path}: inputs disagree on the number of samples: {sorted(counts)}")
+    n = counts.pop()
+    labels = data.get(LABELS_KEY)
+    if labels is not None and len(labels) != n:
+        raise QCompileError(f"{path}: 'labels' has {len(labels)} entries for {n} samples")
+    for i in range(n):
+        sample = {k: (a[i] if st else a[i : i + 1]) for k, (a, st) in per_input.items()}
+        if labels is not None:
+            sample[LABELS_KEY] = labels[i : i + 1]
+        yield _validate(sample, specs, f"{path} sample {i}")
+
+
+def _folder_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
+    files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
+    if not files:
+        raise QCompileError(f"data folder {path} has no .npz or .npy files")
+    for f in files:
+        if f.suffix == ".npy":
+            if len(specs) != 1:
+                raise QCompileError(f"{f}: a .npy file holds one array, but the model has {len(specs)} inputs; use .npz")
+            try:
+                arr = np.load(f, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise QCompileError(f"cannot read data file {f}: {e}") from e
+            yield from _npz_like({specs[0].name: arr}, specs, f)
+        else:
+            yield from _npz_samples(f, specs)
+
+
+def _npz_like(data: dict[str, np.ndarray], specs: list[InputSpec], where: Path) -> Iterator[Sample]:
+    s = specs[0]
+    arr = data[s.name]
+    if s.shape is not None and arr.ndim == len(s.shape) + 1:
+        for i in range(arr.shape[0]):
+            yield _validate({s.name: arr[i]}, specs, f"{where} sample {i}")
+    else:
+        yield _validate({s.name: arr}, specs, str(where))
+
+
+def iter_samples(source: Any, specs: list[InputSpec], *, what: str = "calibration data") -> Iterator[Sample]:
+    """Validated samples from any supported source; raises if it yields none."""
+    if source is None:
+        raise QCompileError(f"no {what} given; the model expects {_expected(specs)}")
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise QCompileError(f"{what} {path} does not exist")
+        gen = _folder_samples(path, specs) if path.is_dir() else _npz_samples(path, specs)
+    elif isinstance(source, Mapping):
+        gen = _validate_each([source], specs, what)
+    elif isinstance(source, Iterable):
+        gen = _validate_each(source, specs, what)
+    else:
+        raise QCompileError(f"{what}: expected a .npz path, a folder or an iterable of dicts, got {type(source).__name__}")
+    count = 0
+    for sample in gen:
+        count += 1
+        yield sample
+    if count == 0:
+        raise QCompileError(f"{what} is empty; the model expects {_expected(specs)}")
+
+
+def _validate_each(items: Iterable[Any], specs: list[InputSpec], what: str) -> Iterator[Sample]:
+    for i, item in enumerate(items):
+        yield _validate(item, specs, f"{what} sample {i}")
+
+
+class HoldoutSplit:
+    """Stream calibration samples while keeping every `every`-th one for evaluation.
+
+    Only the held-out samples (at most `max_holdout`) are kept in memory, so a
+    one-shot iterator of any length can be split.
+    """
+
+    def __init__(self, samples: Iterable[Sample], every: int = 5, max_holdout: int = 200):
+        self._samples = samples
+        self.every = every
+        self.max_holdout = max_holdout
+        self.held: list[Sample] = []
+        self.first: list[Sample] = []  # in-sample fallback when nothing could be held out
+
+    def calibration(self) -> Iterator[Sample]:
+        last: Sample | None = None
+        yielded = 0
+        for i, s in enumerate(self._samples):
+            if i % self.every == self.every - 1 and len(self.held) < self.max_holdout:
+                self.held.append(s)
+                continue
+            if last is not None:
+                yielded += 1
+                yield last
+            last = s
+            if len(self.first) < 8:
+                self.first.append(s)
+        if last is not None:
+            if not self.held and yielded > 0:
+                self.held.append(last)  # too few samples to hold any out: keep the last one
+            else:
+                yield last

@@ -1,0 +1,24 @@
+"""The one exception type qcompile raises for problems the user can fix.
+
+`QCompileError` carries an exit code for the CLI: 2 for bad input (the default),
+1 for a verification result below the requested budget.
+"""
+
+from __future__ import annotations
+
+__all__ = ["QCompileError", "BAD_INPUT", "BELOW_BUDGET"]
+
+BAD_INPUT = 2
+BELOW_BUDGET = 1
+
+
+class QCompileError(Exception):
+    """A problem with the user's input or a result the user must act on.
+
+    The message is one line that names the tensor, node, file or option at fault,
+    the bad value and what is allowed.
+    """
+
+    def __init__(self, message: str, *, exit_code: int = BAD_INPUT):
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -1,0 +1,87 @@
+"""Small helpers on `onnx_ir` graphs shared by passes and targets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = [
+    "const_array",
+    "add_initializer",
+    "op_histogram",
+    "onnx_opset",
+    "single_consumer",
+    "unique_name",
+    "is_float_value",
+    "replace_value",
+]
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The numpy value of an initializer (or a value with a known constant), else None."""
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def unique_name(graph: ir.Graph, base: str) -> str:
+    """`base`, or `base_1`, `base_2`…, whichever no value in the graph uses."""
+    taken = _value_names(graph)
+    if base not in taken:
+        return base
+    i = 1
+    while f"{base}_{i}" in taken:
+        i += 1
+    return f"{base}_{i}"
+
+
+def _value_names(graph: ir.Graph) -> set[str]:
+    names = {v.name for v in graph.inputs} | set(graph.initializers)
+    for node in graph:
+        names.update(v.name for v in node.outputs)
+    return names
+
+
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    """Register `array` as a new initializer with a fresh name."""
+    name = unique_name(graph, name)
+    value = ir.Value(
+        name=name,
+        const_value=ir.tensor(array, name=name),
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+    )
+    graph.register_initializer(value)
+    return value
+
+
+def op_histogram(model: ir.Model) -> Counter:
+    return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph)
+
+
+def onnx_opset(model: ir.Model) -> int:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+
+
+def single_consumer(value: ir.Value) -> ir.Node | None:
+    """The only node reading `value`, if exactly one does and it is not a graph output."""
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    return uses[0].node
+
+
+def is_float_value(value: ir.Value | None) -> bool:
+    return value is not None and value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
+
+
+def replace_value(old: ir.Value, new: ir.Value) -> None:
+    """Make every reader of `old` read `new`; a graph output keeps its public name."""
+    was_output = old.is_graph_output()
+    name = old.name
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    if was_output and not new.is_graph_input() and not new.is_initializer():
+        old.name = None
+        new.name = name

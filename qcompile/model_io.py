@@ -1,0 +1,119 @@
+"""Loading and saving models at the API boundary.
+
+Inside qcompile a model is an `onnx_ir.Model`; protobuf appears only here and
+where a runtime session is created.  `load_model` accepts a path, raw bytes,
+an `onnx.ModelProto`, an `onnx_ir.Model` or an `onnx_graphsurgeon.Graph`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from qcompile.errors import QCompileError
+
+__all__ = ["load_model", "save_model", "model_to_proto", "model_to_bytes", "to_graphsurgeon", "ModelSource"]
+
+ModelSource = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model | onnx_graphsurgeon.Graph
+TWO_GB = 2**31
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave headroom below protobuf's 2 GB limit
+
+
+def _from_proto(proto: onnx.ModelProto, where: str) -> ir.Model:
+    if not proto.HasField("graph"):
+        raise QCompileError(f"{where} is not an ONNX model: it has no graph")
+    try:
+        return ir.serde.deserialize_model(proto)
+    except Exception as e:  # onnx_ir raises several types on malformed protos
+        raise QCompileError(f"{where} could not be read as an ONNX model: {e}") from e
+
+
+def _load_path(path: Path) -> ir.Model:
+    if not path.exists():
+        raise QCompileError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise QCompileError(f"model path {path} is a folder, not an .onnx file")
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as e:
+        raise QCompileError(f"{path} is not an ONNX model (protobuf parse failed: {e})") from e
+    except OSError as e:
+        raise QCompileError(f"cannot read model file {path}: {e.strerror}") from e
+    if not proto.HasField("graph"):
+        raise QCompileError(f"{path} is not an ONNX model: it has no graph")
+    model = _from_proto(proto, str(path))
+    # external-data tensors stay lazy (memory-mapped) and resolve beside the model
+    ir.external_data.set_base_dir(model.graph, str(path.parent))
+    return model
+
+
+def load_model(source: ModelSource) -> ir.Model:
+    """Load any supported model source into an `onnx_ir.Model` the caller may mutate."""
+    if isinstance(source, ir.Model):
+        return ir.from_proto(ir.to_proto(source))  # a private copy: compiling mutates
+    if isinstance(source, onnx.ModelProto):
+        return _from_proto(source, "the given ModelProto")
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        try:
+            proto = onnx.ModelProto.FromString(bytes(source))
+        except DecodeError as e:
+            raise QCompileError(f"the given bytes are not an ONNX model (protobuf parse failed: {e})") from e
+        return _from_proto(proto, "the given bytes")
+    if isinstance(source, (str, os.PathLike)):
+        return _load_path(Path(source))
+    if type(source).__module__.startswith("onnx_graphsurgeon"):
+        import onnx_graphsurgeon as gs
+
+        return _from_proto(gs.export_onnx(source), "the given graphsurgeon graph")
+    raise QCompileError(
+        f"cannot load a model from {type(source).__name__}; expected a path, bytes, onnx.ModelProto, "
+        "onnx_ir.Model or onnx_graphsurgeon.Graph"
+    )
+
+
+def _weights_nbytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def save_model(model: ir.Model, path: str | Path) -> Path:
+    """Write `model` to `path` atomically (temporary file + rename).
+
+    Models whose weights exceed ~1.8 GB are written with external data in
+    `<name>.data` beside the model.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    external = _weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if external:
+            ir.save(model, tmp, external_data=path.name + ".data")
+        else:
+            ir.save(model, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def model_to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.to_proto(model)
+
+
+def model_to_bytes(model: ir.Model) -> bytes:
+    return ir.to_proto(model).SerializeToString()
+
+
+def to_graphsurgeon(model: ir.Model):
+    """The model as an `onnx_graphsurgeon.Graph`, for pipelines built on it."""
+    import onnx_graphsurgeon as gs
+
+    return gs.import_onnx(ir.to_proto(model))

@@ -1,0 +1,31 @@
+"""Deployment targets: one module per target, capabilities as data."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qcompile.errors import QCompileError
+from qcompile.targets.base import LegalityError, OpRule, Target
+
+__all__ = ["get_target", "TARGET_NAMES", "Target", "OpRule", "LegalityError"]
+
+
+def _ort_cpu(**options) -> Target:
+    from qcompile.targets.ort_cpu import make_target
+
+    return make_target(**options)
+
+
+_FACTORIES: dict[str, Callable[..., Target]] = {"ort-cpu": _ort_cpu}
+TARGET_NAMES = tuple(_FACTORIES)
+
+
+def get_target(name: str | Target, **options) -> Target:
+    if isinstance(name, Target):
+        return name
+    if name not in _FACTORIES:
+        raise QCompileError(f"unknown target {name!r}; known: {', '.join(TARGET_NAMES)}")
+    try:
+        return _FACTORIES[name](**options)
+    except ValueError as e:
+        raise QCompileError(str(e)) from e

@@ -1,0 +1,119 @@
+"""What a target can run, as data: per-op quantization rules and dtypes.
+
+Shared code reads these tables and never asks which target it is compiling
+for.  An `OpRule` says which inputs of an op are activations, which is the
+weight (and along which axis its per-channel scales run), which is the bias,
+and how the output's quantization relates to the inputs:
+
+- "own":   the output gets its own scale from calibration;
+- "tied":  the output shares input 0's scale and zero point (MaxPool, Reshape…:
+           pure data movement, so ORT can drop the Q/DQ pair around it);
+- "tied_all": every input and the output share one scale (Concat).
+
+`fuses_activation` marks ops whose following Relu/Clip the runtime folds into
+the output quantization, so the tensor between them is not quantized.
+`float_output_ok` marks ops with an integer kernel that can write float (ORT's
+QGemm, MatMulIntegerToFloat): a graph output they produce stays float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+__all__ = ["OpRule", "Target", "WeightAxis", "OUTPUT_MODES", "LegalityError"]
+
+from qcompile.errors import QCompileError
+
+OUTPUT_MODES = ("own", "tied", "tied_all")
+WeightAxis = Callable[[ir.Node, int], int | None]  # (node, weight rank) -> channel axis
+
+
+class LegalityError(QCompileError):
+    """The compiled graph breaks one of the target's rules (names node and rule)."""
+
+
+@dataclass(frozen=True)
+class OpRule:
+    """How one op type is quantized on a target."""
+
+    op_type: str
+    activations: tuple[int, ...] = (0,)
+    weight: int | None = None
+    weight_axis: WeightAxis | None = None
+    bias: int | None = None
+    output: str = "own"
+    fuses_activation: bool = False
+    float_output_ok: bool = False  # integer kernel with a float output (graph outputs stay float)
+
+    def __post_init__(self) -> None:
+        if self.output not in OUTPUT_MODES:
+            raise ValueError(f"{self.op_type}: output mode {self.output!r} not in {OUTPUT_MODES}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment target: capability tables plus its writer and runner."""
+
+    name: str
+    description: str
+    ops: Mapping[str, OpRule]
+    activation_dtype: str
+    weight_dtype: str
+    min_opset: int = 13
+    preferred_opset: int = 21
+    max_opset: int = 21
+    per_channel: bool = True
+    weight_reduce_range: bool = False
+    activation_symmetric: bool = False
+    fusable_activations: tuple[str, ...] = ("Relu", "Clip")
+    compute_ops: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+    allowed_qdq_dtypes: tuple[str, ...] = ("int8", "uint8", "int32")
+    notes: tuple[str, ...] = ()
+    writer: Callable[..., Path] | None = None
+    runner: Callable[..., Any] | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def rule(self, node: ir.Node) -> OpRule | None:
+        if node.domain not in ("", "ai.onnx"):
+            return None
+        return self.ops.get(node.op_type)
+
+    def quantizable_nodes(self, model: ir.Model) -> list[ir.Node]:
+        return [n for n in model.graph if self.rule(n) is not None]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "activation_dtype": self.activation_dtype,
+            "weight_dtype": self.weight_dtype,
+            "per_channel": self.per_channel,
+            "weight_reduce_range": self.weight_reduce_range,
+            "notes": list(self.notes),
+            "options": dict(self.options),
+        }
+
+
+def conv_weight_axis(node: ir.Node, rank: int) -> int:
+    return 1 if node.op_type == "ConvTranspose" else 0
+
+
+def gemm_weight_axis(node: ir.Node, rank: int) -> int:
+    attr = node.attributes.get("transB")
+    return 0 if (attr is not None and attr.as_int()) else 1
+
+
+def matmul_weight_axis(node: ir.Node, rank: int) -> int | None:
+    return rank - 1 if rank == 2 else None
+
+
+def numpy_of(value: ir.Value) -> np.ndarray | None:
+    """The constant value of an initializer as numpy, or None."""
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()

@@ -1,0 +1,67 @@
+"""Legality rules checked before any file is written.
+
+Each rule is a small function over (model, plan, target) that yields
+(node name, problem) pairs; the rule table is shared by every target, and the
+target's own data (op table, dtypes, opset range) decides what passes.  The
+first violation raises `LegalityError` naming the rule and the node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import onnx_ir as ir
+
+from qcompile.ir_utils import onnx_opset
+from qcompile.plan import QuantPlan
+from qcompile.targets.base import LegalityError, Target
+
+__all__ = ["check_legality", "RULES"]
+
+Violation = tuple[str, str]
+Rule = Callable[[ir.Model, QuantPlan, Target], Iterator[Violation]]
+
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+def _opset_in_range(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
+    v = onnx_opset(model)
+    if not target.min_opset <= v <= target.max_opset:
+        yield "<model>", f"opset {v} is outside {target.name}'s range [{target.min_opset}, {target.max_opset}]"
+
+
+def _qdq_dtypes(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
+    for node in model.graph:
+        if node.op_type not in _QDQ:
+            continue
+        quantized = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
+        dtype = quantized.dtype.name.lower() if quantized is not None and quantized.dtype is not None else "unknown"
+        if dtype not in target.allowed_qdq_dtypes:
+            yield node.name, f"{node.op_type} uses {dtype}; {target.name} allows {', '.join(target.allowed_qdq_dtypes)}"
+
+
+def _int8_ops_supported(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
+    for node in model.graph:
+        decision = plan.nodes.get(node.name)
+        if decision is not None and decision.precision != "float" and target.rule(node) is None:
+            yield node.name, f"{node.op_type} is planned as {decision.precision} but {target.name} has no integer {node.op_type}"
+
+
+def _weights_prequantized(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
+    for node in model.graph:
+        if node.op_type == "QuantizeLinear" and node.inputs[0] is not None and node.inputs[0].is_initializer():
+            yield node.name, f"QuantizeLinear on constant {node.inputs[0].name!r} was not folded into a quantized initializer"
+
+
+RULES: dict[str, Rule] = {
+    "opset-range": _opset_in_range,
+    "qdq-dtype": _qdq_dtypes,
+    "int8-op-supported": _int8_ops_supported,
+    "weights-prequantized": _weights_prequantized,
+}
+
+
+def check_legality(model: ir.Model, plan: QuantPlan, target: Target) -> None:
+    for rule_name, rule in RULES.items():
+        for node_name, problem in rule(model, plan, target):
+            raise LegalityError(f"{target.name}: rule {rule_name} fails at node {node_name!r}: {problem}")
