@@ -5,7 +5,8 @@
    feeds the DequantizeLinear directly (4× smaller than float32).
 2. Each int32 bias spec (scale s_b = s_in · s_w) becomes an int32 initializer
    b_q = round(b / s_b) with a DequantizeLinear in front of its readers.
-3. Q(DQ(x)) with identical scale, zero point, axis and dtype is x: the pair is
+3. Identical scale and zero-point tensors, and identical DQ nodes, are stored once.
+4. Q(DQ(x)) with identical scale, zero point, axis and dtype is x: the pair is
    dropped and readers use x.
 """
 
@@ -39,8 +40,13 @@ def _fold_weight_q(graph: ir.Graph, q: ir.Node) -> bool:
     qrange = INT_RANGES[dtype]
     w_q = quantize(w, scale, zp, qrange, axis=axis)
     stored = add_initializer(graph, f"{q.inputs[0].name}_{dtype}", w_q)
+    readers = list(q.outputs[0].uses())
     q.outputs[0].replace_all_uses_with(stored)
     graph.remove(q, safe=True)
+    if dtype == "int8" and not zp.any():
+        for use in readers:  # a signed zero point of 0 is the default: store none
+            if use.node.op_type == "DequantizeLinear" and use.idx == 0:
+                use.node.resize_inputs(2)
     return True
 
 
@@ -50,9 +56,9 @@ def _fold_bias(graph: ir.Graph, value: ir.Value, spec) -> None:
     b_q = np.clip(np.rint(b / scale), INT_RANGES["int32"].qmin, INT_RANGES["int32"].qmax).astype(np.int32)
     stored = add_initializer(graph, value.name + "_int32", b_q)
     s, _, attrs = qdq_params(graph, value.name, spec, with_zero_point=False)  # int32 zero point is 0 by default
-    dq_out = ir.Value(name=unique_name(graph, value.name + "_dequantized"), type=value.type, shape=value.shape)
+    dq_out = ir.Value(name=unique_name(graph, value.name + "_dq"), type=value.type, shape=value.shape)
     dq = ir.Node("", "DequantizeLinear", [stored, s], attributes=attrs, outputs=[dq_out],
-                 name=unique_name(graph, value.name + "_DequantizeLinear"))
+                 name=unique_name(graph, value.name + "_DQ"))
     readers = list(value.uses())
     graph.insert_before(readers[0].node, [dq])
     for use in readers:
@@ -103,5 +109,9 @@ class FoldScales(CompilePass):
         modified |= _merge_requant(graph)
         if modified:
             ir.passes.common.RemoveUnusedNodesPass()(model)
+            # tied and repeated specs produce identical scale/zero-point tensors: store each once
+            ir.passes.common.DeduplicateInitializersPass(size_limit=1 << 16)(model)
+            # ...and identical DequantizeLinear nodes on them (shared scalar constants) once
+            ir.passes.common.CommonSubexpressionEliminationPass()(model)
             ir.passes.common.TopologicalSortPass()(model)
         return ir.passes.PassResult(model, modified)

@@ -73,13 +73,13 @@ class InsertQDQ(CompilePass):
         scale, zp, attrs = qdq_params(graph, name, spec)
         readers = list(value.uses())
         was_output = value.is_graph_output()
-        q_out = ir.Value(name=unique_name(graph, f"{name}_quantized"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]),
+        q_out = ir.Value(name=unique_name(graph, f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]),
                          shape=value.shape)
         q = ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out],
-                    name=unique_name(graph, f"{name}_QuantizeLinear"))
-        dq_out = ir.Value(name=unique_name(graph, f"{name}_dequantized"), type=value.type, shape=value.shape)
+                    name=unique_name(graph, f"{name}_Q"))
+        dq_out = ir.Value(name=unique_name(graph, f"{name}_dq"), type=value.type, shape=value.shape)
         dq = ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out],
-                     name=unique_name(graph, f"{name}_DequantizeLinear"))
+                     name=unique_name(graph, f"{name}_DQ"))
         producer = value.producer()
         if producer is None:
             graph.insert_before(graph.node(0), [q, dq]) if len(graph) else graph.extend([q, dq])

@@ -126,7 +126,7 @@ def compile(
     tgt = get_target(target, **(target_options or {}))
     pinned = QuantPlan.load(plan) if isinstance(plan, (str, os.PathLike)) else plan
     float_model = load_model(model)
-    float_bytes = model_to_bytes(float_model)
+    float_bytes = model_to_bytes(float_model, keep_value_info=True)
     work = ir.from_proto(onnx.ModelProto.FromString(float_bytes))
     opset_before = onnx_opset(work)
     hist_before = {n.op_type for n in work.graph}

@@ -85,7 +85,8 @@ def save_model(model: ir.Model, path: str | Path) -> Path:
     """Write `model` to `path` atomically (temporary file + rename).
 
     Models whose weights exceed ~1.8 GB are written with external data in
-    `<name>.data` beside the model.
+    `<name>.data` beside the model; smaller ones as one file without
+    intermediate value_info (see `model_to_bytes`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +97,7 @@ def save_model(model: ir.Model, path: str | Path) -> Path:
         if external:
             ir.save(model, tmp, external_data=path.name + ".data")
         else:
-            ir.save(model, tmp)
+            Path(tmp).write_bytes(model_to_bytes(model))
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -108,8 +109,13 @@ def model_to_proto(model: ir.Model) -> onnx.ModelProto:
     return ir.to_proto(model)
 
 
-def model_to_bytes(model: ir.Model) -> bytes:
-    return ir.to_proto(model).SerializeToString()
+def model_to_bytes(model: ir.Model, *, keep_value_info: bool = False) -> bytes:
+    """The serialised model.  Intermediate value_info is dropped unless asked for:
+    runtimes infer it, and on a quantized model it is ~10% of the file."""
+    proto = ir.to_proto(model)
+    if not keep_value_info:
+        proto.graph.ClearField("value_info")
+    return proto.SerializeToString()
 
 
 def to_graphsurgeon(model: ir.Model):

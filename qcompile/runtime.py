@@ -91,7 +91,7 @@ def median_latency_ms(session: ort.InferenceSession, sample: Mapping[str, np.nda
 
 
 _INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
-                "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "QLinearConvTranspose")
+                "MatMulIntegerToFloat", "QLinearConvTranspose")
 _FLOAT_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
 
 
