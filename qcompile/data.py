@@ -94,12 +94,13 @@ def _validate(sample: Any, specs: list[InputSpec], where: str) -> Sample:
 
 def _npz_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
     try:
-        arrays = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
+        with np.load(path, allow_pickle=False) as arrays:
+            data = {k: arrays[k] for k in arrays.files}
+    except (AttributeError, TypeError) as e:  # np.load returned a plain array: a .npy named .npz
+        raise QCompileError(f"data file {path} is a single array, not an .npz archive of named arrays") from e
+    except (ValueError, OSError, EOFError) as e:
         raise QCompileError(f"cannot read data file {path}: {e}") from e
-    with arrays:
-        data = {k: arrays[k] for k in arrays.files}
-    if not isinstance(data, dict) or not data:
+    if not data:
         raise QCompileError(f"data file {path} holds no arrays; the model expects {_expected(specs)}")
     counts = set()
     per_input: dict[str, Any] = {}

@@ -48,8 +48,14 @@ def _load_path(path: Path) -> ir.Model:
     if not proto.HasField("graph"):
         raise QCompileError(f"{path} is not an ONNX model: it has no graph")
     model = _from_proto(proto, str(path))
-    # external-data tensors stay lazy (memory-mapped) and resolve beside the model
     ir.external_data.set_base_dir(model.graph, str(path.parent))
+    if _weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+        # small enough for one protobuf: read external data now, so that the model
+        # serialises to self-contained bytes for runtime sessions
+        try:
+            ir.external_data.load_to_model(model)
+        except OSError as e:
+            raise QCompileError(f"{path}: cannot read its external data: {e}") from e
     return model
 
 

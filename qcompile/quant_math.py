@@ -90,7 +90,8 @@ def scale_zero_point(
         scale = (hi - lo) / qrange.levels
         safe = np.where(scale > 0, scale, 1.0)
         zp = np.clip(np.round(qrange.qmin - lo / safe), qrange.qmin, qrange.qmax).astype(np.int64)
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    # a zero range gets scale 1; a range too small for float32 gets its smallest normal
+    scale = np.where(scale > 0, np.maximum(scale, np.finfo(np.float32).tiny), 1.0).astype(np.float32)
     return scale, zp.astype(qrange.numpy_dtype)
 
 
