@@ -47,6 +47,7 @@ _NOOP_RULES: dict[str, Callable[[ir.Node], bool]] = {
 
 
 class RemoveNoOps(CompilePass):
+    requires = ("shapes",)  # a Cast is a no-op only when its input dtype is known
     provides = ("clean",)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:

@@ -61,9 +61,9 @@ def prepare_pipeline(target: Target) -> Pipeline:
         UpgradeOpset(target.preferred_opset, target.min_opset),
         LiftConstants(),
         FoldConstants(),
+        InferShapes(),
         RemoveNoOps(),
         FoldBatchNorm(),
-        InferShapes(),
         NameNodes(),
     ])
 

@@ -82,6 +82,9 @@ def replace_value(old: ir.Value, new: ir.Value) -> None:
     was_output = old.is_graph_output()
     name = old.name
     old.replace_all_uses_with(new, replace_graph_outputs=True)
-    if was_output and not new.is_graph_input() and not new.is_initializer():
-        old.name = None
-        new.name = name
+    if was_output:
+        new.type = new.type or old.type  # a graph output needs its type declared
+        new.shape = new.shape or old.shape
+        if not new.is_graph_input() and not new.is_initializer():
+            old.name = None
+            new.name = name
