@@ -73,6 +73,10 @@ class AssignSpecs(CompilePass):
         return bool(rule and rule.fuses_activation and nxt is not None
                     and nxt.op_type in self.target.fusable_activations and self._int8(nxt))
 
+    def _fused_tensor(self, value: ir.Value) -> bool:
+        producer = value.producer()
+        return producer is not None and self._int8(producer) and self._fused_away(producer, value)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         activations: list[str] = []
         weights: dict[str, int | None] = {}
@@ -84,7 +88,7 @@ class AssignSpecs(CompilePass):
             acts = [node.inputs[i] for i in rule.activations if i < len(node.inputs)]
             if rule.output == "tied_all":
                 acts = list(node.inputs)
-            acts = [v for v in acts if is_float_value(v)]
+            acts = [v for v in acts if is_float_value(v) and not self._fused_tensor(v)]
             w = node.inputs[rule.weight] if rule.weight is not None and rule.weight < len(node.inputs) else None
             w_array = const_array(w) if is_float_value(w) else None
             if w_array is not None:

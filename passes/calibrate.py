@@ -62,7 +62,10 @@ class Calibrate(CompilePass):
         self.samples = samples
         self.calibrator = calibrator
         self.progress = progress or (lambda it: it)
-        make_stat(calibrator)  # validates the name before any model runs
+        try:
+            make_stat(calibrator)  # validates the name before any model runs
+        except ValueError as e:
+            raise QCompileError(str(e)) from e
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         names = observable_tensors(model)

@@ -1,0 +1,93 @@
+"""A tiny quantizable model and a plan for it, shared by the quantizing-pass tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from qcompile.data import model_input_specs
+from qcompile.passes.assign_specs import AssignSpecs
+from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
+from qcompile.passes.infer_shapes import InferShapes
+from qcompile.passes.name_nodes import NameNodes
+from qcompile.passes.select_precision import SelectPrecision
+from qcompile.plan import QuantPlan
+from qcompile.targets import get_target
+
+
+def conv_model(rng: np.random.Generator) -> ir.Model:
+    """x → Conv(+bias) → Relu → MaxPool → Flatten → Gemm → y (graph output) plus a Sigmoid branch."""
+    inits = {
+        "w": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+        "b": rng.normal(size=4).astype(np.float32),
+        "fw": (rng.normal(size=(5, 16)) * 0.3).astype(np.float32),
+        "fb": rng.normal(size=5).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], "conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], "relu"),
+        helper.make_node("MaxPool", ["r"], ["p"], "pool", kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], "flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], "fc", transB=1),
+        helper.make_node("Sigmoid", ["y"], ["s"], "sigmoid"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5]),
+         helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    InferShapes()(model)
+    NameNodes()(model)
+    return model
+
+
+def feeds(rng: np.random.Generator, n: int = 8) -> list[dict[str, np.ndarray]]:
+    return [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)} for _ in range(n)]
+
+
+def planned(model: ir.Model, samples, *, target="ort-cpu", per_channel=True, pinned=None, **target_options):
+    """Run the analyses (calibrate, select, assign) and return (plan, calibration)."""
+    tgt = get_target(target, **target_options)
+    plan, calib = QuantPlan(), CalibrationResult()
+    Calibrate(calib, samples)(model)
+    ApplyObservedShapes(calib)(model)
+    SelectPrecision(plan, tgt, pinned=pinned)(model)
+    AssignSpecs(plan, tgt, calib, per_channel=per_channel, pinned=pinned)(model)
+    return plan, calib
+
+
+__all__ = ["conv_model", "gemm_model", "gemm_reference", "feeds", "planned", "model_input_specs"]
+
+
+def gemm_model(rng: np.random.Generator) -> ir.Model:
+    """x[1,6] → Gemm(W[5,6]ᵀ, b) → Relu → r (graph output)."""
+    inits = {"W": rng.normal(size=(5, 6)).astype(np.float32), "b": rng.normal(size=5).astype(np.float32)}
+    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["y"], "fc", transB=1),
+             helper.make_node("Relu", ["y"], ["r"], "relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 5])],
+                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    InferShapes()(model)
+    NameNodes()(model)
+    return model
+
+
+def gemm_reference(model_inits: dict[str, np.ndarray], plan: QuantPlan, x: np.ndarray, *, quantize_bias: bool) -> np.ndarray:
+    """Independent numpy simulation of the quantized Gemm→Relu model."""
+    from qcompile.quant_math import INT_RANGES, dequantize, quantize
+
+    def fq(name, arr):
+        s = plan.tensors[name]
+        q = quantize(arr, s.scale_array(), s.zero_point_array(), INT_RANGES[s.dtype], axis=s.axis)
+        return dequantize(q, s.scale_array(), s.zero_point_array(), axis=s.axis)
+
+    xq, wq = fq("x", x), fq("W", model_inits["W"])
+    b = model_inits["b"].astype(np.float64)
+    if quantize_bias:
+        sb = plan.tensors["b"].scale_array().astype(np.float64)
+        b = np.rint(b / sb) * sb
+    y = xq.astype(np.float64) @ wq.T.astype(np.float64) + b
+    return fq("r", np.maximum(y, 0).astype(np.float32))

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from qcompile.errors import QCompileError
+from qcompile.plan import QuantPlan, QuantSpec
+from qcompile.cpu import CpuInfo
+from tests.passes.quant_fixtures import conv_model, feeds, planned
+
+
+def test_roles_ties_fusion_and_bias(rng):
+    model = conv_model(rng)
+    plan, calib = planned(model, feeds(rng))
+    t = plan.tensors
+    # conv output feeds a fused Relu: not quantized; MaxPool/Flatten share the Relu output's spec
+    assert "c" not in t and t["r"] == t["p"] == t["f"]
+    # the Gemm's graph output is also read by the int8 Sigmoid, so it is quantized
+    assert "y" in t and "s" in t
+    assert t["x"].dtype == "uint8" and t["w"].dtype == "int8" and t["w"].axis == 0 and t["w"].symmetric
+    w = model.graph.initializers["w"].const_value.numpy()
+    np.testing.assert_allclose(t["w"].scale_array(), np.abs(w).reshape(4, -1).max(1) / t["w"].scale_array().dtype.type(
+        -plan.meta["weight_qrange"][0]), rtol=1e-6)
+    # bias: int32, scale = input scale × weight scale per channel
+    np.testing.assert_allclose(t["b"].scale_array(), t["x"].scale_array() * t["w"].scale_array(), rtol=1e-6)
+    assert t["b"].dtype == "int32" and set(t["b"].zero_point) == {0}
+    lo, hi = calib.ranges["x"]
+    assert t["x"].scale[0] == pytest.approx((max(hi, 0) - min(lo, 0)) / 255, rel=1e-6)
+
+
+def test_per_tensor_and_reduced_range(rng):
+    model = conv_model(rng)
+    no_vnni = CpuInfo("x86_64", "test", frozenset({"avx2"}))
+    plan, _ = planned(model, feeds(rng), per_channel=False, cpu=no_vnni)
+    assert plan.tensors["w"].axis is None and len(plan.tensors["w"].scale) == 1
+    assert plan.meta["weight_qrange"] == [-63, 63]
+
+
+def test_user_specs_override(rng):
+    model = conv_model(rng)
+    pinned = QuantPlan(tensors={"x": QuantSpec("uint16"), "s": QuantSpec("float32"),
+                                "r": QuantSpec("uint8", (0.5,), (0,))})
+    plan, _ = planned(model, feeds(rng), pinned=pinned)
+    assert plan.tensors["x"].dtype == "uint16" and plan.tensors["x"].scale is not None
+    assert "s" not in plan.tensors and plan.tensors["r"].scale == (0.5,)
+
+
+def test_unknown_tensor_in_user_plan(rng):
+    model = conv_model(rng)
+    with pytest.raises(QCompileError, match="plan names tensor 'ghost', which the model does not have"):
+        planned(model, feeds(rng), pinned=QuantPlan(tensors={"ghost": QuantSpec("int8")}))

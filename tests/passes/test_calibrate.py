@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from qcompile.errors import QCompileError
+from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
+from tests.conftest import parse
+
+TEXT = """<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 4] x) => (float[1, 4] y) {
+    w = Constant <value = float[4, 4] {1,0,0,0, 0,2,0,0, 0,0,-1,0, 0,0,0,3}> ()
+    m = MatMul(x, w)
+    y = Relu(m)
+    s = Shape(y)
+}"""
+
+
+def test_ranges_match_numpy_and_graph_is_untouched(rng):
+    model = parse(TEXT)
+    xs = [rng.normal(size=(1, 4)).astype(np.float32) for _ in range(7)]
+    res = CalibrationResult()
+    result = Calibrate(res, [{"x": x} for x in xs])(model)
+    assert not result.modified and len(model.graph) == 4
+    w = np.diag([1, 2, -1, 3]).astype(np.float32)
+    ms = np.stack([x @ w for x in xs])
+    assert res.ranges["x"] == (np.min(xs), np.max(xs))
+    np.testing.assert_allclose(res.ranges["m"], (ms.min(), ms.max()), rtol=1e-6)
+    assert res.ranges["y"][0] == 0.0 and res.num_samples == 7
+    assert "s" not in res.ranges and res.dtypes["s"] == "int64"  # non-float tensors are seen but not ranged
+
+
+def test_observed_dtypes_fill_gaps():
+    model = parse(TEXT)
+    res = CalibrationResult()
+    Calibrate(res, [{"x": np.ones((1, 4), np.float32)}])(model)
+    m = model.graph.node(1).outputs[0]
+    m.dtype = None
+    ApplyObservedShapes(res)(model)
+    assert m.dtype is not None and m.meta["qcompile.observed_shape"] == (1, 4)
+
+
+def test_overflowing_float_model_is_reported():
+    model = parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1] x) => (float[1] y) { y = Exp(x) }""")
+    with pytest.raises(QCompileError, match="tensor 'y' became NaN or Inf on calibration sample 0"):
+        Calibrate(CalibrationResult(), [{"x": np.array([1000.0], np.float32)}])(model)
+
+
+def test_unknown_calibrator_rejected_before_running():
+    with pytest.raises(QCompileError, match="unknown calibrator 'kl'; known: minmax, ema, percentile"):
+        Calibrate(CalibrationResult(), [], calibrator="kl")

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcompile.passes.calibrators import EmaMinMaxStat, HistogramStat, MinMaxStat, make_stat
+
+
+def batches(rng):
+    return [rng.normal(0, s, 4000) * s + m for s, m in ((0.1, 0), (1, 3), (5, -2), (0.5, 0), (20, 10))]
+
+
+def test_minmax_matches_numpy(rng):
+    data = batches(rng)
+    stat = MinMaxStat()
+    for d in data:
+        stat.update(d)
+    allx = np.concatenate(data)
+    assert stat.range() == (allx.min(), allx.max())
+
+
+def test_ema_matches_its_recurrence(rng):
+    data = batches(rng)
+    stat = EmaMinMaxStat(momentum=0.25)
+    lo, hi = data[0].min(), data[0].max()
+    for d in data[1:]:
+        lo, hi = 0.75 * lo + 0.25 * d.min(), 0.75 * hi + 0.25 * d.max()
+    for d in data:
+        stat.update(d)
+    np.testing.assert_allclose(stat.range(), (lo, hi))
+
+
+@pytest.mark.parametrize("percentile", [99.0, 99.9, 99.99, 100.0])
+def test_streaming_histogram_percentile_within_two_bins_of_numpy(rng, percentile):
+    data = batches(rng)
+    stat = HistogramStat(percentile, bins=2048)
+    for d in data:
+        stat.update(d)
+    allx = np.concatenate(data)
+    want = np.percentile(allx, [100 - percentile, percentile])
+    got = stat.range()
+    assert abs(got[0] - want[0]) <= 2 * stat.width and abs(got[1] - want[1]) <= 2 * stat.width
+    assert stat.counts.sum() == allx.size and stat.counts.size == 2048  # memory is fixed, not per sample
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e3, 1e3), st.floats(1e-3, 1e3)), min_size=1, max_size=6), st.integers(0, 2**31))
+def test_rebinning_is_exact(parts, seed):
+    rng = np.random.default_rng(seed)
+    data = [rng.normal(m, s, 300) for m, s in parts]
+    stat = HistogramStat(99.0, bins=256)
+    for d in data:
+        stat.update(d)
+    allx = np.concatenate(data)
+    direct = np.bincount(np.floor(allx / stat.width).astype(np.int64) - stat.origin, minlength=256)
+    np.testing.assert_array_equal(direct, stat.counts)
+
+
+def test_constant_tensor_has_a_valid_range():
+    stat = HistogramStat()
+    stat.update(np.full(100, 3.0))
+    lo, hi = stat.range()
+    assert lo == hi == 3.0
+
+
+def test_unknown_calibrator():
+    with pytest.raises(ValueError, match="unknown calibrator 'entropy'; known: minmax, ema, percentile"):
+        make_stat("entropy")
+    with pytest.raises(ValueError, match="percentile must be in"):
+        HistogramStat(30.0)
