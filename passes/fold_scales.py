@@ -40,13 +40,9 @@ def _fold_weight_q(graph: ir.Graph, q: ir.Node) -> bool:
     qrange = INT_RANGES[dtype]
     w_q = quantize(w, scale, zp, qrange, axis=axis)
     stored = add_initializer(graph, f"{q.inputs[0].name}_{dtype}", w_q)
-    readers = list(q.outputs[0].uses())
+    # the zero point stays even when it is 0: ORT fuses DQ→Gemm→Q into QGemm only with one
     q.outputs[0].replace_all_uses_with(stored)
     graph.remove(q, safe=True)
-    if dtype == "int8" and not zp.any():
-        for use in readers:  # a signed zero point of 0 is the default: store none
-            if use.node.op_type == "DequantizeLinear" and use.idx == 0:
-                use.node.resize_inputs(2)
     return True
 
 

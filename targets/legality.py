@@ -30,12 +30,21 @@ def _opset_in_range(model: ir.Model, plan: QuantPlan, target: Target) -> Iterato
         yield "<model>", f"opset {v} is outside {target.name}'s range [{target.min_opset}, {target.max_opset}]"
 
 
+def _qdq_dtype(node: ir.Node) -> str:
+    """The integer type of a Q/DQ: its zero point's, else its quantized side's, else ONNX's default uint8."""
+    zp = node.inputs[2] if len(node.inputs) > 2 else None
+    side = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
+    for value in (zp, side):
+        if value is not None and value.dtype is not None:
+            return value.dtype.name.lower()
+    return "uint8"
+
+
 def _qdq_dtypes(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
     for node in model.graph:
         if node.op_type not in _QDQ:
             continue
-        quantized = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
-        dtype = quantized.dtype.name.lower() if quantized is not None and quantized.dtype is not None else "unknown"
+        dtype = _qdq_dtype(node)
         if dtype not in target.allowed_qdq_dtypes:
             yield node.name, f"{node.op_type} uses {dtype}; {target.name} allows {', '.join(target.allowed_qdq_dtypes)}"
 

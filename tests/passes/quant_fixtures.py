@@ -21,7 +21,7 @@ def conv_model(rng: np.random.Generator) -> ir.Model:
     inits = {
         "w": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
         "b": rng.normal(size=4).astype(np.float32),
-        "fw": (rng.normal(size=(5, 16)) * 0.3).astype(np.float32),
+        "fw": (rng.normal(size=(16, 5)) * 0.3).astype(np.float32),
         "fb": rng.normal(size=5).astype(np.float32),
     }
     nodes = [
@@ -29,7 +29,7 @@ def conv_model(rng: np.random.Generator) -> ir.Model:
         helper.make_node("Relu", ["c"], ["r"], "relu"),
         helper.make_node("MaxPool", ["r"], ["p"], "pool", kernel_shape=[2, 2], strides=[2, 2]),
         helper.make_node("Flatten", ["p"], ["f"], "flatten"),
-        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], "fc", transB=1),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], "fc"),
         helper.make_node("Sigmoid", ["y"], ["s"], "sigmoid"),
     ]
     graph = helper.make_graph(
