@@ -99,6 +99,17 @@ class CompileResult:
         return self.files
 
 
+def _source_size(source: ModelSource, serialized: bytes) -> int:
+    """Bytes the float model takes as the user has it: the file (and its external data), else serialised."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        proto = onnx.load(str(path), load_external_data=False)
+        extra = {e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                 for e in t.external_data if e.key == "location"}
+        return path.stat().st_size + sum((path.parent / e).stat().st_size for e in extra)
+    return len(serialized)
+
+
 def _stem(source: ModelSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return Path(source).stem
@@ -156,7 +167,7 @@ def compile(
     else:
         eval_samples, held_out, eval_source = list(iter_samples(evaluation, specs, what="evaluation data")), False, "evaluation data"
 
-    card = _build_card(float_bytes, work, qplan, tgt, calib, eval_samples, progress, measure_latency)
+    card = _build_card(float_bytes, _source_size(model, float_bytes), work, qplan, tgt, calib, eval_samples, progress, measure_latency)
     card.update({
         "model": _stem(model),
         "opset": {"before": opset_before, "after": onnx_opset(work)},
@@ -167,8 +178,9 @@ def compile(
     return CompileResult(work, qplan, card, tgt, _stem(model))
 
 
-def _build_card(float_bytes: bytes, qmodel: ir.Model, plan: QuantPlan, target: Target, calib: CalibrationResult,
-                eval_samples: list, progress: bool | None, measure_latency: bool) -> dict[str, Any]:
+def _build_card(float_bytes: bytes, float_size: int, qmodel: ir.Model, plan: QuantPlan, target: Target,
+                calib: CalibrationResult, eval_samples: list, progress: bool | None,
+                measure_latency: bool) -> dict[str, Any]:
     q_bytes = model_to_bytes(qmodel)
     with tempfile.TemporaryDirectory() as tmp:
         opt_path = Path(tmp) / "optimized.onnx"
@@ -187,8 +199,7 @@ def _build_card(float_bytes: bytes, qmodel: ir.Model, plan: QuantPlan, target: T
         "per_channel": plan.meta.get("per_channel"),
         "shape_inference": qmodel.meta.get("qcompile.shape_inference", "not run"),
         "fidelity": fidelity.to_dict(),
-        "sizes": {"float_bytes": len(float_bytes), "quantized_bytes": len(q_bytes),
-                  "ratio": len(q_bytes) / len(float_bytes)},
+        "sizes": {"float_bytes": float_size, "quantized_bytes": len(q_bytes), "ratio": len(q_bytes) / float_size},
         "nodes": {"int8": int8, "float": len(plan.nodes) - int8},
         "ort_kernels": kernels,
         "per_node": per_node,

@@ -1,0 +1,77 @@
+"""The command line, end to end, in a subprocess (as users and build scripts run it)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLES
+
+MODEL = SAMPLES / "digits_cnn.onnx"
+CALIB = SAMPLES / "digits_calib.npz"
+
+
+def qc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "qcompile.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_compile_writes_model_plan_and_card(tmp_path):
+    out = tmp_path / "out"
+    r = qc("compile", MODEL, "--calib", CALIB, "--eval", SAMPLES / "digits_test.npz", "-o", out, "--no-latency")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["card.json", "card.md", "digits_cnn.ort-cpu.onnx", "plan.json"]
+    assert "# Quantization card: digits_cnn → ort-cpu" in r.stdout
+    card = json.loads((out / "card.json").read_text())
+    assert card["calibrator"] == "minmax" and card["per_channel"] is True
+
+
+def test_per_tensor_percentile_and_plan(tmp_path):
+    r = qc("compile", MODEL, "--calib", CALIB, "--per-tensor", "--calibrator", "percentile", "-o", tmp_path / "a",
+           "--no-latency")
+    assert r.returncode == 0, r.stderr
+    plan = json.loads((tmp_path / "a" / "plan.json").read_text())
+    assert plan["tensors"]["conv1.w"]["axis"] is None and plan["meta"]["calibrator"] == "percentile"
+    plan["nodes"]["fc2"]["precision"] = "float"
+    (tmp_path / "edited.json").write_text(json.dumps(plan))
+    r = qc("compile", MODEL, "--calib", CALIB, "--plan", tmp_path / "edited.json", "-o", tmp_path / "b", "--no-latency")
+    assert r.returncode == 0, r.stderr
+    assert "| fc2 | Gemm | float | pinned by the user plan |" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["compile", "missing.onnx", "--calib", CALIB, "-o", "x"], "model file missing.onnx does not exist"),
+    (["compile", MODEL, "--calib", "nope.npz", "-o", "x"], "calibration data nope.npz does not exist"),
+    (["compile", MODEL, "--calib", CALIB, "--plan", "nope.json", "-o", "x"], "cannot read plan file nope.json"),
+    (["compile", MODEL, "--calib", CALIB, "-o", MODEL], "-o must be a folder, not a file"),
+    (["inspect", CALIB], "is not an ONNX model"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
+    r = qc(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bad_calibration_data_exits_2(tmp_path):
+    np.savez(tmp_path / "nan.npz", input=np.full((2, 1, 1, 8, 8), np.nan, np.float32))
+    r = qc("compile", MODEL, "--calib", tmp_path / "nan.npz", "-o", tmp_path / "o")
+    assert r.returncode == 2 and "contains NaN or Inf" in r.stderr
+
+
+def test_argparse_rejects_unknown_target():
+    r = qc("compile", MODEL, "--calib", CALIB, "--target", "tfl", "-o", "x")
+    assert r.returncode == 2 and "invalid choice: 'tfl'" in r.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = qc("--debug", "compile", "missing.onnx", "--calib", CALIB, "-o", "x", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_inspect_lists_ops_and_quantizable_nodes():
+    r = qc("inspect", MODEL)
+    assert r.returncode == 0
+    assert "opset 13" in r.stdout and "BatchNormalization" in r.stdout
+    assert "ort-cpu: 12/14 nodes quantizable" in r.stdout
