@@ -37,6 +37,13 @@ def _fidelity_lines(card: dict) -> list[str]:
     return lines
 
 
+def _cpu_line(target: dict) -> list[str]:
+    cpu = target.get("options", {}).get("cpu")
+    if not cpu:
+        return []
+    return [f"- CPU {cpu['model']} ({cpu['machine']}, VNNI {'yes' if cpu['vnni'] else 'no'}): {'; '.join(target['notes'])}"]
+
+
 def render_markdown(card: dict) -> str:
     t = card["target"]
     sizes = card["sizes"]
@@ -45,8 +52,8 @@ def render_markdown(card: dict) -> str:
         "",
         f"- policy **{card['policy']}**, calibrator **{card['calibrator']}** on {card['calibration_samples']} samples",
         f"- activations {t['activation_dtype']}, weights {t['weight_dtype']} "
-        f"{'per-channel' if card['per_channel'] else 'per-tensor'}"
-        f"{' (7-bit: ' + '; '.join(t['notes']) + ')' if t['weight_reduce_range'] else ''}",
+        f"{'per-channel' if card['per_channel'] else 'per-tensor'}{' (7-bit)' if t['weight_reduce_range'] else ''}",
+        *_cpu_line(t),
         f"- opset {card['opset']['before']} → {card['opset']['after']}; shape inference: {card['shape_inference']}",
         f"- size {sizes['float_bytes']:,} B → {sizes['quantized_bytes']:,} B ({100 * sizes['ratio']:.1f}%)",
         f"- nodes: {card['nodes']['int8']} int8, {card['nodes']['float']} float; "
