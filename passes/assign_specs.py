@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import const_array, is_float_value, single_consumer
+from qcompile.ir_utils import const_array, is_float_value, single_consumer, values_by_name
 from qcompile.pipeline import CompilePass
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.quant_math import int_range, scale_zero_point
@@ -167,8 +167,7 @@ class AssignSpecs(CompilePass):
             self.plan.tensors[name] = QuantSpec("int32", axis=axis, symmetric=True).with_params(scale, zp)
 
     def _apply_pins(self, model: ir.Model) -> None:
-        known = {v.name for v in model.graph.inputs} | set(model.graph.initializers)
-        known |= {v.name for n in model.graph for v in n.outputs}
+        known = values_by_name(model.graph)
         for name, spec in self.pinned.items():
             if name not in known:
                 raise QCompileError(f"plan names tensor {name!r}, which the model does not have")

@@ -21,6 +21,7 @@ import onnx_ir as ir
 
 from qcompile.data import Sample
 from qcompile.errors import QCompileError
+from qcompile.ir_utils import values_by_name
 from qcompile.pipeline import CompilePass
 from qcompile.runtime import make_session, run_session
 from qcompile.passes.calibrators import make_stat
@@ -105,8 +106,7 @@ class ApplyObservedShapes(CompilePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
-        values = {v.name: v for v in model.graph.inputs}
-        values.update({v.name: v for n in model.graph for v in n.outputs if v.name})
+        values = values_by_name(model.graph)
         for name, dtype in self.result.dtypes.items():
             v = values.get(name)
             if v is None:

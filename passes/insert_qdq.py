@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import add_initializer, unique_name
+from qcompile.ir_utils import add_initializer, unique_name, values_by_name
 from qcompile.pipeline import CompilePass
 from qcompile.plan import QuantPlan, QuantSpec
 
@@ -35,13 +35,6 @@ def qdq_params(
     return scale, zp, attrs
 
 
-def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
-    values = {v.name: v for v in graph.inputs}
-    values.update(graph.initializers)
-    values.update({v.name: v for n in graph for v in n.outputs if v.name})
-    return values
-
-
 class InsertQDQ(CompilePass):
     requires = ("specs_assigned",)
     provides = ("qdq",)
@@ -52,7 +45,7 @@ class InsertQDQ(CompilePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        values = _values_by_name(graph)
+        values = values_by_name(graph)
         modified = False
         for name, spec in sorted(self.plan.quantized_tensors().items()):
             if spec.dtype == "int32":

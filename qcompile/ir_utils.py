@@ -16,6 +16,7 @@ __all__ = [
     "unique_name",
     "is_float_value",
     "replace_value",
+    "values_by_name",
 ]
 
 
@@ -37,11 +38,16 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     return f"{base}_{i}"
 
 
+def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    """Every named value of the graph: inputs, initializers and node outputs."""
+    values = {v.name: v for v in graph.inputs}
+    values.update(graph.initializers)
+    values.update({v.name: v for n in graph for v in n.outputs if v.name})
+    return values
+
+
 def _value_names(graph: ir.Graph) -> set[str]:
-    names = {v.name for v in graph.inputs} | set(graph.initializers)
-    for node in graph:
-        names.update(v.name for v in node.outputs)
-    return names
+    return set(values_by_name(graph))
 
 
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
