@@ -35,6 +35,14 @@ def qdq_params(
     return scale, zp, attrs
 
 
+def _already_quantized(value: ir.Value) -> bool:
+    """A value a previous run handled: it feeds a QuantizeLinear, or is (renamed to) a DQ output."""
+    producer = value.producer()
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        return True
+    return any(use.node.op_type == "QuantizeLinear" and use.idx == 0 for use in value.uses())
+
+
 class InsertQDQ(CompilePass):
     requires = ("specs_assigned",)
     provides = ("qdq",)
@@ -55,6 +63,8 @@ class InsertQDQ(CompilePass):
                 raise QCompileError(f"plan quantizes tensor {name!r}, which the model does not have")
             if not spec.is_resolved:
                 raise QCompileError(f"tensor {name!r}: spec {spec.dtype} has no scale (was it calibrated?)")
+            if _already_quantized(value):
+                continue
             self._insert(graph, value, spec)
             modified = True
         if modified:

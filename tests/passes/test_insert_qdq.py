@@ -22,6 +22,7 @@ def test_matches_numpy_fake_quant_within_one_step(rng):
     check(model)
     # x, W, r get a Q→DQ pair each; the bias (int32) is left to FoldScales
     assert ops(model) == {"QuantizeLinear": 3, "DequantizeLinear": 3, "Gemm": 1, "Relu": 1}
+    assert not InsertQDQ(plan)(model).modified, "a second run must not quantize twice"
     step = plan.tensors["r"].scale[0]
     for s in samples:
         got = run(model, s)["r"]
