@@ -7,6 +7,7 @@ prepare (opset, constants, BatchNorm, no-ops, shapes, names)
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -88,8 +89,6 @@ class CompileResult:
     def save(self, directory: str | os.PathLike) -> dict[str, Path]:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        import json
-
         model_path = save_model(self.model, out / f"{self.stem}.{self.target.name}.onnx")
         self.plan.save(out / "plan.json")
         (out / "card.json").write_text(json.dumps(self.card, indent=1, default=str) + "\n")
