@@ -23,7 +23,8 @@ import onnxruntime as ort
 from qcompile.card import render_markdown
 from qcompile.data import HoldoutSplit, iter_samples, model_input_specs
 from qcompile.ir_utils import onnx_opset
-from qcompile.model_io import ModelSource, load_model, model_to_bytes, save_model, to_graphsurgeon
+from qcompile.errors import QCompileError
+from qcompile.model_io import ModelSource, atomic_write, load_model, model_to_bytes, save_model, to_graphsurgeon
 from qcompile.passes.assign_specs import AssignSpecs
 from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
 from qcompile.passes.cleanup import RemoveNoOps
@@ -78,6 +79,7 @@ class CompileResult:
     card: dict[str, Any]
     target: Target
     stem: str = "model"
+    source: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
 
     def to_proto(self) -> onnx.ModelProto:
@@ -88,11 +90,15 @@ class CompileResult:
 
     def save(self, directory: str | os.PathLike) -> dict[str, Path]:
         out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        model_path = save_model(self.model, out / f"{self.stem}.{self.target.name}.onnx")
-        self.plan.save(out / "plan.json")
-        (out / "card.json").write_text(json.dumps(self.card, indent=1, default=str) + "\n")
-        (out / "card.md").write_text(render_markdown(self.card))
+        if out.exists() and not out.is_dir():
+            raise QCompileError(f"output folder {out} is a file")
+        model_path = out / f"{self.stem}.{self.target.name}.onnx"
+        if self.source is not None and model_path.resolve() == self.source.resolve():
+            raise QCompileError(f"refusing to overwrite the input model {self.source}")
+        save_model(self.model, model_path)
+        atomic_write(out / "plan.json", self.plan.to_json() + "\n")
+        atomic_write(out / "card.json", json.dumps(self.card, indent=1, default=str) + "\n")
+        atomic_write(out / "card.md", render_markdown(self.card))
         self.files = {"model": model_path, "plan": out / "plan.json", "card_json": out / "card.json",
                       "card_md": out / "card.md"}
         return self.files
@@ -174,7 +180,8 @@ def compile(
         "evaluation": {"held_out": held_out, "source": eval_source, "samples": len(eval_samples)},
     })
     qplan.meta["opset"] = onnx_opset(work)
-    return CompileResult(work, qplan, card, tgt, _stem(model))
+    source = Path(model) if isinstance(model, (str, os.PathLike)) else None
+    return CompileResult(work, qplan, card, tgt, _stem(model), source)
 
 
 def _build_card(float_bytes: bytes, float_size: int, qmodel: ir.Model, plan: QuantPlan, target: Target,

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from qcompile.errors import QCompileError
 
-__all__ = ["load_model", "save_model", "model_to_proto", "model_to_bytes", "to_graphsurgeon", "ModelSource"]
+__all__ = ["load_model", "save_model", "atomic_write", "model_to_proto", "model_to_bytes", "to_graphsurgeon", "ModelSource"]
 
 ModelSource = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model | onnx_graphsurgeon.Graph
 TWO_GB = 2**31
@@ -34,6 +34,26 @@ def _from_proto(proto: onnx.ModelProto, where: str) -> ir.Model:
         raise QCompileError(f"{where} could not be read as an ONNX model: {e}") from e
 
 
+def _external_locations(proto: onnx.ModelProto):
+    tensors = list(proto.graph.initializer)
+    tensors += [a.t for n in proto.graph.node for a in n.attribute if a.HasField("t")]
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in t.external_data}
+            yield t.name, entries.get("location", "")
+
+
+def _check_external_locations(proto: onnx.ModelProto, path: Path) -> None:
+    """Refuse external data outside the model's folder (absolute, '..', or a symlink out)."""
+    folder = path.parent.resolve()
+    for name, location in _external_locations(proto):
+        target = (path.parent / location).resolve()
+        if not location or Path(location).is_absolute() or folder not in target.parents:
+            raise QCompileError(
+                f"{path}: tensor {name!r} points at external data {location!r} outside the model's folder; refused"
+            )
+
+
 def _load_path(path: Path) -> ir.Model:
     if not path.exists():
         raise QCompileError(f"model file {path} does not exist")
@@ -47,6 +67,7 @@ def _load_path(path: Path) -> ir.Model:
         raise QCompileError(f"cannot read model file {path}: {e.strerror}") from e
     if not proto.HasField("graph"):
         raise QCompileError(f"{path} is not an ONNX model: it has no graph")
+    _check_external_locations(proto, path)
     model = _from_proto(proto, str(path))
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     if _weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
@@ -87,6 +108,28 @@ def _weights_nbytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
+def atomic_write(path: str | Path, data: bytes | str) -> Path:
+    """Write `data` to a temporary file beside `path`, then rename it into place.
+
+    A reader never sees a half-written file, and an interrupted write leaves
+    the previous file (if any) untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def save_model(model: ir.Model, path: str | Path) -> Path:
     """Write `model` to `path` atomically (temporary file + rename).
 
@@ -95,15 +138,13 @@ def save_model(model: ir.Model, path: str | Path) -> Path:
     intermediate value_info (see `model_to_bytes`).
     """
     path = Path(path)
+    if _weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+        return atomic_write(path, model_to_bytes(model))
     path.parent.mkdir(parents=True, exist_ok=True)
-    external = _weights_nbytes(model) > EXTERNAL_DATA_THRESHOLD
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        if external:
-            ir.save(model, tmp, external_data=path.name + ".data")
-        else:
-            Path(tmp).write_bytes(model_to_bytes(model))
+        ir.save(model, tmp, external_data=path.name + ".data")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

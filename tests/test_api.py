@@ -83,3 +83,26 @@ def test_calibration_errors_name_the_model_inputs(tmp_path):
         qcompile.compile(MODEL, calibration=tmp_path / "bad.npz")
     with pytest.raises(QCompileError, match="no calibration data given"):
         qcompile.compile(MODEL)
+
+
+def test_save_refuses_to_overwrite_the_input(tmp_path):
+    import shutil
+
+    src = tmp_path / "m.ort-cpu.onnx"
+    shutil.copy(MODEL, src)
+    res = qcompile.compile(src, calibration=CALIB, measure_latency=False)
+    res.stem = "m"  # the output name m.ort-cpu.onnx is now the input itself
+    before = src.read_bytes()
+    with pytest.raises(QCompileError, match="refusing to overwrite the input model"):
+        res.save(tmp_path)
+    assert src.read_bytes() == before
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(QCompileError, match="output folder .* is a file"):
+        res.save(tmp_path / "file")
+
+
+def test_same_inputs_give_byte_identical_outputs(tmp_path):
+    a = qcompile.compile(MODEL, calibration=CALIB, measure_latency=False).save(tmp_path / "a")
+    b = qcompile.compile(MODEL, calibration=CALIB, measure_latency=False).save(tmp_path / "b")
+    assert a["model"].read_bytes() == b["model"].read_bytes()
+    assert a["plan"].read_bytes() == b["plan"].read_bytes()

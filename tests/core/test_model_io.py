@@ -82,3 +82,20 @@ def test_unsupported_source_type():
 def test_bad_bytes():
     with pytest.raises(QCompileError, match="the given bytes are not an ONNX model"):
         load_model(b"\x0a\xff\xff\xff")
+
+
+@pytest.mark.parametrize("location", ["../../etc/passwd", "/etc/passwd", "link/secret.bin"])
+def test_external_data_outside_the_folder_is_refused(tmp_path, location):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 64)
+    (model_dir / "link").symlink_to(tmp_path)
+    proto = onnx.load(str(SAMPLE))
+    w = proto.graph.initializer[0]
+    w.ClearField("raw_data")
+    w.ClearField("float_data")
+    w.data_location = onnx.TensorProto.EXTERNAL
+    w.external_data.add(key="location", value=location)
+    onnx.save(proto, str(model_dir / "evil.onnx"))
+    with pytest.raises(QCompileError, match=f"tensor 'conv1.w' points at external data '{location}' outside the model's folder; refused"):
+        load_model(model_dir / "evil.onnx")
