@@ -104,6 +104,15 @@ class CompileResult:
         return self.files
 
 
+def _check_input(model_bytes: bytes) -> None:
+    """The input must pass onnx.checker; say why in one line when it does not."""
+    try:
+        onnx.checker.check_model(model_bytes)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
+        raise QCompileError(f"the model fails onnx.checker: {first}") from e
+
+
 def _source_size(source: ModelSource, serialized: bytes) -> int:
     """Bytes the float model takes as the user has it: the file (and its external data), else serialised."""
     if isinstance(source, (str, os.PathLike)):
@@ -142,7 +151,12 @@ def compile(
     tgt = get_target(target, **(target_options or {}))
     pinned = QuantPlan.load(plan) if isinstance(plan, (str, os.PathLike)) else plan
     float_model = load_model(model)
-    float_bytes = model_to_bytes(float_model, keep_value_info=True)
+    try:
+        float_bytes = model_to_bytes(float_model, keep_value_info=True)
+    except Exception as e:  # onnx-ir's SerdeError on malformed fields (e.g. strings that are not UTF-8)
+        text = str(e).strip()
+        raise QCompileError(f"the model has malformed fields: {text.splitlines()[0][:200] if text else type(e).__name__}") from e
+    _check_input(float_bytes)
     work = ir.from_proto(onnx.ModelProto.FromString(float_bytes))
     opset_before = onnx_opset(work)
     hist_before = {n.op_type for n in work.graph}

@@ -24,7 +24,13 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     """The numpy value of an initializer (or a value with a known constant), else None."""
     if value is None or value.const_value is None:
         return None
-    return value.const_value.numpy()
+    try:
+        return value.const_value.numpy()
+    except (ValueError, TypeError) as e:  # data that does not match the declared shape or type
+        from qcompile.errors import QCompileError
+
+        raise QCompileError(f"tensor {value.name!r}: its stored data does not match its declared "
+                            f"type and shape ({e})") from e
 
 
 def unique_name(graph: ir.Graph, base: str) -> str:

