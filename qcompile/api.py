@@ -24,7 +24,7 @@ from qcompile.card import render_markdown
 from qcompile.data import HoldoutSplit, iter_samples, model_input_specs
 from qcompile.ir_utils import onnx_opset
 from qcompile.errors import QCompileError
-from qcompile.model_io import ModelSource, atomic_write, load_model, model_to_bytes, save_model, to_graphsurgeon
+from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, atomic_write, load_model, model_to_bytes, save_model, to_graphsurgeon
 from qcompile.passes.assign_specs import AssignSpecs
 from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
 from qcompile.passes.cleanup import RemoveNoOps
@@ -113,17 +113,6 @@ def _check_input(model_bytes: bytes) -> None:
         raise QCompileError(f"the model fails onnx.checker: {first}") from e
 
 
-def _source_size(source: ModelSource, serialized: bytes) -> int:
-    """Bytes the float model takes as the user has it: the file (and its external data), else serialised."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        proto = onnx.load(str(path), load_external_data=False)
-        extra = {e.value for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-                 for e in t.external_data if e.key == "location"}
-        return path.stat().st_size + sum((path.parent / e).stat().st_size for e in extra)
-    return len(serialized)
-
-
 def _stem(source: ModelSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return Path(source).stem
@@ -157,7 +146,8 @@ def compile(
         text = str(e).strip()
         raise QCompileError(f"the model has malformed fields: {text.splitlines()[0][:200] if text else type(e).__name__}") from e
     _check_input(float_bytes)
-    work = ir.from_proto(onnx.ModelProto.FromString(float_bytes))
+    float_size = float_model.meta.get(SOURCE_BYTES_KEY, len(float_bytes))
+    work = float_model  # the float reference lives on as float_bytes; the loaded model is ours to mutate
     opset_before = onnx_opset(work)
     hist_before = {n.op_type for n in work.graph}
     specs = model_input_specs(work)
@@ -186,7 +176,7 @@ def compile(
     else:
         eval_samples, held_out, eval_source = list(iter_samples(evaluation, specs, what="evaluation data")), False, "evaluation data"
 
-    card = _build_card(float_bytes, _source_size(model, float_bytes), work, qplan, tgt, calib, eval_samples, progress, measure_latency)
+    card = _build_card(float_bytes, float_size, work, qplan, tgt, calib, eval_samples, progress, measure_latency)
     card.update({
         "model": _stem(model),
         "opset": {"before": opset_before, "after": onnx_opset(work)},

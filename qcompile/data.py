@@ -4,8 +4,8 @@ A data source is one of
 - a path to an `.npz` whose arrays are named after the model inputs, shaped
   `[N, *input_shape]` (sample i is `arr[i]`; a rank-matching array without the
   extra axis is read as N samples of batch 1), plus an optional `labels` array;
-- a folder of `.npz` / `.npy` files (one sample per file; `.npy` only for a
-  single-input model);
+- a `.npy` file (single-input models only), read as an `.npz` with one array;
+- a folder of such `.npz` / `.npy` files, read in name order;
 - any iterable of `{input_name: array}` dicts.
 
 Every sample is checked against the model's inputs (names, static dims, dtype
@@ -92,7 +92,7 @@ def _validate(sample: Any, specs: list[InputSpec], where: str) -> Sample:
     return out
 
 
-def _npz_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
+def _read_npz(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
             data = {k: arrays[k] for k in arrays.files}
@@ -102,6 +102,20 @@ def _npz_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
         raise QCompileError(f"cannot read data file {path}: {e}") from e
     if not data:
         raise QCompileError(f"data file {path} holds no arrays; the model expects {_expected(specs)}")
+    return data
+
+
+def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+    if len(specs) != 1:
+        raise QCompileError(f"{path}: a .npy file holds one array, but the model has {len(specs)} inputs; use .npz")
+    try:
+        return {specs[0].name: np.load(path, allow_pickle=False)}
+    except (ValueError, OSError) as e:
+        raise QCompileError(f"cannot read data file {path}: {e}") from e
+
+
+def _array_samples(data: dict[str, np.ndarray], specs: list[InputSpec], path: Path) -> Iterator[Sample]:
+    """Samples from named arrays: `[N, *input_shape]` gives arr[i]; a rank-matching array gives arr[i:i+1]."""
     counts = set()
     per_input: dict[str, Any] = {}
     for s in specs:
@@ -127,31 +141,17 @@ def _npz_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
         yield _validate(sample, specs, f"{path} sample {i}")
 
 
+def _file_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
+    read = _read_npy if path.suffix == ".npy" else _read_npz
+    yield from _array_samples(read(path, specs), specs, path)
+
+
 def _folder_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
     files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
     if not files:
         raise QCompileError(f"data folder {path} has no .npz or .npy files")
     for f in files:
-        if f.suffix == ".npy":
-            if len(specs) != 1:
-                raise QCompileError(f"{f}: a .npy file holds one array, but the model has {len(specs)} inputs; use .npz")
-            try:
-                arr = np.load(f, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise QCompileError(f"cannot read data file {f}: {e}") from e
-            yield from _npz_like({specs[0].name: arr}, specs, f)
-        else:
-            yield from _npz_samples(f, specs)
-
-
-def _npz_like(data: dict[str, np.ndarray], specs: list[InputSpec], where: Path) -> Iterator[Sample]:
-    s = specs[0]
-    arr = data[s.name]
-    if s.shape is not None and arr.ndim == len(s.shape) + 1:
-        for i in range(arr.shape[0]):
-            yield _validate({s.name: arr[i]}, specs, f"{where} sample {i}")
-    else:
-        yield _validate({s.name: arr}, specs, str(where))
+        yield from _file_samples(f, specs)
 
 
 def iter_samples(source: Any, specs: list[InputSpec], *, what: str = "calibration data") -> Iterator[Sample]:
@@ -162,7 +162,7 @@ def iter_samples(source: Any, specs: list[InputSpec], *, what: str = "calibratio
         path = Path(source)
         if not path.exists():
             raise QCompileError(f"{what} {path} does not exist")
-        gen = _folder_samples(path, specs) if path.is_dir() else _npz_samples(path, specs)
+        gen = _folder_samples(path, specs) if path.is_dir() else _file_samples(path, specs)
     elif isinstance(source, Mapping):
         gen = _validate_each([source], specs, what)
     elif isinstance(source, Iterable):

@@ -35,7 +35,7 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 
 def unique_name(graph: ir.Graph, base: str) -> str:
     """`base`, or `base_1`, `base_2`…, whichever no value in the graph uses."""
-    taken = _value_names(graph)
+    taken = values_by_name(graph)
     if base not in taken:
         return base
     i = 1
@@ -50,10 +50,6 @@ def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     values.update(graph.initializers)
     values.update({v.name: v for n in graph for v in n.outputs if v.name})
     return values
-
-
-def _value_names(graph: ir.Graph) -> set[str]:
-    return set(values_by_name(graph))
 
 
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

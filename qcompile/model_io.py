@@ -22,6 +22,7 @@ __all__ = ["load_model", "save_model", "atomic_write", "model_to_proto", "model_
 
 ModelSource = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model | onnx_graphsurgeon.Graph
 TWO_GB = 2**31
+SOURCE_BYTES_KEY = "qcompile.source_bytes"
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave headroom below protobuf's 2 GB limit
 
 
@@ -74,13 +75,16 @@ def _load_path(path: Path) -> ir.Model:
     _check_external_locations(proto, path)
     model = _from_proto(proto, str(path))
     ir.external_data.set_base_dir(model.graph, str(path.parent))
-    if _weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
-        # small enough for one protobuf: read external data now, so that the model
-        # serialises to self-contained bytes for runtime sessions
-        try:
+    locations = {loc for _, loc in _external_locations(proto)}
+    try:
+        # what the float model takes on disk as the user has it, for the card's size ratio
+        model.meta[SOURCE_BYTES_KEY] = path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+        if _weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+            # small enough for one protobuf: read external data now, so that the model
+            # serialises to self-contained bytes for runtime sessions
             ir.external_data.load_to_model(model)
-        except OSError as e:
-            raise QCompileError(f"{path}: cannot read its external data: {e}") from e
+    except OSError as e:
+        raise QCompileError(f"{path}: cannot read its external data: {e}") from e
     return model
 
 

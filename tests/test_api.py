@@ -106,3 +106,10 @@ def test_same_inputs_give_byte_identical_outputs(tmp_path):
     b = qcompile.compile(MODEL, calibration=CALIB, measure_latency=False).save(tmp_path / "b")
     assert a["model"].read_bytes() == b["model"].read_bytes()
     assert a["plan"].read_bytes() == b["plan"].read_bytes()
+
+
+def test_the_callers_model_is_not_mutated():
+    proto = onnx.load(str(MODEL))
+    before = proto.SerializeToString()
+    qcompile.compile(proto, calibration=CALIB, measure_latency=False)
+    assert proto.SerializeToString() == before

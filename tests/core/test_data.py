@@ -77,3 +77,12 @@ def test_holdout_split_with_one_sample_falls_back_to_in_sample():
     split = HoldoutSplit([{"i": 0}])
     assert [s["i"] for s in split.calibration()] == [0]
     assert split.held == [] and [s["i"] for s in split.first] == [0]
+
+
+def test_npy_file_reads_like_a_one_array_npz(tmp_path):
+    single = model_input_specs(parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }"""))
+    np.save(tmp_path / "stacked.npy", np.ones((4, 1, 3), np.float32))
+    np.save(tmp_path / "rank.npy", np.ones((5, 3), np.float32))
+    assert len(list(iter_samples(tmp_path / "stacked.npy", single))) == 4
+    assert [s["x"].shape for s in iter_samples(tmp_path / "rank.npy", single)] == [(1, 3)] * 5
