@@ -124,14 +124,11 @@ class HistogramStat:
         return max(lo, exact_lo), min(hi, exact_hi)
 
 
-CALIBRATORS = ("minmax", "ema", "percentile")
+_FACTORIES = {"minmax": MinMaxStat, "ema": EmaMinMaxStat, "percentile": HistogramStat}
+CALIBRATORS = tuple(_FACTORIES)
 
 
 def make_stat(calibrator: str, **options):
-    if calibrator == "minmax":
-        return MinMaxStat()
-    if calibrator == "ema":
-        return EmaMinMaxStat(**options)
-    if calibrator == "percentile":
-        return HistogramStat(**options)
-    raise ValueError(f"unknown calibrator {calibrator!r}; known: {', '.join(CALIBRATORS)}")
+    if calibrator not in _FACTORIES:
+        raise ValueError(f"unknown calibrator {calibrator!r}; known: {', '.join(CALIBRATORS)}")
+    return _FACTORIES[calibrator](**options)
