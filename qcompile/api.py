@@ -24,7 +24,8 @@ from qcompile.card import render_markdown
 from qcompile.data import HoldoutSplit, iter_samples, model_input_specs
 from qcompile.ir_utils import onnx_opset
 from qcompile.errors import QCompileError
-from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, atomic_write, load_model, model_to_bytes, save_model, to_graphsurgeon
+from qcompile.atomic import StagedFolder
+from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, load_model, model_to_bytes, save_model, to_graphsurgeon
 from qcompile.passes.assign_specs import AssignSpecs
 from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
 from qcompile.passes.cleanup import RemoveNoOps
@@ -89,17 +90,24 @@ class CompileResult:
         return to_graphsurgeon(self.model)
 
     def save(self, directory: str | os.PathLike) -> dict[str, Path]:
+        """Write the model, plan and card into `directory`: all of them or, if interrupted, none."""
         out = Path(directory)
         if out.exists() and not out.is_dir():
             raise QCompileError(f"output folder {out} is a file")
-        model_path = out / f"{self.stem}.{self.target.name}.onnx"
-        if self.source is not None and model_path.resolve() == self.source.resolve():
+        model_name = f"{self.stem}.{self.target.name}.onnx"
+        if self.source is not None and (out / model_name).resolve() == self.source.resolve():
             raise QCompileError(f"refusing to overwrite the input model {self.source}")
-        save_model(self.model, model_path)
-        atomic_write(out / "plan.json", self.plan.to_json() + "\n")
-        atomic_write(out / "card.json", json.dumps(self.card, indent=1, default=str) + "\n")
-        atomic_write(out / "card.md", render_markdown(self.card))
-        self.files = {"model": model_path, "plan": out / "plan.json", "card_json": out / "card.json",
+        texts = {
+            "plan.json": self.plan.to_json() + "\n",
+            "card.json": json.dumps(self.card, indent=1, default=str) + "\n",
+            "card.md": render_markdown(self.card),
+        }
+        with StagedFolder(out) as stage:
+            save_model(self.model, stage.file(model_name))
+            for name, text in texts.items():
+                stage.file(name).write_text(text)
+            stage.commit(order=[model_name + ".data", model_name])
+        self.files = {"model": out / model_name, "plan": out / "plan.json", "card_json": out / "card.json",
                       "card_md": out / "card.md"}
         return self.files
 

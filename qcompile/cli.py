@@ -1,13 +1,17 @@
 """Command line: `qcompile compile …` and `qcompile inspect …`.
 
 Exit codes: 0 success, 1 verification below the requested budget, 2 bad input,
-3 internal error (a bug: please report it with the --debug traceback).
+3 internal error (a bug: please report it with the --debug traceback),
+130 interrupted by SIGINT, 143 terminated by SIGTERM.  An interrupted run
+writes nothing (see `qcompile.atomic`).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from qcompile.errors import QCompileError
@@ -15,6 +19,14 @@ from qcompile.errors import QCompileError
 __all__ = ["main"]
 
 INTERNAL_ERROR = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every `finally` and staging clean-up runs."""
+
+
+def _raise_terminated(_signum, _frame) -> None:
+    raise Terminated()
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -89,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     handler = {"compile": _cmd_compile, "inspect": _cmd_inspect}[args.command]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return handler(args)
     except QCompileError as e:
@@ -96,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"qcompile: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print("qcompile: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print(f"qcompile: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as e:  # a bug, not bad input
         if args.debug:
             raise
@@ -106,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qcompile: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return INTERNAL_ERROR
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ an `onnx.ModelProto`, an `onnx_ir.Model` or an `onnx_graphsurgeon.Graph`.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from qcompile.atomic import StagedFolder, atomic_write
 from qcompile.errors import QCompileError
 
 __all__ = ["load_model", "save_model", "atomic_write", "model_to_proto", "model_to_bytes", "to_graphsurgeon", "ModelSource"]
@@ -116,28 +116,6 @@ def _weights_nbytes(model: ir.Model) -> int:
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write `data` to a temporary file beside `path`, then rename it into place.
-
-    A reader never sees a half-written file, and an interrupted write leaves
-    the previous file (if any) untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_model(model: ir.Model, path: str | Path) -> Path:
     """Write `model` to `path` atomically (temporary file + rename).
 
@@ -148,15 +126,10 @@ def save_model(model: ir.Model, path: str | Path) -> Path:
     path = Path(path)
     if _weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
         return atomic_write(path, model_to_bytes(model))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ir.save(model, tmp, external_data=path.name + ".data")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    data_name = path.name + ".data"
+    with StagedFolder(path.parent) as stage:
+        ir.save(model, stage.file(path.name), external_data=data_name)
+        stage.commit(order=[data_name, path.name])  # the data lands before the model that points at it
     return path
 
 
