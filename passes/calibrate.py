@@ -2,8 +2,13 @@
 
 The float model runs once per sample with every intermediate tensor exposed as
 an extra output; each tensor is reduced into its statistic (see
-`calibrators`) before the next sample runs, so memory is
-O(tensors × histogram bins), independent of the number of samples.
+`calibrators`) before the next sample runs.  Samples go in fixed chunks of
+`chunk_size` to `observe.observe_chunk`, on the caller's
+`concurrent.futures.Executor` if one is given (process pool, Dask, ...) or
+in-process; chunk observations merge in chunk order, so every executor gives
+the same result.  At most `max_in_flight` chunks are pending, so memory is
+O(tensors × histogram bins + max_in_flight × chunk_size samples), independent
+of the number of samples.
 
 This is an analysis: it never changes the graph.  It fills a
 `CalibrationResult` (range, dtype and shape seen per tensor).
@@ -13,8 +18,12 @@ inference left untyped, and the observed shapes into `value.meta`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 import onnx_ir as ir
@@ -23,8 +32,9 @@ from qcompile.data import Sample
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import values_by_name
 from qcompile.pipeline import CompilePass
-from qcompile.runtime import make_session, run_session
+from qcompile.runtime import SessionSource
 from qcompile.passes.calibrators import make_stat
+from qcompile.passes.observe import ChunkObservation, observe_chunk
 
 __all__ = ["Calibrate", "CalibrationResult", "ApplyObservedShapes", "observable_tensors"]
 
@@ -57,40 +67,62 @@ class Calibrate(CompilePass):
         *,
         calibrator: str = "minmax",
         progress: Callable[[Iterable], Iterable] | None = None,
+        executor: Executor | None = None,
+        chunk_size: int = 8,
+        max_in_flight: int = 4,
     ):
         super().__init__()
         self.result = result
         self.samples = samples
         self.calibrator = calibrator
         self.progress = progress or (lambda it: it)
+        self.executor = executor
+        self.chunk_size = chunk_size
+        self.max_in_flight = max_in_flight
         try:
             make_stat(calibrator)  # validates the name before any model runs
         except ValueError as e:
             raise QCompileError(str(e)) from e
 
+    def _chunks(self) -> Iterator[tuple[int, list[Sample]]]:
+        it = iter(self.progress(self.samples))
+        start = 0
+        while chunk := list(islice(it, self.chunk_size)):
+            yield start, chunk
+            start += len(chunk)
+
+    def _observations(self, source: SessionSource, names: list[str]) -> Iterator[ChunkObservation]:
+        """Chunk observations in chunk order, with at most `max_in_flight` submitted and not yet merged."""
+        if self.executor is None:
+            for start, chunk in self._chunks():
+                yield observe_chunk(source, names, self.calibrator, chunk, start)
+            return
+        pending: deque[Future] = deque()
+        try:
+            for start, chunk in self._chunks():
+                pending.append(self.executor.submit(observe_chunk, source, names, self.calibrator, chunk, start))
+                if len(pending) >= self.max_in_flight:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         names = observable_tensors(model)
-        session = make_session(model, optimize=False, extra_outputs=names)
-        stats: dict[str, object] = {}
+        source = SessionSource.of(model, extra_outputs=names)
+        total = ChunkObservation()
+        with tempfile.TemporaryDirectory(prefix="qcompile-calib-") as tmp:
+            if self.executor is not None:
+                source = source.spill(tmp)  # workers read the model from a file, not from every task
+            for obs in self._observations(source, names):
+                total.merge(obs)
         res = self.result
         res.calibrator = self.calibrator
-        for sample in self.progress(self.samples):
-            outputs = run_session(session, sample, names)
-            for name, arr in outputs.items():
-                arr = np.asarray(arr)
-                if name not in res.dtypes:
-                    res.dtypes[name] = arr.dtype.name
-                    res.shapes[name] = tuple(arr.shape)
-                if arr.dtype.kind != "f":
-                    continue
-                if not np.all(np.isfinite(arr)):
-                    raise QCompileError(
-                        f"tensor {name!r} became NaN or Inf on calibration sample {res.num_samples}; "
-                        "the float model itself overflows on this input"
-                    )
-                stats.setdefault(name, make_stat(self.calibrator)).update(arr)
-            res.num_samples += 1
-        res.ranges = {k: s.range() for k, s in stats.items()}
+        res.num_samples = total.num_samples
+        res.dtypes, res.shapes = total.dtypes, total.shapes
+        res.ranges = {k: s.range() for k, s in total.stats.items()}
         return ir.passes.PassResult(model, False)
 
 

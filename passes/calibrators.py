@@ -1,12 +1,20 @@
 """Streaming range statistics: memory per tensor is constant, never per sample.
 
+Each statistic has `update(x)`, `range()` and `merge(later)`: `a.merge(b)`
+folds in the statistic of samples that came after a's, so chunks observed on
+different workers combine, in chunk order, into one deterministic result.
+
 - `MinMaxStat`: running min and max.
 - `EmaMinMaxStat`: exponential moving average of per-batch min and max,
-  lo ← (1-m)·lo + m·batch_lo (the first batch initialises).
+  lo ← (1-m)·lo + m·batch_lo (the first batch initialises).  After n batches
+  started from x₁, E = (1-m)^(n-1)·x₁ + Σ_{i≥2} m(1-m)^(n-i)·x_i, so a later
+  chunk b merges as E ← (1-m)^n_b · (E_a − x₁_b) + E_b.
 - `HistogramStat`: a histogram of `bins` bins of width w = 2^k, on absolute bin
   indices i = floor(x / w).  When new data falls outside the window, w doubles
   and bin i merges into bin floor(i / 2): exact re-binning, no resampling.  The
   range is the (100-p)th and p-th percentile, each within one bin width.
+  Two histograms merge exactly: the finer one is coarsened to the other's
+  width, then the counts are added on the common window.
 """
 
 from __future__ import annotations
@@ -31,19 +39,26 @@ class MinMaxStat:
     def range(self) -> tuple[float, float]:
         return (self.lo, self.hi) if self.lo <= self.hi else (0.0, 0.0)
 
+    def merge(self, later: MinMaxStat) -> None:
+        self.lo, self.hi = min(self.lo, later.lo), max(self.hi, later.hi)
+
 
 class EmaMinMaxStat:
     def __init__(self, momentum: float = 0.1) -> None:
         self.momentum = momentum
         self.lo: float | None = None
         self.hi: float | None = None
+        self.first: tuple[float, float] | None = None  # (lo, hi) of the first batch, for merging
+        self.batches = 0
 
     def update(self, x: np.ndarray) -> None:
         if not x.size:
             return
         lo, hi = float(x.min()), float(x.max())
+        self.batches += 1
         if self.lo is None:
             self.lo, self.hi = lo, hi
+            self.first = (lo, hi)
             return
         m = self.momentum
         self.lo = (1 - m) * self.lo + m * lo
@@ -51,6 +66,17 @@ class EmaMinMaxStat:
 
     def range(self) -> tuple[float, float]:
         return (self.lo, self.hi) if self.lo is not None else (0.0, 0.0)
+
+    def merge(self, later: EmaMinMaxStat) -> None:
+        if later.lo is None:
+            return
+        if self.lo is None:
+            self.lo, self.hi, self.first, self.batches = later.lo, later.hi, later.first, later.batches
+            return
+        decay = (1 - self.momentum) ** later.batches
+        self.lo = decay * (self.lo - later.first[0]) + later.lo
+        self.hi = decay * (self.hi - later.first[1]) + later.hi
+        self.batches += later.batches
 
 
 class HistogramStat:
@@ -109,6 +135,31 @@ class HistogramStat:
         self._fit(lo, hi)
         idx = np.floor(x.astype(np.float64) / self.width).astype(np.int64) - self.origin
         self.counts += np.bincount(idx, minlength=self.bins)[: self.bins]
+
+    def merge(self, later: HistogramStat) -> None:
+        if later.log2_width is None:
+            return
+        if self.log2_width is None:
+            self.counts, self.origin, self.log2_width = later.counts.copy(), later.origin, later.log2_width
+            self.exact.merge(later.exact)
+            return
+        other = HistogramStat(self.percentile, self.bins)
+        other.counts, other.origin, other.log2_width = later.counts.copy(), later.origin, later.log2_width
+        while True:
+            while other.log2_width < self.log2_width:
+                other._coarsen()
+            while self.log2_width < other.log2_width:
+                self._coarsen()
+            occupied = np.nonzero(other.counts)[0]
+            if not occupied.size:
+                break
+            width_before = self.log2_width
+            # bin start points map back to the same absolute bins under _index
+            self._fit((other.origin + occupied[0]) * self.width, (other.origin + occupied[-1]) * self.width)
+            if self.log2_width == width_before:
+                np.add.at(self.counts, occupied + other.origin - self.origin, other.counts[occupied])
+                break
+        self.exact.merge(later.exact)
 
     def range(self) -> tuple[float, float]:
         total = int(self.counts.sum())

@@ -12,6 +12,7 @@ import argparse
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from qcompile.errors import QCompileError
@@ -47,6 +48,8 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales instead of per-channel")
     c.add_argument("--calibrator", default="minmax", choices=CALIBRATORS)
     c.add_argument("--policy", default="naive", choices=POLICIES)
+    c.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="calibrate in N worker processes (same output as N=1)")
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: on when stderr is a terminal)")
@@ -57,17 +60,36 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _executor(jobs: int):
+    """None for one job; else a process pool (spawned: forking a process that runs ORT threads is unsafe)."""
+    if jobs == 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     import qcompile
     from qcompile.card import render_markdown
 
     if args.output.resolve() == args.model.resolve() or args.output.is_file():
         raise QCompileError(f"-o must be a folder, not a file: {args.output}")
-    result = qcompile.compile(
-        args.model, target=args.target, calibration=args.calib, evaluation=args.eval, plan=args.plan,
-        per_channel=not args.per_tensor, calibrator=args.calibrator, policy=args.policy,
-        progress=args.progress, measure_latency=not args.no_latency,
-    )
+    if args.jobs < 1:
+        raise QCompileError(f"--jobs must be at least 1, got {args.jobs}")
+    with _executor(args.jobs) as executor:
+        result = qcompile.compile(
+            args.model, target=args.target, calibration=args.calib, evaluation=args.eval, plan=args.plan,
+            per_channel=not args.per_tensor, calibrator=args.calibrator, policy=args.policy,
+            progress=args.progress, measure_latency=not args.no_latency, executor=executor,
+        )
     files = result.save(args.output)
     sys.stdout.write(render_markdown(result.card))
     sys.stdout.write("\nWrote " + ", ".join(str(p) for p in files.values()) + "\n")

@@ -22,3 +22,10 @@ class QCompileError(Exception):
     def __init__(self, message: str, *, exit_code: int = BAD_INPUT):
         super().__init__(message)
         self.exit_code = exit_code
+
+    def __reduce__(self):  # survives the trip back from a worker process
+        return _rebuild, (str(self), self.exit_code)
+
+
+def _rebuild(message: str, exit_code: int) -> QCompileError:
+    return QCompileError(message, exit_code=exit_code)

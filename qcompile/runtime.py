@@ -1,14 +1,15 @@
 """ONNX Runtime sessions for calibration, verification and latency.
 
 The only place besides `model_io` where protobuf appears: a session is built
-from the serialised model, optionally with extra graph outputs so that
-intermediate tensors can be observed.
+from the serialised model (weights in external data files stay there),
+optionally with extra graph outputs so that intermediate tensors can be observed.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -19,33 +20,79 @@ import onnxruntime as ort
 
 from qcompile.errors import QCompileError
 
-__all__ = ["make_session", "run_session", "median_latency_ms", "fused_op_counts", "feeds_of"]
+__all__ = ["SessionSource", "make_session", "run_session", "median_latency_ms", "fused_op_counts", "feeds_of"]
 
 
-def _proto(model: ir.Model | onnx.ModelProto | bytes | str | Path) -> bytes | str:
+PROTO_LIMIT = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class SessionSource:
+    """A model as ONNX Runtime loads it: serialised bytes (weights over the inline budget stay
+    in their external data files) plus the folder those files live in.
+
+    Picklable, so that worker processes can open their own sessions; `spill` swaps the bytes
+    for a file holding them, so that a pool is sent a path, not the model, with every task.
+    A 2 GB model whose weights are external serialises to a few kilobytes: nothing is inlined.
+    """
+
+    model: bytes | str  # serialised model, or the path of a file holding it
+    data_folder: str | None = None
+
+    def spill(self, folder: str | Path) -> SessionSource:
+        if isinstance(self.model, str):
+            return self
+        path = Path(folder) / "session.onnx"
+        path.write_bytes(self.model)
+        return SessionSource(str(path), self.data_folder)
+
+    def model_bytes(self) -> bytes:
+        return Path(self.model).read_bytes() if isinstance(self.model, str) else self.model
+
+    @classmethod
+    def of(cls, model: ir.Model, extra_outputs: Sequence[str] = ()) -> SessionSource:
+        proto = ir.to_proto(model)
+        present = {o.name for o in proto.graph.output}
+        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra_outputs if n not in present)
+        folders = {t.base_dir for t in _external_tensors(model)}
+        if len(folders) > 1:
+            raise QCompileError(f"the model's external data lives in several folders: {sorted(map(str, folders))}")
+        if proto.ByteSize() > PROTO_LIMIT:
+            raise QCompileError("the model holds over 2 GB of in-memory weights; save it with external data first")
+        return cls(proto.SerializeToString(), str(folders.pop()) if folders else None)
+
+
+def _external_tensors(model: ir.Model):
+    for v in model.graph.initializers.values():
+        if isinstance(v.const_value, ir.ExternalTensor):
+            yield v.const_value
+
+
+def _source(model: ir.Model | onnx.ModelProto | bytes | str | Path | SessionSource) -> SessionSource | str:
+    if isinstance(model, SessionSource):
+        return model
     if isinstance(model, ir.Model):
-        return ir.to_proto(model).SerializeToString()
+        return SessionSource.of(model)
     if isinstance(model, onnx.ModelProto):
-        return model.SerializeToString()
-    if isinstance(model, Path):
-        return str(model)
-    return model
+        return SessionSource(model.SerializeToString())
+    if isinstance(model, (bytes, bytearray)):
+        return SessionSource(bytes(model))
+    return str(model)  # a path: ORT reads the file and its external data itself
 
 
 def make_session(
-    model: ir.Model | onnx.ModelProto | bytes | str | Path,
+    model: ir.Model | onnx.ModelProto | bytes | str | Path | SessionSource,
     *,
     threads: int | None = None,
     optimize: bool = True,
     extra_outputs: Sequence[str] = (),
     optimized_model_path: str | Path | None = None,
 ) -> ort.InferenceSession:
-    """A CPU session; `extra_outputs` exposes intermediate tensors by name."""
+    """A CPU session; `extra_outputs` exposes intermediate tensors by name (ir.Model only)."""
     if extra_outputs:
-        proto = ir.to_proto(model) if isinstance(model, ir.Model) else onnx.ModelProto.FromString(_proto(model))
-        present = {o.name for o in proto.graph.output}
-        proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra_outputs if n not in present)
-        model = proto
+        assert isinstance(model, ir.Model), "extra outputs need an ir.Model"
+        model = SessionSource.of(model, extra_outputs)
+    source = _source(model)
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = (
@@ -56,8 +103,11 @@ def make_session(
         so.inter_op_num_threads = 1
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
+    if isinstance(source, SessionSource) and source.data_folder:
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", source.data_folder)
     try:
-        return ort.InferenceSession(_proto(model), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source.model_bytes() if isinstance(source, SessionSource) else source, so,
+                                    providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise QCompileError(f"ONNX Runtime cannot load the model: {first}") from e

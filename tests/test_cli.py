@@ -47,6 +47,7 @@ def test_per_tensor_percentile_and_plan(tmp_path):
     (["compile", MODEL, "--calib", CALIB, "--plan", "nope.json", "-o", "x"], "cannot read plan file nope.json"),
     (["compile", MODEL, "--calib", CALIB, "-o", MODEL], "-o must be a folder, not a file"),
     (["inspect", CALIB], "is not an ONNX model"),
+    (["compile", MODEL, "--calib", CALIB, "--jobs", "0", "-o", "x"], "--jobs must be at least 1, got 0"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     r = qc(*args, cwd=tmp_path)

@@ -1,3 +1,6 @@
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -43,6 +46,25 @@ def test_overflowing_float_model_is_reported():
 g (float[1] x) => (float[1] y) { y = Exp(x) }""")
     with pytest.raises(QCompileError, match="tensor 'y' became NaN or Inf on calibration sample 0"):
         Calibrate(CalibrationResult(), [{"x": np.array([1000.0], np.float32)}])(model)
+
+
+def test_worker_errors_come_back_with_their_message():
+    model = parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1] x) => (float[1] y) { y = Exp(x) }""")
+    samples = [{"x": np.array([1.0], np.float32)}] * 5 + [{"x": np.array([1000.0], np.float32)}]
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with pytest.raises(QCompileError, match="tensor 'y' became NaN or Inf on calibration sample 5") as e:
+            Calibrate(CalibrationResult(), samples, executor=pool, chunk_size=2)(model)
+    assert e.value.exit_code == 2
+
+
+def test_chunks_merge_to_the_one_pass_ranges(rng):
+    xs = [{"x": rng.normal(size=(1, 4)).astype(np.float32)} for _ in range(11)]
+    one, chunked = CalibrationResult(), CalibrationResult()
+    Calibrate(one, xs, chunk_size=len(xs))(parse(TEXT))
+    with ThreadPoolExecutor(2) as pool:
+        Calibrate(chunked, xs, chunk_size=3, executor=pool)(parse(TEXT))
+    assert chunked.ranges == one.ranges and chunked.num_samples == 11
 
 
 def test_unknown_calibrator_rejected_before_running():
