@@ -23,7 +23,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import const_array, is_float_value, single_consumer, values_by_name
+from qcompile.ir_utils import const_array, is_float_value, release_external, single_consumer, values_by_name
 from qcompile.pipeline import CompilePass
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.quant_math import int_range, scale_zero_point
@@ -90,13 +90,14 @@ class AssignSpecs(CompilePass):
                 acts = list(node.inputs)
             acts = [v for v in acts if is_float_value(v) and not self._fused_tensor(v)]
             w = node.inputs[rule.weight] if rule.weight is not None and rule.weight < len(node.inputs) else None
-            w_array = const_array(w) if is_float_value(w) else None
-            if w_array is not None:
-                weights[w.name] = rule.weight_axis(node, w_array.ndim) if (self.per_channel and rule.weight_axis) else None
+            w_const = w.const_value if is_float_value(w) else None
+            if w_const is not None:
+                rank = len(w_const.shape)
+                weights[w.name] = rule.weight_axis(node, rank) if (self.per_channel and rule.weight_axis) else None
             elif is_float_value(w):
                 acts.append(w)
             b = node.inputs[rule.bias] if rule.bias is not None and rule.bias < len(node.inputs) else None
-            if w_array is not None and is_float_value(b) and const_array(b) is not None and acts:
+            if w_const is not None and is_float_value(b) and b.const_value is not None and acts:
                 biases[b.name] = (acts[0].name, w.name)
             out = node.outputs[0]
             quantize_out = is_float_value(out) and not self._fused_away(node, out)
@@ -146,12 +147,9 @@ class AssignSpecs(CompilePass):
         dtype = self.target.weight_dtype
         qrange = int_range(dtype, symmetric=True, reduce_range=self.target.weight_reduce_range)
         for name, axis in weights.items():
-            w = const_array(model.graph.initializers[name]).astype(np.float64)
-            if axis is None:
-                lo, hi = w.min(initial=0.0), w.max(initial=0.0)
-            else:
-                moved = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)
-                lo, hi = moved.min(axis=1, initial=0.0), moved.max(axis=1, initial=0.0)
+            init = model.graph.initializers[name]
+            lo, hi = _weight_range(const_array(init), axis)  # min/max are exact in the stored dtype
+            release_external(init)
             scale, zp = scale_zero_point(lo, hi, qrange, symmetric=True)
             self.plan.tensors[name] = QuantSpec(dtype, axis=axis, symmetric=True).with_params(scale, zp)
             self.plan.meta.setdefault("weight_qrange", [qrange.qmin, qrange.qmax])
@@ -182,3 +180,13 @@ class AssignSpecs(CompilePass):
                 qrange = int_range(spec.dtype, symmetric=spec.symmetric)
                 scale, zp = scale_zero_point(rng[0], rng[1], qrange, symmetric=spec.symmetric)
                 self.plan.tensors[name] = QuantSpec(spec.dtype, symmetric=spec.symmetric).with_params(scale, zp)
+
+
+def _weight_range(w: np.ndarray, axis: int | None) -> tuple:
+    """(lo, hi) over the whole tensor, or per slice along `axis`, each widened to include 0."""
+    if axis is None:
+        return min(float(w.min(initial=0.0)), 0.0), max(float(w.max(initial=0.0)), 0.0)
+    others = tuple(i for i in range(w.ndim) if i != axis)
+    lo = w.min(axis=others, initial=0.0).astype(np.float64)
+    hi = w.max(axis=others, initial=0.0).astype(np.float64)
+    return lo, hi

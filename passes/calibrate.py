@@ -34,7 +34,7 @@ from qcompile.ir_utils import values_by_name
 from qcompile.pipeline import CompilePass
 from qcompile.runtime import SessionSource
 from qcompile.passes.calibrators import make_stat
-from qcompile.passes.observe import ChunkObservation, observe_chunk
+from qcompile.passes.observe import ChunkObservation, observe_chunk, release_sessions
 
 __all__ = ["Calibrate", "CalibrationResult", "ApplyObservedShapes", "observable_tensors"]
 
@@ -116,8 +116,11 @@ class Calibrate(CompilePass):
         with tempfile.TemporaryDirectory(prefix="qcompile-calib-") as tmp:
             if self.executor is not None:
                 source = source.spill(tmp)  # workers read the model from a file, not from every task
-            for obs in self._observations(source, names):
-                total.merge(obs)
+            try:
+                for obs in self._observations(source, names):
+                    total.merge(obs)
+            finally:
+                release_sessions()
         res = self.result
         res.calibrator = self.calibrator
         res.num_samples = total.num_samples

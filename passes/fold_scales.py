@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.ir_utils import add_initializer, const_array, unique_name
+from qcompile.ir_utils import add_initializer, const_array, release_external, unique_name
 from qcompile.pipeline import CompilePass
 from qcompile.plan import QuantPlan
 from qcompile.quant_math import INT_RANGES, quantize
@@ -39,6 +39,8 @@ def _fold_weight_q(graph: ir.Graph, q: ir.Node) -> bool:
         axis += w.ndim
     qrange = INT_RANGES[dtype]
     w_q = quantize(w, scale, zp, qrange, axis=axis)
+    del w  # the float weights may be a memory map: drop the view, then unmap
+    release_external(q.inputs[0])
     stored = add_initializer(graph, f"{q.inputs[0].name}_{dtype}", w_q)
     # the zero point stays even when it is 0: ORT fuses DQ→Gemm→Q into QGemm only with one
     q.outputs[0].replace_all_uses_with(stored)

@@ -20,7 +20,7 @@ from qcompile.errors import QCompileError
 from qcompile.runtime import SessionSource, make_session, run_session
 from qcompile.passes.calibrators import make_stat
 
-__all__ = ["ChunkObservation", "observe_chunk", "CALIBRATION_THREADS"]
+__all__ = ["ChunkObservation", "observe_chunk", "release_sessions", "CALIBRATION_THREADS"]
 
 CALIBRATION_THREADS = 1
 _SESSIONS: dict[SessionSource, object] = {}
@@ -53,6 +53,11 @@ def _session(source: SessionSource):
         _SESSIONS.clear()  # one model at a time per worker
         _SESSIONS[source] = make_session(source, optimize=False, threads=CALIBRATION_THREADS)
     return _SESSIONS[source]
+
+
+def release_sessions() -> None:
+    """Drop this process's cached sessions (their weights can be as large as the model)."""
+    _SESSIONS.clear()
 
 
 def observe_chunk(

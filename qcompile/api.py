@@ -19,14 +19,14 @@ from typing import Any
 
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 
-from qcompile.card import render_markdown
+from qcompile.card import build_card, measure_latencies, render_markdown
 from qcompile.data import HoldoutSplit, iter_samples, model_input_specs
 from qcompile.ir_utils import onnx_opset
 from qcompile.errors import QCompileError
 from qcompile.atomic import StagedFolder
-from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, load_model, model_to_bytes, save_model, to_graphsurgeon
+from qcompile.model_io import (EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, SOURCE_BYTES_KEY, ModelSource, load_model,
+                               save_model, to_graphsurgeon, weights_nbytes)
 from qcompile.passes.assign_specs import AssignSpecs
 from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
 from qcompile.passes.cleanup import RemoveNoOps
@@ -41,7 +41,7 @@ from qcompile.passes.select_precision import SelectPrecision
 from qcompile.passes.upgrade_opset import UpgradeOpset
 from qcompile.pipeline import Pipeline
 from qcompile.plan import QuantPlan
-from qcompile.runtime import fused_op_counts, make_session, median_latency_ms
+from qcompile.runtime import SessionSource
 from qcompile.targets import Target, get_target
 from qcompile.targets.legality import check_legality
 from qcompile.verify import compare
@@ -83,6 +83,7 @@ class CompileResult:
     stem: str = "model"
     source: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # holds spilled weights
 
     def to_proto(self) -> onnx.ModelProto:
         return ir.to_proto(self.model)
@@ -105,6 +106,7 @@ class CompileResult:
         }
         with StagedFolder(out) as stage:
             save_model(self.model, stage.file(model_name))
+            _check_output(stage.file(model_name))  # by path: external data is checked, not inlined
             for name, text in texts.items():
                 stage.file(name).write_text(text)
             stage.commit(order=[model_name + ".data", model_name])
@@ -113,13 +115,41 @@ class CompileResult:
         return self.files
 
 
-def _check_input(model_bytes: bytes) -> None:
-    """The input must pass onnx.checker; say why in one line when it does not."""
+def _spill_weights(model: ir.Model) -> tempfile.TemporaryDirectory | None:
+    """Move the weights of a big model (or one whose input used external data) to a scratch data file.
+
+    Sessions then read them from disk and `save` streams them, so the compiled model's
+    weights are not held in Python memory while the float model runs for verification.
+    """
+    if not model.meta.get(EXTERNAL_DATA_KEY) and weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+        return None
+    scratch = tempfile.TemporaryDirectory(prefix="qcompile-")
+    ir.external_data.unload_from_model(model, scratch.name, "weights.data", size_threshold_bytes=1024)
+    return scratch
+
+
+def _session_source(model: ir.Model) -> SessionSource:
     try:
-        onnx.checker.check_model(model_bytes)
+        return SessionSource.of(model)
+    except QCompileError:
+        raise
+    except Exception as e:  # onnx-ir's SerdeError on malformed fields (e.g. strings that are not UTF-8)
+        text = str(e).strip()
+        raise QCompileError(f"the model has malformed fields: {text.splitlines()[0][:200] if text else type(e).__name__}") from e
+
+
+def _check_input(model: bytes | str | os.PathLike) -> None:
+    """The input must pass onnx.checker (by path when it is a file: external data is not inlined)."""
+    try:
+        onnx.checker.check_model(model if isinstance(model, bytes) else os.fspath(model))
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
         raise QCompileError(f"the model fails onnx.checker: {first}") from e
+
+
+def _check_output(model: bytes | str | os.PathLike) -> None:
+    """What qcompile writes must pass onnx.checker; a failure here is a qcompile bug."""
+    onnx.checker.check_model(model if isinstance(model, bytes) else os.fspath(model))
 
 
 def _stem(source: ModelSource) -> str:
@@ -152,14 +182,10 @@ def compile(
     tgt = get_target(target, **(target_options or {}))
     pinned = QuantPlan.load(plan) if isinstance(plan, (str, os.PathLike)) else plan
     float_model = load_model(model)
-    try:
-        float_bytes = model_to_bytes(float_model, keep_value_info=True)
-    except Exception as e:  # onnx-ir's SerdeError on malformed fields (e.g. strings that are not UTF-8)
-        text = str(e).strip()
-        raise QCompileError(f"the model has malformed fields: {text.splitlines()[0][:200] if text else type(e).__name__}") from e
-    _check_input(float_bytes)
-    float_size = float_model.meta.get(SOURCE_BYTES_KEY, len(float_bytes))
-    work = float_model  # the float reference lives on as float_bytes; the loaded model is ours to mutate
+    float_ref = _session_source(float_model)  # weights in external data stay on disk
+    _check_input(model if isinstance(model, (str, os.PathLike)) else float_ref.model)
+    float_size = float_model.meta.get(SOURCE_BYTES_KEY, len(float_ref.model))
+    work = float_model  # the float reference lives on as float_ref; the loaded model is ours to mutate
     opset_before = onnx_opset(work)
     hist_before = {n.op_type for n in work.graph}
     specs = model_input_specs(work)
@@ -181,7 +207,10 @@ def compile(
         FoldScales(qplan),
     ], given=("batchnorm_folded", "clean", "named"))(work)
     check_legality(work, qplan, tgt)
-    onnx.checker.check_model(ir.to_proto(work))
+    scratch = _spill_weights(work)
+    quant_ref = SessionSource.of(work)
+    if quant_ref.data_folder is None:  # else the checker runs on the written file, in save()
+        _check_output(quant_ref.model)
 
     if split is not None:
         eval_samples, held_out = (split.held, True) if split.held else (split.first, False)
@@ -189,7 +218,10 @@ def compile(
     else:
         eval_samples, held_out, eval_source = list(iter_samples(evaluation, specs, what="evaluation data")), False, "evaluation data"
 
-    card = _build_card(float_bytes, float_size, work, qplan, tgt, calib, eval_samples, progress, measure_latency)
+    card = build_card(float_ref, quant_ref, float_size, work, qplan, tgt, calib)
+    card["fidelity"] = compare(float_ref, quant_ref, eval_samples, _progress(progress, "verify")).to_dict()
+    if measure_latency and eval_samples:
+        card["latency_ms"] = measure_latencies(float_ref, quant_ref, eval_samples[0])
     card.update({
         "model": _stem(model),
         "opset": {"before": opset_before, "after": onnx_opset(work)},
@@ -198,40 +230,6 @@ def compile(
     })
     qplan.meta["opset"] = onnx_opset(work)
     source = Path(model) if isinstance(model, (str, os.PathLike)) else None
-    return CompileResult(work, qplan, card, tgt, _stem(model), source)
+    return CompileResult(work, qplan, card, tgt, _stem(model), source, scratch=scratch)
 
 
-def _build_card(float_bytes: bytes, float_size: int, qmodel: ir.Model, plan: QuantPlan, target: Target,
-                calib: CalibrationResult, eval_samples: list, progress: bool | None,
-                measure_latency: bool) -> dict[str, Any]:
-    q_bytes = model_to_bytes(qmodel)
-    with tempfile.TemporaryDirectory() as tmp:
-        opt_path = Path(tmp) / "optimized.onnx"
-        q_session = make_session(q_bytes, optimized_model_path=opt_path)
-        kernels = fused_op_counts(onnx.load(str(opt_path)).graph.node)
-    f_session = make_session(float_bytes)
-    fidelity = compare(f_session, q_session, eval_samples, _progress(progress, "verify"))
-    per_node = [{"name": n.name, "op": n.op_type, **vars(plan.nodes[n.name])}
-                for n in qmodel.graph if n.name in plan.nodes]
-    int8 = sum(1 for d in plan.nodes.values() if d.precision != "float")
-    card: dict[str, Any] = {
-        "target": target.describe(),
-        "policy": plan.meta.get("policy"),
-        "calibrator": calib.calibrator,
-        "calibration_samples": calib.num_samples,
-        "per_channel": plan.meta.get("per_channel"),
-        "shape_inference": qmodel.meta.get("qcompile.shape_inference", "not run"),
-        "fidelity": fidelity.to_dict(),
-        "sizes": {"float_bytes": float_size, "quantized_bytes": len(q_bytes), "ratio": len(q_bytes) / float_size},
-        "nodes": {"int8": int8, "float": len(plan.nodes) - int8},
-        "ort_kernels": kernels,
-        "per_node": per_node,
-        "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__},
-    }
-    if measure_latency and eval_samples:
-        sample = eval_samples[0]
-        card["latency_ms"] = {
-            kind: {str(t or "default"): median_latency_ms(make_session(b, threads=t), sample) for t in (1, None)}
-            for kind, b in (("float", float_bytes), ("quantized", q_bytes))
-        }
-    return card

@@ -6,9 +6,57 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
-__all__ = ["render_markdown"]
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+
+from qcompile.runtime import SessionSource, fused_op_counts, make_session, median_latency_ms
+
+__all__ = ["build_card", "measure_latencies", "render_markdown"]
+
+
+def _external_nbytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values()
+               if isinstance(v.const_value, ir.ExternalTensor))
+
+
+def _integer_kernels(quant: SessionSource) -> dict[str, int]:
+    """Integer vs float compute kernels in the graph ORT runs after its own fusions."""
+    with tempfile.TemporaryDirectory() as tmp:
+        opt_path = Path(tmp) / "optimized.onnx"
+        make_session(quant, optimized_model_path=opt_path)
+        return fused_op_counts(onnx.load(str(opt_path), load_external_data=False).graph.node)
+
+
+def build_card(float_ref: SessionSource, quant_ref: SessionSource, float_size: int, qmodel: ir.Model,
+               plan, target, calib) -> dict[str, Any]:
+    """Everything the card says except fidelity and latency, which need data."""
+    q_size = len(quant_ref.model) + _external_nbytes(qmodel)
+    int8 = sum(1 for d in plan.nodes.values() if d.precision != "float")
+    return {
+        "target": target.describe(),
+        "policy": plan.meta.get("policy"),
+        "calibrator": calib.calibrator,
+        "calibration_samples": calib.num_samples,
+        "per_channel": plan.meta.get("per_channel"),
+        "shape_inference": qmodel.meta.get("qcompile.shape_inference", "not run"),
+        "sizes": {"float_bytes": float_size, "quantized_bytes": q_size, "ratio": q_size / float_size},
+        "nodes": {"int8": int8, "float": len(plan.nodes) - int8},
+        "ort_kernels": _integer_kernels(quant_ref),
+        "per_node": [{"name": n.name, "op": n.op_type, **vars(plan.nodes[n.name])}
+                     for n in qmodel.graph if n.name in plan.nodes],
+        "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+    }
+
+
+def measure_latencies(float_ref: SessionSource, quant_ref: SessionSource, sample) -> dict[str, dict[str, float]]:
+    """Median latency (ms) of each model with one thread and with ORT's default threads, one session at a time."""
+    return {kind: {str(t or "default"): median_latency_ms(make_session(ref, threads=t), sample) for t in (1, None)}
+            for kind, ref in (("float", float_ref), ("quantized", quant_ref))}
 
 
 def _fmt(x: Any, digits: int = 2) -> str:

@@ -9,6 +9,7 @@ import onnx_ir as ir
 
 __all__ = [
     "const_array",
+    "release_external",
     "add_initializer",
     "op_histogram",
     "onnx_opset",
@@ -31,6 +32,19 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 
         raise QCompileError(f"tensor {value.name!r}: its stored data does not match its declared "
                             f"type and shape ({e})") from e
+
+
+def release_external(value: ir.Value | None) -> None:
+    """Unmap an external tensor's data once read (callers drop their array views first).
+
+    Memory-mapped weights count towards resident memory while mapped: releasing each
+    after use keeps a model with gigabytes of weights at one tensor's worth.
+    """
+    if value is not None and isinstance(value.const_value, ir.ExternalTensor):
+        try:
+            value.const_value.release()
+        except BufferError:  # a view is still alive somewhere (a debugger, a caller): unmapped when it goes
+            pass
 
 
 def unique_name(graph: ir.Graph, base: str) -> str:

@@ -23,6 +23,7 @@ __all__ = ["load_model", "save_model", "atomic_write", "model_to_proto", "model_
 ModelSource = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model | onnx_graphsurgeon.Graph
 TWO_GB = 2**31
 SOURCE_BYTES_KEY = "qcompile.source_bytes"
+EXTERNAL_DATA_KEY = "qcompile.external_data"  # the input kept its weights in external data
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave headroom below protobuf's 2 GB limit
 
 
@@ -76,10 +77,12 @@ def _load_path(path: Path) -> ir.Model:
     model = _from_proto(proto, str(path))
     ir.external_data.set_base_dir(model.graph, str(path.parent))
     locations = {loc for _, loc in _external_locations(proto)}
+    if locations:
+        model.meta[EXTERNAL_DATA_KEY] = True
     try:
         # what the float model takes on disk as the user has it, for the card's size ratio
         model.meta[SOURCE_BYTES_KEY] = path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
-        if _weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+        if weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
             # small enough for one protobuf: read external data now, so that the model
             # serialises to self-contained bytes for runtime sessions
             ir.external_data.load_to_model(model)
@@ -112,19 +115,20 @@ def load_model(source: ModelSource) -> ir.Model:
     )
 
 
-def _weights_nbytes(model: ir.Model) -> int:
+def weights_nbytes(model: ir.Model) -> int:
+    """Bytes of all initializer data, in memory or in external files."""
     return sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
 
 
 def save_model(model: ir.Model, path: str | Path) -> Path:
     """Write `model` to `path` atomically (temporary file + rename).
 
-    Models whose weights exceed ~1.8 GB are written with external data in
-    `<name>.data` beside the model; smaller ones as one file without
-    intermediate value_info (see `model_to_bytes`).
+    Models whose weights exceed ~1.8 GB, or that were loaded from a file with
+    external data, are written with external data in `<name>.data` beside the
+    model; others as one file without intermediate value_info (see `model_to_bytes`).
     """
     path = Path(path)
-    if _weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+    if not model.meta.get(EXTERNAL_DATA_KEY) and weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
         return atomic_write(path, model_to_bytes(model))
     data_name = path.name + ".data"
     with StagedFolder(path.parent) as stage:

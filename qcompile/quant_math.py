@@ -107,11 +107,16 @@ def _broadcast(param: np.ndarray, ndim: int, axis: int | None) -> np.ndarray:
 def quantize(
     x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, qrange: IntRange, axis: int | None = None
 ) -> np.ndarray:
-    """ONNX QuantizeLinear (round half to even, saturate) in numpy."""
-    s = _broadcast(scale, x.ndim, axis).astype(np.float64)
-    z = _broadcast(zero_point, x.ndim, axis).astype(np.int64)
-    q = np.rint(x.astype(np.float64) / s) + z
-    return np.clip(q, qrange.qmin, qrange.qmax).astype(qrange.numpy_dtype)
+    """ONNX QuantizeLinear in numpy: saturate(rint(x / scale) + zero_point), x / scale in
+    float32 as the operator computes it, round half to even.  One float32 temporary the
+    size of `x`, updated in place (weights can be gigabytes)."""
+    s = _broadcast(scale, x.ndim, axis).astype(np.float32)
+    z = _broadcast(zero_point, x.ndim, axis).astype(np.float32)
+    q = np.asarray(np.divide(x, s, dtype=np.float32))  # 0-d stays an array, so `out=` works
+    np.rint(q, out=q)
+    q += z
+    np.clip(q, qrange.qmin, qrange.qmax, out=q)
+    return q.astype(qrange.numpy_dtype)
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None = None) -> np.ndarray:

@@ -12,15 +12,15 @@ and, when the data carries `labels`, the top-1 accuracy of each model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from qcompile.data import LABELS_KEY, Sample
 from qcompile.quant_math import sqnr_db
-from qcompile.runtime import run_session
+from qcompile.runtime import make_session, run_session
 
 __all__ = ["OutputMetrics", "Fidelity", "compare", "cosine"]
 
@@ -62,26 +62,33 @@ class Fidelity:
         return min((o.sqnr_db for o in self.outputs), default=float("nan"))
 
 
+def _outputs_of(model, samples: Sequence[Sample], progress) -> dict[str, list[np.ndarray]]:
+    """Every output of `model` on every sample; the session is gone when this returns."""
+    session = make_session(model)
+    names = [o.name for o in session.get_outputs()]
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for sample in progress(samples):
+        for n, arr in run_session(session, sample, names).items():
+            out[n].append(np.asarray(arr, dtype=np.float64))
+    return out
+
+
 def compare(
-    float_session: ort.InferenceSession,
-    quant_session: ort.InferenceSession,
-    samples: Iterable[Sample],
+    float_model: Any,
+    quant_model: Any,
+    samples: Sequence[Sample],
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> Fidelity:
-    names = [o.name for o in float_session.get_outputs()]
-    ref: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    got: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    labels: list[np.ndarray] = []
-    count = 0
-    for sample in (progress or (lambda it: it))(samples):
-        f_out = run_session(float_session, sample, names)
-        q_out = run_session(quant_session, sample, names)
-        for n in names:
-            ref[n].append(np.asarray(f_out[n], dtype=np.float64))
-            got[n].append(np.asarray(q_out[n], dtype=np.float64))
-        if LABELS_KEY in sample:
-            labels.append(np.ravel(sample[LABELS_KEY]))
-        count += 1
+    """Run the float model, then the quantized one (anything `make_session` takes), on `samples`.
+
+    One session exists at a time, so peak memory holds one model's weights, not both.
+    """
+    progress = progress or (lambda it: it)
+    ref = _outputs_of(float_model, samples, progress)
+    got = _outputs_of(quant_model, samples, progress)
+    names = list(ref)
+    count = len(samples)
+    labels = [np.ravel(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
     outputs = []
     for n in names:
         r = np.concatenate([x.ravel() for x in ref[n]])
