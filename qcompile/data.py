@@ -8,6 +8,9 @@ A data source is one of
 - a folder of such `.npz` / `.npy` files, read in name order;
 - any iterable of `{input_name: array}` dicts.
 
+Files are read one sample at a time (`array_stream`): memory holds one
+sample, however large the file.
+
 Every sample is checked against the model's inputs (names, static dims, dtype
 kind, finite values) before any model runs.
 """
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.array_stream import ArrayFormatError, StreamedArray, open_npy, open_npz
 from qcompile.errors import QCompileError
 
 __all__ = ["InputSpec", "Sample", "model_input_specs", "iter_samples", "HoldoutSplit", "LABELS_KEY"]
@@ -92,38 +96,38 @@ def _validate(sample: Any, specs: list[InputSpec], where: str) -> Sample:
     return out
 
 
-def _read_npz(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, specs: list[InputSpec]) -> dict[str, StreamedArray]:
+    with open(path, "rb") as f:
+        if f.read(6) == b"\x93NUMPY":
+            raise QCompileError(f"data file {path} is a single array, not an .npz archive of named arrays")
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            data = {k: arrays[k] for k in arrays.files}
-    except (AttributeError, TypeError) as e:  # np.load returned a plain array: a .npy named .npz
-        raise QCompileError(f"data file {path} is a single array, not an .npz archive of named arrays") from e
-    except (ValueError, OSError, EOFError) as e:
+        data = open_npz(path)
+    except ArrayFormatError as e:
         raise QCompileError(f"cannot read data file {path}: {e}") from e
     if not data:
         raise QCompileError(f"data file {path} holds no arrays; the model expects {_expected(specs)}")
     return data
 
 
-def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, np.ndarray]:
+def _read_npy(path: Path, specs: list[InputSpec]) -> dict[str, StreamedArray]:
     if len(specs) != 1:
         raise QCompileError(f"{path}: a .npy file holds one array, but the model has {len(specs)} inputs; use .npz")
     try:
-        return {specs[0].name: np.load(path, allow_pickle=False)}
-    except (ValueError, OSError) as e:
+        return {specs[0].name: open_npy(path)}
+    except ArrayFormatError as e:
         raise QCompileError(f"cannot read data file {path}: {e}") from e
 
 
-def _array_samples(data: dict[str, np.ndarray], specs: list[InputSpec], path: Path) -> Iterator[Sample]:
-    """Samples from named arrays: `[N, *input_shape]` gives arr[i]; a rank-matching array gives arr[i:i+1]."""
+def _array_samples(data: dict[str, StreamedArray], specs: list[InputSpec], path: Path) -> Iterator[Sample]:
+    """Samples from named arrays, read a row at a time: `[N, *input_shape]` gives arr[i];
+    a rank-matching array gives arr[i:i+1]."""
     counts = set()
-    per_input: dict[str, Any] = {}
+    stacked: dict[str, bool] = {}
     for s in specs:
         if s.name not in data:
             raise QCompileError(f"{path}: missing input(s) [{s.name!r}]; the model expects {_expected(specs)}")
         arr = data[s.name]
-        stacked = s.shape is not None and arr.ndim == len(s.shape) + 1
-        per_input[s.name] = (arr, stacked)
+        stacked[s.name] = s.shape is not None and arr.ndim == len(s.shape) + 1
         counts.add(arr.shape[0] if arr.ndim else 0)
     unknown = sorted(set(data) - {s.name for s in specs} - {LABELS_KEY})
     if unknown:
@@ -131,14 +135,18 @@ def _array_samples(data: dict[str, np.ndarray], specs: list[InputSpec], path: Pa
     if len(counts) != 1:
         raise QCompileError(f"{path}: inputs disagree on the number of samples: {sorted(counts)}")
     n = counts.pop()
-    labels = data.get(LABELS_KEY)
-    if labels is not None and len(labels) != n:
-        raise QCompileError(f"{path}: 'labels' has {len(labels)} entries for {n} samples")
-    for i in range(n):
-        sample = {k: (a[i] if st else a[i : i + 1]) for k, (a, st) in per_input.items()}
-        if labels is not None:
-            sample[LABELS_KEY] = labels[i : i + 1]
-        yield _validate(sample, specs, f"{path} sample {i}")
+    try:
+        labels = data[LABELS_KEY].read_all() if LABELS_KEY in data else None
+        if labels is not None and len(labels) != n:
+            raise QCompileError(f"{path}: 'labels' has {len(labels)} entries for {n} samples")
+        rows = {name: data[name].rows() for name in stacked}
+        for i in range(n):
+            sample = {k: (next(r) if stacked[k] else next(r)[None]) for k, r in rows.items()}
+            if labels is not None:
+                sample[LABELS_KEY] = labels[i : i + 1]
+            yield _validate(sample, specs, f"{path} sample {i}")
+    except ArrayFormatError as e:
+        raise QCompileError(f"cannot read data file {path}: {e}") from e
 
 
 def _file_samples(path: Path, specs: list[InputSpec]) -> Iterator[Sample]:
@@ -185,23 +193,33 @@ def _validate_each(items: Iterable[Any], specs: list[InputSpec], what: str) -> I
 class HoldoutSplit:
     """Stream calibration samples while keeping every `every`-th one for evaluation.
 
-    Only the held-out samples (at most `max_holdout`) are kept in memory, so a
-    one-shot iterator of any length can be split.
+    Only the held-out samples are kept in memory, at most `max_holdout` of them
+    and at most `max_bytes` together, so a one-shot iterator of any length can
+    be split and memory stops growing once the cap is reached (the default
+    128 MB holds 26 images of 640×640×3 float32).  Once full, later samples
+    all calibrate.
     """
 
-    def __init__(self, samples: Iterable[Sample], every: int = 5, max_holdout: int = 200):
+    def __init__(self, samples: Iterable[Sample], every: int = 5, max_holdout: int = 200,
+                 max_bytes: int = 128 * 2**20):
         self._samples = samples
         self.every = every
         self.max_holdout = max_holdout
+        self.max_bytes = max_bytes
+        self.held_bytes = 0
         self.held: list[Sample] = []
         self.first: list[Sample] = []  # in-sample fallback when nothing could be held out
+
+    def _room_for(self, sample: Sample) -> bool:
+        return len(self.held) < self.max_holdout and self.held_bytes + _nbytes(sample) <= self.max_bytes
 
     def calibration(self) -> Iterator[Sample]:
         last: Sample | None = None
         yielded = 0
         for i, s in enumerate(self._samples):
-            if i % self.every == self.every - 1 and len(self.held) < self.max_holdout:
+            if i % self.every == self.every - 1 and self._room_for(s):
                 self.held.append(s)
+                self.held_bytes += _nbytes(s)
                 continue
             if last is not None:
                 yielded += 1
@@ -214,3 +232,7 @@ class HoldoutSplit:
                 self.held.append(last)  # too few samples to hold any out: keep the last one
             else:
                 yield last
+
+
+def _nbytes(sample: Sample) -> int:
+    return sum(np.asarray(a).nbytes for a in sample.values())

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from qcompile.atomic import atomic_write
 from qcompile.errors import QCompileError
 from qcompile.quant_math import INT_RANGES
 
@@ -29,6 +30,34 @@ PLAN_VERSION = 1
 QUANT_DTYPES = tuple(d for d in INT_RANGES if d != "int32") + ("int32",)
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 PRECISIONS = ("int8", "int16", "float")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What each JSON field may hold: (test, description for the error message)
+_FIELD_KINDS = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int?": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "number?": (lambda v: v is None or _is_number(v), "a number or null"),
+    "numbers?": (lambda v: v is None or _is_number(v) or (isinstance(v, list) and all(map(_is_number, v))),
+                 "a number, a list of numbers or null"),
+    "ints?": (lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+              "an integer, a list of integers or null"),
+}
+
+
+def _check_fields(data: dict[str, Any], kinds: dict[str, str], where: str) -> None:
+    for name, value in data.items():
+        test, wanted = _FIELD_KINDS[kinds[name]]
+        if not test(value):
+            raise QCompileError(f"{where}: field {name!r} must be {wanted}, got {json.dumps(value)[:40]}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +139,7 @@ class QuantSpec:
             raise QCompileError(f"{where}: unknown field(s) {sorted(unknown)}; known: {list(cls.__dataclass_fields__)}")
         if "dtype" not in data:
             raise QCompileError(f"{where}: missing field 'dtype'")
+        _check_fields(data, _SPEC_FIELDS, where)
         try:
             return cls(**data)
         except QCompileError as e:
@@ -119,6 +149,11 @@ class QuantSpec:
 
     def with_params(self, scale: np.ndarray, zero_point: np.ndarray) -> QuantSpec:
         return replace(self, scale=tuple(np.ravel(scale)), zero_point=tuple(np.ravel(zero_point)))
+
+
+_SPEC_FIELDS = {"dtype": "str", "scale": "numbers?", "zero_point": "ints?", "axis": "int?", "block_size": "int?",
+                "symmetric": "bool"}
+_DECISION_FIELDS = {"precision": "str", "reason": "str", "score": "number?"}
 
 
 @dataclass(frozen=True)
@@ -165,12 +200,19 @@ class QuantPlan:
         nodes = data.get("nodes", {})
         if not isinstance(tensors, dict) or not isinstance(nodes, dict):
             raise QCompileError(f"{source}: 'tensors' and 'nodes' must be objects keyed by name")
-        plan = cls(meta=dict(data.get("meta", {})))
+        meta = data.get("meta", {})
+        if not isinstance(meta, dict):
+            raise QCompileError(f"{source}: 'meta' must be an object, got {json.dumps(meta)[:40]}")
+        plan = cls(meta=dict(meta))
         for name, spec in tensors.items():
             plan.tensors[name] = QuantSpec.from_dict(spec, where=f"{source}: tensor {name!r}")
         for name, dec in nodes.items():
             if not isinstance(dec, dict) or "precision" not in dec:
                 raise QCompileError(f"{source}: node {name!r} needs an object with a 'precision' field")
+            unknown = sorted(set(dec) - set(_DECISION_FIELDS))
+            if unknown:
+                raise QCompileError(f"{source}: node {name!r}: unknown field(s) {unknown}; known: {list(_DECISION_FIELDS)}")
+            _check_fields(dec, _DECISION_FIELDS, f"{source}: node {name!r}")
             try:
                 plan.nodes[name] = NodeDecision(**dec)
             except TypeError as e:
@@ -180,7 +222,7 @@ class QuantPlan:
         return plan
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        atomic_write(path, self.to_json() + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> QuantPlan:

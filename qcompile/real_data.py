@@ -13,6 +13,7 @@ with no sample in both.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import io
 import wave
 from pathlib import Path
@@ -113,7 +114,8 @@ def sentences(limit: int = 400) -> list[str]:
             text = f.read_text(errors="replace")
             lines += [" ".join(e.split()) for e in text.split("\n%\n") if 10 < len(e) < 200]
     if not lines:
-        import this  # noqa: F401  (the Zen of Python: real English, always available)
+        with contextlib.redirect_stdout(io.StringIO()):  # importing it prints the poem
+            import this  # noqa: F401  (the Zen of Python: real English, always available)
 
         lines = [s for s in codecs.decode(this.s, "rot13").splitlines() if len(s) > 10]
     return list(dict.fromkeys(lines))[:limit]

@@ -2,6 +2,7 @@
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 
 from qcompile import real_models
@@ -121,3 +122,39 @@ def test_model_failing_the_checker():
     proto.ir_version = 0
     with pytest.raises(QCompileError, match="the model fails onnx.checker: "):
         qcompile.compile(proto, calibration=SAMPLES / "digits_calib.npz")
+
+
+def test_truncated_and_unsupported_array_files(tmp_path):
+    specs = model_input_specs(parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }"""))
+    np.save(tmp_path / "t.npy", np.ones((4, 1, 3), np.float32))
+    blob = (tmp_path / "t.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(blob[:-20])
+    with pytest.raises(QCompileError, match=r"cannot read data file .*t.npy: the data ends after 2 of 4 rows"):
+        list(iter_samples(tmp_path / "t.npy", specs))
+    (tmp_path / "v.npy").write_bytes(b"\x93NUMPY\x09\x00" + blob[8:])
+    with pytest.raises(QCompileError, match=r"cannot read data file .*v.npy: .*format version"):
+        list(iter_samples(tmp_path / "v.npy", specs))
+    np.save(tmp_path / "o.npy", np.array([[{"a": 1}]], dtype=object), allow_pickle=True)
+    with pytest.raises(QCompileError, match="object arrays need pickle, which qcompile never loads"):
+        list(iter_samples(tmp_path / "o.npy", specs))
+
+
+def test_session_sources_that_cannot_be_built(monkeypatch, tmp_path):
+    from qcompile import runtime
+    from qcompile.runtime import SessionSource
+
+    model = load_model(SAMPLES / "digits_cnn.onnx")
+    monkeypatch.setattr(runtime, "PROTO_LIMIT", 1000)
+    with pytest.raises(QCompileError, match="over 2 GB of in-memory weights; save it with external data first"):
+        SessionSource.of(model)
+    monkeypatch.undo()
+    for i, name in enumerate(["conv1.w", "fc2.w"]):
+        init = model.graph.initializers[name]
+        folder = tmp_path / f"d{i}"
+        folder.mkdir()
+        (folder / "w.bin").write_bytes(init.const_value.tobytes())
+        init.const_value = ir.ExternalTensor("w.bin", 0, init.const_value.nbytes, init.const_value.dtype,
+                                             shape=init.const_value.shape, name=name, base_dir=folder)
+    with pytest.raises(QCompileError, match="the model's external data lives in several folders"):
+        SessionSource.of(model)

@@ -86,3 +86,28 @@ g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }"""))
     np.save(tmp_path / "rank.npy", np.ones((5, 3), np.float32))
     assert len(list(iter_samples(tmp_path / "stacked.npy", single))) == 4
     assert [s["x"].shape for s in iter_samples(tmp_path / "rank.npy", single)] == [(1, 3)] * 5
+
+
+def test_holdout_split_stops_holding_at_its_byte_cap():
+    samples = ({"x": np.zeros(1000, np.float32)} for _ in range(50))  # 4 kB each
+    split = HoldoutSplit(samples, every=5, max_bytes=3 * 4000)
+    calib = list(split.calibration())
+    assert len(split.held) == 3 and split.held_bytes == 12000 and len(calib) == 47
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed])
+def test_files_are_read_one_sample_at_a_time(tmp_path, save):
+    import tracemalloc
+
+    spec = model_input_specs(parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 512, 512] x) => (float[1, 512, 512] y) { y = Relu(x) }"""))
+    x = np.random.default_rng(0).random((40, 1, 512, 512), dtype=np.float32)  # 40 MB, 1 MB per sample
+    save(tmp_path / "big.npz", x=x, labels=np.arange(40))
+    np.save(tmp_path / "big.npy", x)
+    del x
+    for path in (tmp_path / "big.npz", tmp_path / "big.npy"):
+        tracemalloc.start()
+        total = sum(float(s["x"].ravel()[0]) for s in iter_samples(path, spec))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert total > 0 and peak < 8 * 2**20, f"{path.name}: peak {peak} bytes"

@@ -61,6 +61,14 @@ def test_save_load(tmp_path):
     ('{"tensors": {"x": {"dtype": "int8", "scale": [1.0], "block_size": 0, "axis": 0}}}', "block_size must be positive"),
     ('{"nodes": {"conv": {"precision": "int3"}}}', "node 'conv': unknown precision 'int3'; known: int8, int16, float"),
     ('{"nodes": {"conv": "int8"}}', "node 'conv' needs an object with a 'precision' field"),
+    ('{"meta": null}', "'meta' must be an object, got null"),
+    ('{"tensors": {"x": {"dtype": "int8", "scale": [1.0], "axis": "0"}}}', "field 'axis' must be an integer or null"),
+    ('{"tensors": {"x": {"dtype": "int8", "scale": "big"}}}', "field 'scale' must be a number, a list of numbers"),
+    ('{"tensors": {"x": {"dtype": "int8", "scale": 1.0, "zero_point": 0.5}}}', "field 'zero_point' must be an integer"),
+    ('{"tensors": {"x": {"dtype": ["int8"]}}}', "field 'dtype' must be a string"),
+    ('{"tensors": {"x": {"dtype": "int8", "symmetric": 1}}}', "field 'symmetric' must be true or false"),
+    ('{"nodes": {"conv": {"precision": "int8", "score": "high"}}}', "node 'conv': field 'score' must be a number or null"),
+    ('{"nodes": {"conv": {"precision": "int8", "why": "x"}}}', "node 'conv': unknown field(s) ['why']"),
 ])
 def test_bad_plans_are_rejected_with_a_reason(text, message):
     with pytest.raises(QCompileError, match=None) as info:

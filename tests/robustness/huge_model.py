@@ -73,11 +73,13 @@ if __name__ == "__main__":
     main()
 
 
+# VmHWM, not ru_maxrss: ru_maxrss also counts the forked parent's pages from before exec
 PEAK_RSS_WRAPPER = (
-    "import resource, sys\n"
+    "import sys\n"
     "from qcompile.cli import main\n"
     "code = main(sys.argv[1:])\n"
-    "print('peak_rss_bytes', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"
+    "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]\n"
+    "print('peak_rss_bytes', int(hwm) * 1024, file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
 

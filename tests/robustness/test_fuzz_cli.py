@@ -24,8 +24,9 @@ EXAMPLES = int(os.environ.get("QCOMPILE_FUZZ_EXAMPLES", "40"))
 OUTCOMES: Counter = Counter()
 
 
-def _run(tmp_path, model_path, calib=CALIB, capsys=None):
-    code = main(["compile", str(model_path), "--calib", str(calib), "-o", str(tmp_path / "out"), "--no-latency"])
+def _run(tmp_path, model_path, calib=CALIB, capsys=None, extra=()):
+    code = main(["compile", str(model_path), "--calib", str(calib), "-o", str(tmp_path / "out"), "--no-latency",
+                 *extra])
     err = capsys.readouterr().err if capsys else ""
     OUTCOMES[code] += 1
     assert code in (0, 2), f"exit {code}: {err}"
@@ -95,6 +96,112 @@ def test_single_sample_and_constant_data(tmp_path, capsys):
     np.savez(tmp_path / "one.npz", input=np.zeros((1, 1, 1, 8, 8), np.float32))
     code, _ = _run(tmp_path, SAMPLES / "digits_cnn.onnx", tmp_path / "one.npz", capsys)
     assert code == 0
+
+
+INPUT_SHAPE = (1, 1, 8, 8)
+GOOD_DATA = np.load(CALIB)["input"][:12]
+
+
+def _calibration_arrays(data) -> dict[str, np.ndarray]:
+    kind = data.draw(st.sampled_from(["name", "rank", "dim", "dtype", "nonfinite", "constant", "count", "extra",
+                                      "labels", "scalar"]))
+    x = GOOD_DATA[: data.draw(st.integers(1, len(GOOD_DATA)))].copy()
+    arrays = {"input": x}
+    if kind == "name":
+        arrays = {data.draw(st.text(min_size=1, max_size=8).filter(lambda t: t != "input")): x}
+    elif kind == "rank":
+        arrays["input"] = x.reshape(x.shape[0], *INPUT_SHAPE[1:], 1) if data.draw(st.booleans()) else x[:, 0, 0]
+    elif kind == "dim":
+        arrays["input"] = np.zeros((len(x), 1, 1, 8, data.draw(st.integers(0, 12))), np.float32)
+    elif kind == "dtype":
+        dtype = data.draw(st.sampled_from(["int8", "int64", "float16", "float64", "bool", "complex64", "U3"]))
+        arrays["input"] = x.astype(dtype)
+    elif kind == "nonfinite":
+        x.flat[data.draw(st.integers(0, x.size - 1))] = data.draw(st.sampled_from([np.nan, np.inf, -np.inf]))
+    elif kind == "constant":
+        arrays["input"] = np.full_like(x, data.draw(st.floats(-1e6, 1e6)))
+    elif kind == "count":
+        arrays["input"] = x[:0]
+    elif kind == "extra":
+        arrays["other"] = x
+    elif kind == "labels":
+        arrays["labels"] = np.arange(len(x) + data.draw(st.integers(-len(x), 3)))
+    else:
+        arrays["input"] = np.float32(1.0)
+    return arrays
+
+
+@seed(20261124)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_bad_calibration_data(tmp_path_factory, capsys, data):
+    tmp = tmp_path_factory.mktemp("calib")
+    np.savez(tmp / "c.npz", **_calibration_arrays(data))
+    _run(tmp, SAMPLES / "digits_cnn.onnx", tmp / "c.npz", capsys)
+
+
+def _reference_plan() -> dict:
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        assert main(["compile", str(SAMPLES / "digits_cnn.onnx"), "--calib", str(CALIB), "--no-latency", "-o", tmp]) == 0
+        return json.loads((Path(tmp) / "plan.json").read_text())
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _mutate(data, node):
+    """Replace, delete or rename one entry somewhere in the JSON tree."""
+    if isinstance(node, dict) and node and data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(node)))
+        action = data.draw(st.sampled_from(["descend", "replace", "delete", "rename"]))
+        if action == "descend" and isinstance(node[key], (dict, list)) and node[key]:
+            _mutate(data, node[key])
+        elif action == "delete":
+            del node[key]
+        elif action == "rename":
+            node["missing_" + key] = node.pop(key)
+        else:
+            node[key] = data.draw(JSON_VALUES)
+    elif isinstance(node, list) and node:
+        i = data.draw(st.integers(0, len(node) - 1))
+        if isinstance(node[i], (dict, list)) and node[i] and data.draw(st.booleans()):
+            _mutate(data, node[i])
+        else:
+            node[i] = data.draw(JSON_VALUES)
+
+
+@seed(20261124)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_malformed_plan_files(tmp_path_factory, capsys, data):
+    import copy
+    import json
+
+    global REFERENCE_PLAN
+    if REFERENCE_PLAN is None:
+        REFERENCE_PLAN = _reference_plan()
+        capsys.readouterr()
+    plan = copy.deepcopy(REFERENCE_PLAN)
+    for _ in range(data.draw(st.integers(1, 4))):
+        _mutate(data, plan)
+    text = json.dumps(plan)
+    if data.draw(st.integers(0, 9)) == 0:
+        text = text[: data.draw(st.integers(0, len(text)))]
+    tmp = tmp_path_factory.mktemp("plan")
+    (tmp / "plan.json").write_text(text)
+    _run(tmp, SAMPLES / "digits_cnn.onnx", CALIB, capsys, extra=["--plan", str(tmp / "plan.json")])
+
+
+REFERENCE_PLAN = None
 
 
 def test_report_counts(capsys):
