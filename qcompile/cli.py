@@ -12,10 +12,10 @@ import argparse
 import signal
 import sys
 import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 from qcompile.errors import QCompileError
+from qcompile.workers import process_pool
 
 __all__ = ["main"]
 
@@ -60,22 +60,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@contextmanager
-def _executor(jobs: int):
-    """None for one job; else a process pool (spawned: forking a process that runs ORT threads is unsafe)."""
-    if jobs == 1:
-        yield None
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _cmd_compile(args: argparse.Namespace) -> int:
     import qcompile
     from qcompile.card import render_markdown
@@ -84,7 +68,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise QCompileError(f"-o must be a folder, not a file: {args.output}")
     if args.jobs < 1:
         raise QCompileError(f"--jobs must be at least 1, got {args.jobs}")
-    with _executor(args.jobs) as executor:
+    with process_pool(args.jobs) as executor:
         result = qcompile.compile(
             args.model, target=args.target, calibration=args.calib, evaluation=args.eval, plan=args.plan,
             per_channel=not args.per_tensor, calibrator=args.calibrator, policy=args.policy,

@@ -1,7 +1,8 @@
 """Hostile and broken inputs through the CLI: every case ends with exit 0 and a valid
 model, or exit 2 and one line naming the problem.  Exit 3 (internal error) fails.
 
-Fixed seed; `QCOMPILE_FUZZ_EXAMPLES=2000 pytest tests/robustness` for a longer run.
+Fixed seed, 100 cases per generator in CI; `QCOMPILE_FUZZ_EXAMPLES=2000 pytest tests/robustness/test_fuzz_cli.py`
+for a longer run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from tests.conftest import SAMPLES
 
 MODEL_BYTES = (SAMPLES / "digits_cnn.onnx").read_bytes()
 CALIB = SAMPLES / "digits_calib.npz"
-EXAMPLES = int(os.environ.get("QCOMPILE_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("QCOMPILE_FUZZ_EXAMPLES", "100"))
 OUTCOMES: Counter = Counter()
 
 
@@ -67,6 +68,7 @@ BROKEN_MODELS = {
     "empty graph": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 4] x) => (float[1, 4] x) { }""",
     "zero-size": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 0] x) => (float[1, 0] y) { y = Relu(x) }""",
     "nan weights": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 4] x) => (float[1, 2] y) <float[4, 2] w = {nan, 1, 2, 3, 4, 5, 6, 7}> { y = MatMul(x, w) }""",
+    "inf weights": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 4] x) => (float[1, 2] y) <float[4, 2] w = {inf, 1, 2, 3, 4, 5, 6, -inf}> { y = MatMul(x, w) }""",
     "constant output": """<ir_version: 8, opset_import: ["": 17]> g (float[1, 4] x) => (float[1, 4] y) <float[1, 4] c = {0, 0, 0, 0}> { y = Mul(x, c) }""",
 }
 
@@ -202,6 +204,36 @@ def test_malformed_plan_files(tmp_path_factory, capsys, data):
 
 
 REFERENCE_PLAN = None
+
+
+@seed(20261124)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_api_with_corrupted_bytes(data):
+    """The Python API with in-memory sources: a result that passes the checker, or QCompileError."""
+    import qcompile
+
+    blob = bytearray(MODEL_BYTES)
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] ^= 1 << data.draw(st.integers(0, 7))
+    source = bytes(blob) if data.draw(st.booleans()) else _proto_or_bytes(bytes(blob))
+    calibration = [{"input": x[None]} for x in GOOD_DATA[:6]]
+    try:
+        result = qcompile.compile(source, calibration=calibration, measure_latency=False)
+    except qcompile.QCompileError as e:
+        OUTCOMES["api error"] += 1
+        assert "\n" not in str(e)
+        return
+    OUTCOMES["api ok"] += 1
+    onnx.checker.check_model(result.to_proto())
+
+
+def _proto_or_bytes(blob: bytes):
+    try:
+        return onnx.ModelProto.FromString(blob)
+    except Exception:  # not even protobuf: hand over the bytes
+        return blob
 
 
 def test_report_counts(capsys):

@@ -13,6 +13,7 @@ import time
 from collections import Counter
 
 import onnx
+import psutil
 import pytest
 
 from tests.conftest import SAMPLES
@@ -21,9 +22,9 @@ OUTPUT_NAMES = {"digits_cnn.ort-cpu.onnx", "plan.json", "card.json", "card.md"}
 RUNS = int(os.environ.get("QCOMPILE_INTERRUPT_RUNS", "12"))
 
 
-def _command(model, out):
+def _command(model, out, jobs=1):
     return [sys.executable, "-m", "qcompile.cli", "compile", str(model), "--calib", str(SAMPLES / "digits_calib.npz"),
-            "--no-latency", "-o", str(out)]
+            "--no-latency", "--jobs", str(jobs), "-o", str(out)]
 
 
 def _digest(path):
@@ -54,17 +55,21 @@ def test_killed_runs_leave_complete_output_or_none(tmp_path):
         out = tmp_path / f"out{k}"
         if k % 4 == 3:  # re-run into a folder that already holds a complete earlier output
             subprocess.run(_command(model, out), check=True, capture_output=True)
-        proc = subprocess.Popen(_command(model, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        jobs = 2 if k % 2 else 1  # with worker processes too
+        proc = subprocess.Popen(_command(model, out, jobs), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(rng.uniform(0.3, 1.1) * duration)
+        workers = psutil.Process(proc.pid).children(recursive=True)
         proc.send_signal(sig)
-        _, err = proc.communicate()
+        _, err = proc.communicate(timeout=120)
+        _, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive, f"worker processes outlived a {sig.name}ed compile: {alive}"
         finished = proc.returncode == 0
         # 130/143 once the CLI handles the signal; -sig when it lands while Python is still starting
         expected = {signal.SIGINT: (130, -2), signal.SIGTERM: (143, -15), signal.SIGKILL: (-9,)}[sig]
         assert proc.returncode in (0, *expected), err.decode()
         if proc.returncode in (130, 143):
             assert err.decode() == f"qcompile: {'interrupted' if proc.returncode == 130 else 'terminated'}\n"
-        outcomes[f"{sig.name} {'finished' if finished else 'interrupted'}"] += 1
+        outcomes[f"{sig.name} jobs={jobs} {'finished' if finished else 'interrupted'}"] += 1
 
         assert _digest(model) == before
         if out.exists():
