@@ -80,7 +80,7 @@ def main(models: list[str]) -> None:
     for name in models:
         for tool in ("ort", "qcompile"):
             proc = subprocess.run([sys.executable, __file__, "--child", tool, name], capture_output=True, text=True)
-            line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "{}"
+            line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
             row = json.loads(line) if line.startswith("{") else {"tool": tool, "model": name, "ok": False,
                                                                   "error": proc.stderr.strip()[-300:]}
             rows.append(row)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.ir_utils import add_initializer, const_array, replace_value, single_consumer
+from qcompile.ir_utils import FreshNames, add_initializer, const_array, replace_value, single_consumer
 from qcompile.pipeline import CompilePass
 
 __all__ = ["FoldBatchNorm"]
@@ -45,7 +45,7 @@ def _bn_scale_shift(bn: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray] | 
     return a, mean, beta
 
 
-def _fold_one(graph: ir.Graph, producer: ir.Node, bn: ir.Node) -> bool:
+def _fold_one(graph: ir.Graph, producer: ir.Node, bn: ir.Node, fresh: FreshNames) -> bool:
     axis = _channel_axis(producer)
     weight = const_array(producer.inputs[1]) if len(producer.inputs) > 1 else None
     params = _bn_scale_shift(bn)
@@ -66,8 +66,8 @@ def _fold_one(graph: ir.Graph, producer: ir.Node, bn: ir.Node) -> bool:
     shape[axis] = -1
     new_w = (weight.astype(np.float64) * a.reshape(shape)).astype(weight.dtype)
     new_b = ((bias.astype(np.float64) - mean) * a + beta).astype(weight.dtype)
-    w_val = add_initializer(graph, producer.inputs[1].name + "_bnfolded", new_w)
-    b_val = add_initializer(graph, (producer.name or "node") + "_bias_bnfolded", new_b)
+    w_val = add_initializer(graph, producer.inputs[1].name + "_bnfolded", new_w, fresh)
+    b_val = add_initializer(graph, (producer.name or "node") + "_bias_bnfolded", new_b, fresh)
     producer.replace_input_with(1, w_val)
     if has_bias:
         producer.replace_input_with(2, b_val)
@@ -85,13 +85,14 @@ class FoldBatchNorm(CompilePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
+        fresh = FreshNames(model.graph)
         for bn in [n for n in model.graph if n.op_type == "BatchNormalization" and n.domain in ("", "ai.onnx")]:
             producer = bn.inputs[0].producer() if bn.inputs[0] is not None else None
             if producer is None or producer.op_type not in ("Conv", "ConvTranspose", "Gemm"):
                 continue
             if single_consumer(producer.outputs[0]) is not bn:
                 continue
-            modified |= _fold_one(model.graph, producer, bn)
+            modified |= _fold_one(model.graph, producer, bn, fresh)
         if modified:
             ir.passes.common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.ir_utils import add_initializer, const_array, release_external, unique_name
+from qcompile.ir_utils import FreshNames, add_initializer, const_array, release_external
 from qcompile.pipeline import CompilePass
 from qcompile.plan import QuantPlan
 from qcompile.quant_math import INT_RANGES, quantize
@@ -29,7 +29,7 @@ def _axis(node: ir.Node) -> int | None:
     return attr.as_int() if attr is not None else None
 
 
-def _fold_weight_q(graph: ir.Graph, q: ir.Node) -> bool:
+def _fold_weight_q(graph: ir.Graph, q: ir.Node, fresh: FreshNames) -> bool:
     w, scale, zp = (const_array(v) for v in (q.inputs + (None, None, None))[:3])
     if w is None or scale is None or zp is None:
         return False
@@ -41,22 +41,22 @@ def _fold_weight_q(graph: ir.Graph, q: ir.Node) -> bool:
     w_q = quantize(w, scale, zp, qrange, axis=axis)
     del w  # the float weights may be a memory map: drop the view, then unmap
     release_external(q.inputs[0])
-    stored = add_initializer(graph, f"{q.inputs[0].name}_{dtype}", w_q)
+    stored = add_initializer(graph, f"{q.inputs[0].name}_{dtype}", w_q, fresh)
     # the zero point stays even when it is 0: ORT fuses DQ→Gemm→Q into QGemm only with one
     q.outputs[0].replace_all_uses_with(stored)
     graph.remove(q, safe=True)
     return True
 
 
-def _fold_bias(graph: ir.Graph, value: ir.Value, spec) -> None:
+def _fold_bias(graph: ir.Graph, value: ir.Value, spec, fresh: FreshNames) -> None:
     b = const_array(value).astype(np.float64)
     scale = spec.scale_array().astype(np.float64)
     b_q = np.clip(np.rint(b / scale), INT_RANGES["int32"].qmin, INT_RANGES["int32"].qmax).astype(np.int32)
-    stored = add_initializer(graph, value.name + "_int32", b_q)
-    s, _, attrs = qdq_params(graph, value.name, spec, with_zero_point=False)  # int32 zero point is 0 by default
-    dq_out = ir.Value(name=unique_name(graph, value.name + "_dq"), type=value.type, shape=value.shape)
+    stored = add_initializer(graph, value.name + "_int32", b_q, fresh)
+    s, _, attrs = qdq_params(graph, value.name, spec, fresh, with_zero_point=False)  # int32 zero point is 0 by default
+    dq_out = ir.Value(name=fresh(value.name + "_dq"), type=value.type, shape=value.shape)
     dq = ir.Node("", "DequantizeLinear", [stored, s], attributes=attrs, outputs=[dq_out],
-                 name=unique_name(graph, value.name + "_DQ"))
+                 name=fresh(value.name + "_DQ"))
     readers = list(value.uses())
     graph.insert_before(readers[0].node, [dq])
     for use in readers:
@@ -95,14 +95,15 @@ class FoldScales(CompilePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
+        fresh = FreshNames(graph)
         modified = False
         for q in [n for n in graph if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")]:
             if q.inputs[0] is not None and q.inputs[0].is_initializer():
-                modified |= _fold_weight_q(graph, q)
+                modified |= _fold_weight_q(graph, q, fresh)
         for name, spec in sorted(self.plan.tensors.items()):
             value = graph.initializers.get(name)
             if spec.dtype == "int32" and value is not None and value.uses():
-                _fold_bias(graph, value, spec)
+                _fold_bias(graph, value, spec, fresh)
                 modified = True
         modified |= _merge_requant(graph)
         if modified:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import add_initializer, unique_name, values_by_name
+from qcompile.ir_utils import FreshNames, add_initializer, values_by_name
 from qcompile.pipeline import CompilePass
 from qcompile.plan import QuantPlan, QuantSpec
 
@@ -24,11 +24,11 @@ __all__ = ["InsertQDQ", "qdq_params"]
 
 
 def qdq_params(
-    graph: ir.Graph, name: str, spec: QuantSpec, *, with_zero_point: bool = True
+    graph: ir.Graph, name: str, spec: QuantSpec, fresh: FreshNames, *, with_zero_point: bool = True
 ) -> tuple[ir.Value, ir.Value | None, list[ir.Attr]]:
     """Scale and zero-point initializers (and the axis attribute) for `spec`."""
-    scale = add_initializer(graph, f"{name}_scale", spec.scale_array().astype(np.float32))
-    zp = add_initializer(graph, f"{name}_zero_point", spec.zero_point_array()) if with_zero_point else None
+    scale = add_initializer(graph, f"{name}_scale", spec.scale_array().astype(np.float32), fresh)
+    zp = add_initializer(graph, f"{name}_zero_point", spec.zero_point_array(), fresh) if with_zero_point else None
     attrs = [ir.AttrInt64("axis", spec.axis)] if spec.per_channel else []
     if spec.block_size is not None:
         attrs.append(ir.AttrInt64("block_size", spec.block_size))
@@ -54,6 +54,7 @@ class InsertQDQ(CompilePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         values = values_by_name(graph)
+        fresh = FreshNames(graph)
         modified = False
         for name, spec in sorted(self.plan.quantized_tensors().items()):
             if spec.dtype == "int32":
@@ -65,24 +66,24 @@ class InsertQDQ(CompilePass):
                 raise QCompileError(f"tensor {name!r}: spec {spec.dtype} has no scale (was it calibrated?)")
             if _already_quantized(value):
                 continue
-            self._insert(graph, value, spec)
+            self._insert(graph, value, spec, fresh)
             modified = True
         if modified:
             ir.passes.common.TopologicalSortPass()(model)
         return ir.passes.PassResult(model, modified)
 
-    def _insert(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec) -> None:
+    def _insert(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec, fresh: FreshNames) -> None:
         name = value.name
-        scale, zp, attrs = qdq_params(graph, name, spec)
+        scale, zp, attrs = qdq_params(graph, name, spec, fresh)
         readers = list(value.uses())
         was_output = value.is_graph_output()
-        q_out = ir.Value(name=unique_name(graph, f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]),
+        q_out = ir.Value(name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]),
                          shape=value.shape)
         q = ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out],
-                    name=unique_name(graph, f"{name}_Q"))
-        dq_out = ir.Value(name=unique_name(graph, f"{name}_dq"), type=value.type, shape=value.shape)
+                    name=fresh(f"{name}_Q"))
+        dq_out = ir.Value(name=fresh(f"{name}_dq"), type=value.type, shape=value.shape)
         dq = ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out],
-                     name=unique_name(graph, f"{name}_DQ"))
+                     name=fresh(f"{name}_DQ"))
         producer = value.producer()
         if producer is None:
             graph.insert_before(graph.node(0), [q, dq]) if len(graph) else graph.extend([q, dq])
@@ -94,5 +95,5 @@ class InsertQDQ(CompilePass):
             for i, out in enumerate(graph.outputs):
                 if out is value:
                     graph.outputs[i] = dq_out
-            value.name = unique_name(graph, f"{name}_float")
+            value.name = fresh(f"{name}_float")
             dq_out.name = name

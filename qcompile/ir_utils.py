@@ -15,6 +15,7 @@ __all__ = [
     "onnx_opset",
     "single_consumer",
     "unique_name",
+    "FreshNames",
     "is_float_value",
     "replace_value",
     "values_by_name",
@@ -47,15 +48,30 @@ def release_external(value: ir.Value | None) -> None:
             pass
 
 
+class FreshNames:
+    """Names that no value or node of a graph uses, for one pass run.
+
+    The graph is scanned once; every name handed out is remembered, so each
+    name costs O(1) instead of a scan of the graph (a pass that inserts Q/DQ
+    around every tensor would otherwise be quadratic in the graph size).
+    """
+
+    def __init__(self, graph: ir.Graph):
+        self.taken = set(values_by_name(graph)) | {n.name for n in graph if n.name}
+
+    def __call__(self, base: str) -> str:
+        """`base`, or `base_1`, `base_2`…, whichever is free; it is then taken."""
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
 def unique_name(graph: ir.Graph, base: str) -> str:
-    """`base`, or `base_1`, `base_2`…, whichever no value in the graph uses."""
-    taken = values_by_name(graph)
-    if base not in taken:
-        return base
-    i = 1
-    while f"{base}_{i}" in taken:
-        i += 1
-    return f"{base}_{i}"
+    """`base`, or `base_1`, `base_2`…, whichever no value or node in the graph uses (one scan)."""
+    return FreshNames(graph)(base)
 
 
 def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
@@ -66,9 +82,9 @@ def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     return values
 
 
-def add_initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    """Register `array` as a new initializer with a fresh name."""
-    name = unique_name(graph, name)
+def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, fresh: FreshNames | None = None) -> ir.Value:
+    """Register `array` as a new initializer with a fresh name (from `fresh` when given)."""
+    name = (fresh or FreshNames(graph))(name)
     value = ir.Value(
         name=name,
         const_value=ir.tensor(array, name=name),
