@@ -91,10 +91,30 @@ def _load_path(path: Path) -> ir.Model:
     return model
 
 
+def _copy_ir_model(source: ir.Model) -> ir.Model:
+    """A private copy (compiling mutates), with external data read in: an in-memory model has
+    no file beside which the checker and runtime sessions could find it."""
+    copy = ir.from_proto(ir.to_proto(source))
+    folders = {v.const_value.base_dir for v in source.graph.initializers.values()
+               if isinstance(v.const_value, ir.ExternalTensor)}
+    if not folders:
+        return copy
+    if len(folders) > 1 or weights_nbytes(source) > EXTERNAL_DATA_THRESHOLD:
+        raise QCompileError("an onnx_ir.Model with over 1.8 GB of external data cannot be compiled in memory; "
+                            "pass the path of its .onnx file instead")
+    ir.external_data.set_base_dir(copy.graph, folders.pop())
+    try:
+        ir.external_data.load_to_model(copy)
+    except OSError as e:
+        raise QCompileError(f"cannot read the model's external data: {e}") from e
+    copy.meta[EXTERNAL_DATA_KEY] = True
+    return copy
+
+
 def load_model(source: ModelSource) -> ir.Model:
     """Load any supported model source into an `onnx_ir.Model` the caller may mutate."""
     if isinstance(source, ir.Model):
-        return ir.from_proto(ir.to_proto(source))  # a private copy: compiling mutates
+        return _copy_ir_model(source)
     if isinstance(source, onnx.ModelProto):
         return _from_proto(source, "the given ModelProto")
     if isinstance(source, (bytes, bytearray, memoryview)):

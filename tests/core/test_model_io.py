@@ -99,3 +99,21 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, location):
     onnx.save(proto, str(model_dir / "evil.onnx"))
     with pytest.raises(QCompileError, match=f"tensor 'conv1.w' points at external data '{location}' outside the model's folder; refused"):
         load_model(model_dir / "evil.onnx")
+
+
+def test_ir_model_with_external_data_is_read_into_the_copy(tmp_path, rng):
+    ir.save(load_model(SAMPLE), tmp_path / "ext.onnx", external_data="ext.onnx.data", size_threshold_bytes=0)
+    source = ir.load(tmp_path / "ext.onnx")
+    loaded = load_model(source)
+    assert not any(isinstance(v.const_value, ir.ExternalTensor) for v in loaded.graph.initializers.values())
+    feeds = _feeds(rng)
+    np.testing.assert_allclose(run(loaded, feeds)["logits"], run(load_model(SAMPLE), feeds)["logits"], rtol=1e-6)
+
+
+def test_ir_model_with_too_much_external_data_asks_for_the_path(tmp_path, monkeypatch):
+    import qcompile.model_io as model_io
+
+    ir.save(load_model(SAMPLE), tmp_path / "ext.onnx", external_data="ext.onnx.data", size_threshold_bytes=0)
+    monkeypatch.setattr(model_io, "EXTERNAL_DATA_THRESHOLD", 100)
+    with pytest.raises(QCompileError, match="cannot be compiled in memory; pass the path of its .onnx file instead"):
+        load_model(ir.load(tmp_path / "ext.onnx"))
