@@ -10,8 +10,9 @@
   `out` never holds a half-written file and the input is never touched.
 
 A SIGKILL cannot be caught: it may leave a hidden staging folder
-(`.<out>.staging-*` beside `out`, or `.staging-*` inside it), never a
-partial file under a real output name.
+(`.<out>.staging-<pid>-*` beside `out`, or `.staging-<pid>-*` inside it),
+never a partial file under a real output name.  The next run into the same
+`out` deletes staging folders whose process is gone.
 """
 
 from __future__ import annotations
@@ -82,6 +83,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def _remove_abandoned(folder: Path, prefix: str) -> None:
+    """Delete staging folders left by killed runs (their process is gone); live runs keep theirs."""
+    for p in folder.glob(prefix + "*"):
+        pid = p.name[len(prefix):].split("-", 1)[0]
+        if p.is_dir() and pid.isdigit() and _process_gone(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 class StagedFolder:
     """Write files into a hidden staging folder; `commit()` publishes them into `out`."""
 
@@ -92,12 +111,12 @@ class StagedFolder:
 
     def __enter__(self) -> StagedFolder:
         # inside `out` when it exists, else beside it: either way on the same filesystem, so renames are atomic
-        if self.out.is_dir():
-            self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.out))
-        else:
-            parent = self.out.resolve().parent
-            parent.mkdir(parents=True, exist_ok=True)
-            self.path = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.staging-", dir=parent))
+        inside = self.out.is_dir()
+        folder = self.out if inside else self.out.resolve().parent
+        prefix = ".staging-" if inside else f".{self.out.name}.staging-"
+        folder.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(folder, prefix)
+        self.path = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=folder))
         os.chmod(self.path, 0o755)
         return self
 

@@ -76,3 +76,18 @@ def test_external_data_save_lands_data_and_model_together(tmp_path, monkeypatch)
     out = save_model(load_model(MODEL), tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
     assert load_model(out).graph.initializers  # the model finds its data by the relative name
+
+
+def test_staging_folders_of_dead_runs_are_removed_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / f".staging-{dead.stdout.strip()}-abc").mkdir()  # left by a SIGKILLed run
+    (out / f".staging-{os.getppid()}-def").mkdir()  # a run that is still going
+    with StagedFolder(out) as stage:
+        stage.file("a").write_text("1")
+        stage.commit()
+    assert sorted(p.name for p in out.iterdir()) == [f".staging-{os.getppid()}-def", "a"]
