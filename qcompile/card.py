@@ -14,14 +14,10 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
+from qcompile.ir_utils import external_tensors
 from qcompile.runtime import SessionSource, fused_op_counts, make_session, median_latency_ms
 
 __all__ = ["build_card", "measure_latencies", "render_markdown"]
-
-
-def _external_nbytes(model: ir.Model) -> int:
-    return sum(v.const_value.nbytes for v in model.graph.initializers.values()
-               if isinstance(v.const_value, ir.ExternalTensor))
 
 
 def _integer_kernels(quant: SessionSource) -> dict[str, int]:
@@ -35,7 +31,7 @@ def _integer_kernels(quant: SessionSource) -> dict[str, int]:
 def build_card(float_ref: SessionSource, quant_ref: SessionSource, float_size: int, qmodel: ir.Model,
                plan, target, calib) -> dict[str, Any]:
     """Everything the card says except fidelity and latency, which need data."""
-    q_size = len(quant_ref.model) + _external_nbytes(qmodel)
+    q_size = len(quant_ref.model) + sum(t.nbytes for t in external_tensors(qmodel))
     int8 = sum(1 for d in plan.nodes.values() if d.precision != "float")
     return {
         "target": target.describe(),

@@ -10,6 +10,7 @@ import onnx_ir as ir
 __all__ = [
     "const_array",
     "release_external",
+    "external_tensors",
     "add_initializer",
     "op_histogram",
     "onnx_opset",
@@ -33,6 +34,11 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
 
         raise QCompileError(f"tensor {value.name!r}: its stored data does not match its declared "
                             f"type and shape ({e})") from e
+
+
+def external_tensors(model: ir.Model) -> list[ir.ExternalTensor]:
+    """The initializers whose data stays in external files (not read into memory)."""
+    return [v.const_value for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
 
 
 def release_external(value: ir.Value | None) -> None:

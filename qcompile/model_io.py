@@ -17,8 +17,9 @@ from google.protobuf.message import DecodeError
 
 from qcompile.atomic import StagedFolder, atomic_write
 from qcompile.errors import QCompileError
+from qcompile.ir_utils import external_tensors
 
-__all__ = ["load_model", "save_model", "atomic_write", "model_to_proto", "model_to_bytes", "to_graphsurgeon", "ModelSource"]
+__all__ = ["load_model", "save_model", "model_to_bytes", "weights_nbytes", "to_graphsurgeon", "ModelSource"]
 
 ModelSource = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model | onnx_graphsurgeon.Graph
 TWO_GB = 2**31
@@ -95,8 +96,7 @@ def _copy_ir_model(source: ir.Model) -> ir.Model:
     """A private copy (compiling mutates), with external data read in: an in-memory model has
     no file beside which the checker and runtime sessions could find it."""
     copy = ir.from_proto(ir.to_proto(source))
-    folders = {v.const_value.base_dir for v in source.graph.initializers.values()
-               if isinstance(v.const_value, ir.ExternalTensor)}
+    folders = {t.base_dir for t in external_tensors(source)}
     if not folders:
         return copy
     if len(folders) > 1 or weights_nbytes(source) > EXTERNAL_DATA_THRESHOLD:
@@ -157,16 +157,11 @@ def save_model(model: ir.Model, path: str | Path) -> Path:
     return path
 
 
-def model_to_proto(model: ir.Model) -> onnx.ModelProto:
-    return ir.to_proto(model)
-
-
-def model_to_bytes(model: ir.Model, *, keep_value_info: bool = False) -> bytes:
-    """The serialised model.  Intermediate value_info is dropped unless asked for:
-    runtimes infer it, and on a quantized model it is ~10% of the file."""
+def model_to_bytes(model: ir.Model) -> bytes:
+    """The serialised model without intermediate value_info: runtimes infer it,
+    and on a quantized model it is ~10% of the file."""
     proto = ir.to_proto(model)
-    if not keep_value_info:
-        proto.graph.ClearField("value_info")
+    proto.graph.ClearField("value_info")
     return proto.SerializeToString()
 
 

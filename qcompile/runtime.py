@@ -19,6 +19,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from qcompile.errors import QCompileError
+from qcompile.ir_utils import external_tensors
 
 __all__ = ["SessionSource", "make_session", "run_session", "median_latency_ms", "fused_op_counts", "feeds_of"]
 
@@ -55,18 +56,12 @@ class SessionSource:
         proto.graph.ClearField("value_info")  # ORT infers it; on a quantized model it is ~10% of the bytes
         present = {o.name for o in proto.graph.output}
         proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra_outputs if n not in present)
-        folders = {t.base_dir for t in _external_tensors(model)}
+        folders = {t.base_dir for t in external_tensors(model)}
         if len(folders) > 1:
             raise QCompileError(f"the model's external data lives in several folders: {sorted(map(str, folders))}")
         if proto.ByteSize() > PROTO_LIMIT:
             raise QCompileError("the model holds over 2 GB of in-memory weights; save it with external data first")
         return cls(proto.SerializeToString(), str(folders.pop()) if folders else None)
-
-
-def _external_tensors(model: ir.Model):
-    for v in model.graph.initializers.values():
-        if isinstance(v.const_value, ir.ExternalTensor):
-            yield v.const_value
 
 
 def _source(model: ir.Model | onnx.ModelProto | bytes | str | Path | SessionSource) -> SessionSource | str:
