@@ -185,7 +185,7 @@ class AssignSpecs(CompilePass):
 def _weight_range(w: np.ndarray, axis: int | None) -> tuple:
     """(lo, hi) over the whole tensor, or per slice along `axis`, each widened to include 0."""
     if axis is None:
-        return min(float(w.min(initial=0.0)), 0.0), max(float(w.max(initial=0.0)), 0.0)
+        return float(w.min(initial=0.0)), float(w.max(initial=0.0))
     others = tuple(i for i in range(w.ndim) if i != axis)
     lo = w.min(axis=others, initial=0.0).astype(np.float64)
     hi = w.max(axis=others, initial=0.0).astype(np.float64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
+from qcompile.errors import first_line
 from qcompile.pipeline import CompilePass
 
 __all__ = ["InferShapes"]
@@ -24,8 +25,7 @@ class InferShapes(CompilePass):
         try:
             result = ShapeInferencePass(strict_mode=False)(model)
         except Exception as e:  # ONNX raises InferenceError and friends
-            text = str(e).strip().splitlines()
-            model.meta["qcompile.shape_inference"] = f"failed: {text[0] if text else type(e).__name__}"
+            model.meta["qcompile.shape_inference"] = f"failed: {first_line(e)}"
             return ir.passes.PassResult(model, False)
         model.meta["qcompile.shape_inference"] = "ok"
         return ir.passes.PassResult(model, result.modified)

@@ -13,7 +13,7 @@ import logging
 import onnx_ir as ir
 from onnxscript import version_converter
 
-from qcompile.errors import QCompileError
+from qcompile.errors import QCompileError, first_line
 from qcompile.ir_utils import onnx_opset
 from qcompile.pipeline import CompilePass
 
@@ -58,8 +58,7 @@ def _convert(model: ir.Model, version: int) -> str | None:
     try:
         version_converter.convert_version(model, version, fallback=True)
     except Exception as e:  # the converters raise assorted types
-        text = str(e).strip()
-        return f"opset {version}: {text.splitlines()[0] if text else type(e).__name__}"
+        return f"opset {version}: {first_line(e)}"
     finally:
         logger.setLevel(level)
     if onnx_opset(model) != version:

@@ -23,7 +23,7 @@ import onnx_ir as ir
 from qcompile.card import build_card, measure_latencies, render_markdown
 from qcompile.data import HoldoutSplit, iter_samples, model_input_specs
 from qcompile.ir_utils import onnx_opset
-from qcompile.errors import QCompileError
+from qcompile.errors import QCompileError, first_line
 from qcompile.atomic import StagedFolder
 from qcompile.model_io import (EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, SOURCE_BYTES_KEY, ModelSource, load_model,
                                save_model, to_graphsurgeon, weights_nbytes)
@@ -134,21 +134,19 @@ def _session_source(model: ir.Model) -> SessionSource:
     except QCompileError:
         raise
     except Exception as e:  # onnx-ir's SerdeError on malformed fields (e.g. strings that are not UTF-8)
-        text = str(e).strip()
-        raise QCompileError(f"the model has malformed fields: {text.splitlines()[0][:200] if text else type(e).__name__}") from e
+        raise QCompileError(f"the model has malformed fields: {first_line(e)[:200]}") from e
 
 
 def _check_input(model: bytes | str | os.PathLike) -> None:
     """The input must pass onnx.checker (by path when it is a file: external data is not inlined)."""
     try:
-        onnx.checker.check_model(model if isinstance(model, bytes) else os.fspath(model))
+        _check_output(model)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid model"
-        raise QCompileError(f"the model fails onnx.checker: {first}") from e
+        raise QCompileError(f"the model fails onnx.checker: {first_line(e, 'invalid model')}") from e
 
 
 def _check_output(model: bytes | str | os.PathLike) -> None:
-    """What qcompile writes must pass onnx.checker; a failure here is a qcompile bug."""
+    """onnx.checker on serialised bytes or a path; on what qcompile writes, a failure is a qcompile bug."""
     onnx.checker.check_model(model if isinstance(model, bytes) else os.fspath(model))
 
 

@@ -3,7 +3,7 @@
 Exit codes: 0 success, 1 verification below the requested budget, 2 bad input,
 3 internal error (a bug: please report it with the --debug traceback),
 130 interrupted by SIGINT, 143 terminated by SIGTERM.  An interrupted run
-writes nothing (see `qcompile.atomic`).
+leaves its output complete or absent, never partial (see `qcompile.atomic`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from qcompile.errors import QCompileError
+from qcompile.errors import QCompileError, first_line
 from qcompile.workers import process_pool
 
 __all__ = ["main"]
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input
         if args.debug:
             raise
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e, "")
         print(f"qcompile: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
               file=sys.stderr)
         return INTERNAL_ERROR

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-__all__ = ["QCompileError", "BAD_INPUT", "BELOW_BUDGET"]
+__all__ = ["QCompileError", "BAD_INPUT", "BELOW_BUDGET", "first_line"]
 
 BAD_INPUT = 2
 BELOW_BUDGET = 1
@@ -25,6 +25,13 @@ class QCompileError(Exception):
 
     def __reduce__(self):  # survives the trip back from a worker process
         return _rebuild, (str(self), self.exit_code)
+
+
+def first_line(error: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), else `default`
+    (the exception's type name when not given)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else (type(error).__name__ if default is None else default)
 
 
 def _rebuild(message: str, exit_code: int) -> QCompileError:

@@ -19,10 +19,9 @@ from qcompile.atomic import StagedFolder, atomic_write
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import external_tensors
 
-__all__ = ["load_model", "save_model", "model_to_bytes", "weights_nbytes", "to_graphsurgeon", "ModelSource"]
+__all__ = ["load_model", "save_model", "model_to_bytes", "proto_without_value_info", "weights_nbytes", "to_graphsurgeon", "ModelSource"]
 
 ModelSource = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model | onnx_graphsurgeon.Graph
-TWO_GB = 2**31
 SOURCE_BYTES_KEY = "qcompile.source_bytes"
 EXTERNAL_DATA_KEY = "qcompile.external_data"  # the input kept its weights in external data
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # leave headroom below protobuf's 2 GB limit
@@ -157,12 +156,16 @@ def save_model(model: ir.Model, path: str | Path) -> Path:
     return path
 
 
-def model_to_bytes(model: ir.Model) -> bytes:
-    """The serialised model without intermediate value_info: runtimes infer it,
+def proto_without_value_info(model: ir.Model) -> onnx.ModelProto:
+    """The model as protobuf without intermediate value_info: runtimes infer it,
     and on a quantized model it is ~10% of the file."""
     proto = ir.to_proto(model)
     proto.graph.ClearField("value_info")
-    return proto.SerializeToString()
+    return proto
+
+
+def model_to_bytes(model: ir.Model) -> bytes:
+    return proto_without_value_info(model).SerializeToString()
 
 
 def to_graphsurgeon(model: ir.Model):

@@ -18,8 +18,9 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from qcompile.errors import QCompileError
+from qcompile.errors import QCompileError, first_line
 from qcompile.ir_utils import external_tensors
+from qcompile.model_io import proto_without_value_info
 
 __all__ = ["SessionSource", "make_session", "run_session", "median_latency_ms", "fused_op_counts", "feeds_of"]
 
@@ -52,8 +53,7 @@ class SessionSource:
 
     @classmethod
     def of(cls, model: ir.Model, extra_outputs: Sequence[str] = ()) -> SessionSource:
-        proto = ir.to_proto(model)
-        proto.graph.ClearField("value_info")  # ORT infers it; on a quantized model it is ~10% of the bytes
+        proto = proto_without_value_info(model)
         present = {o.name for o in proto.graph.output}
         proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra_outputs if n not in present)
         folders = {t.base_dir for t in external_tensors(model)}
@@ -109,8 +109,7 @@ def make_session(
         return ort.InferenceSession(source.model_bytes() if isinstance(source, SessionSource) else source, so,
                                     providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QCompileError(f"ONNX Runtime cannot load the model: {first}") from e
+        raise QCompileError(f"ONNX Runtime cannot load the model: {first_line(e)}") from e
 
 
 def feeds_of(session: ort.InferenceSession, sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -121,8 +120,7 @@ def run_session(session: ort.InferenceSession, sample: Mapping[str, np.ndarray],
     try:
         outs = session.run(list(names) if names else None, feeds_of(session, sample))
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise QCompileError(f"ONNX Runtime failed to run the model: {first}") from e
+        raise QCompileError(f"ONNX Runtime failed to run the model: {first_line(e)}") from e
     keys = list(names) if names else [o.name for o in session.get_outputs()]
     return dict(zip(keys, outs))
 

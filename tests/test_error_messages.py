@@ -158,3 +158,28 @@ def test_session_sources_that_cannot_be_built(monkeypatch, tmp_path):
                                              shape=init.const_value.shape, name=name, base_dir=folder)
     with pytest.raises(QCompileError, match="the model's external data lives in several folders"):
         SessionSource.of(model)
+
+
+def test_npz_member_shorter_than_its_header(tmp_path):
+    import io
+    import zipfile
+
+    specs = model_input_specs(parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }"""))
+    buf = io.BytesIO()
+    np.save(buf, np.arange(4))
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
+        x = io.BytesIO()
+        np.save(x, np.ones((4, 1, 3), np.float32))
+        z.writestr("x.npy", x.getvalue())
+        z.writestr("labels.npy", buf.getvalue()[:-8])
+    with pytest.raises(QCompileError, match=r"cannot read data file .*d.npz: the data is shorter than its header says"):
+        list(iter_samples(tmp_path / "d.npz", specs))
+
+
+def test_ir_model_whose_external_data_is_gone(tmp_path):
+    ir.save(load_model(SAMPLES / "digits_cnn.onnx"), tmp_path / "m.onnx", external_data="m.data", size_threshold_bytes=0)
+    source = ir.load(tmp_path / "m.onnx")
+    (tmp_path / "m.data").unlink()
+    with pytest.raises(QCompileError, match="cannot read the model's external data"):
+        load_model(source)
