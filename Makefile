@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 DEBIAN_DATA := fortunes-min fonts-dejavu-core alsa-utils espeak-ng sox
 
-.PHONY: demo test bench clean system-data
+.PHONY: demo test check bench clean system-data
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,23 @@ system-data:
 		|| echo "note: could not install $(DEBIAN_DATA); tests that need them will skip"; \
 	else echo "note: not root or no apt-get; tests that need $(DEBIAN_DATA) will skip"; fi
 
-test: $(STAMP) system-data
+# Lint, format and types. mypy reads the package through a folder of links laid out as it
+# installs (passes/ and targets/ become qcompile.passes and qcompile.targets).
+TYPECHECK := $(VENV)/typecheck
+check: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/qcompile
+	ln -s $(CURDIR)/qcompile/*.py $(CURDIR)/qcompile/py.typed $(TYPECHECK)/qcompile/
+	ln -s $(CURDIR)/passes $(TYPECHECK)/qcompile/passes
+	ln -s $(CURDIR)/targets $(TYPECHECK)/qcompile/targets
+	cd $(TYPECHECK) && $(CURDIR)/$(VENV)/bin/mypy --config-file $(CURDIR)/pyproject.toml -p qcompile
+
+test: check system-data
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: $(STAMP)
-	$(PY) bench/compile_vs_ort.py
+	$(PY) -m bench.compile_vs_ort
 
 clean:
 	rm -rf $(VENV) out

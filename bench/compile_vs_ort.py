@@ -7,7 +7,7 @@ after building the data and before quantizing is recorded as the baseline.
 qcompile's time includes its verification on the held-out samples (ORT's does
 not verify).  Results: bench/results/compile_vs_ort.json, with the machine.
 
-    python bench/compile_vs_ort.py [model ...]
+    python -m bench.compile_vs_ort [model ...]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def _rss_mb() -> float:
 
 
 def child(tool: str, name: str) -> dict:
-    from qcompile import real_data
-    from qcompile.real_models import fetch
+    from tests.support import real_data
+    from tests.support.real_models import fetch
 
     path = fetch(name)
     samples = [{k: v for k, v in s.items() if k != "labels"} for s in real_data.SAMPLE_BUILDERS[name](path)]
@@ -59,9 +59,16 @@ def child(tool: str, name: str) -> dict:
 
             with tempfile.TemporaryDirectory() as tmp:
                 dst = Path(tmp) / "q.onnx"
-                quantize_static(str(path), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                calibrate_method=CalibrationMethod.MinMax)
+                quantize_static(
+                    str(path),
+                    str(dst),
+                    Reader(),
+                    quant_format=QuantFormat.QDQ,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                )
                 out["size_ratio"] = dst.stat().st_size / path.stat().st_size
         out["ok"] = True
     except Exception as e:  # record the peer's failure honestly, do not hide it
@@ -79,27 +86,48 @@ def main(models: list[str]) -> None:
     rows = []
     for name in models:
         for tool in ("ort", "qcompile"):
-            proc = subprocess.run([sys.executable, __file__, "--child", tool, name], capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, "-m", "bench.compile_vs_ort", "--child", tool, name],
+                capture_output=True,
+                text=True,
+                cwd=HERE.parent,
+            )
             line = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
-            row = json.loads(line) if line.startswith("{") else {"tool": tool, "model": name, "ok": False,
-                                                                  "error": proc.stderr.strip()[-300:]}
+            row = (
+                json.loads(line)
+                if line.startswith("{")
+                else {"tool": tool, "model": name, "ok": False, "error": proc.stderr.strip()[-300:]}
+            )
             rows.append(row)
-            print(f"{name:22s} {tool:9s} ok={row.get('ok')} {row.get('seconds', 0):7.2f}s "
-                  f"peak {row.get('peak_rss_mb', 0):7.0f} MB {row.get('error', '')}", file=sys.stderr)
+            print(
+                f"{name:22s} {tool:9s} ok={row.get('ok')} {row.get('seconds', 0):7.2f}s "
+                f"peak {row.get('peak_rss_mb', 0):7.0f} MB {row.get('error', '')}",
+                file=sys.stderr,
+            )
     ratios = {}
     for name in models:
         q = next(r for r in rows if r["model"] == name and r["tool"] == "qcompile")
         o = next(r for r in rows if r["model"] == name and r["tool"] == "ort")
         if q.get("ok") and o.get("ok"):
-            ratios[name] = {"time_ratio": q["seconds"] / o["seconds"],
-                            "peak_rss_ratio": q["peak_rss_mb"] / o["peak_rss_mb"],
-                            "added_rss_ratio": (q["peak_rss_mb"] - q["baseline_rss_mb"]) /
-                                               max(o["peak_rss_mb"] - o["baseline_rss_mb"], 1.0)}
+            ratios[name] = {
+                "time_ratio": q["seconds"] / o["seconds"],
+                "peak_rss_ratio": q["peak_rss_mb"] / o["peak_rss_mb"],
+                "added_rss_ratio": (q["peak_rss_mb"] - q["baseline_rss_mb"])
+                / max(o["peak_rss_mb"] - o["baseline_rss_mb"], 1.0),
+            }
     import onnxruntime
 
-    report = {"machine": {**cpu_info().summary(), "python": platform.python_version(), "cores": __import__("os").cpu_count(),
-                          "onnxruntime": onnxruntime.__version__},
-              "date": time.strftime("%Y-%m-%d"), "runs": rows, "ratios_qcompile_over_ort": ratios}
+    report = {
+        "machine": {
+            **cpu_info().summary(),
+            "python": platform.python_version(),
+            "cores": __import__("os").cpu_count(),
+            "onnxruntime": onnxruntime.__version__,
+        },
+        "date": time.strftime("%Y-%m-%d"),
+        "runs": rows,
+        "ratios_qcompile_over_ort": ratios,
+    }
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "compile_vs_ort.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(ratios, indent=1))

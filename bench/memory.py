@@ -11,7 +11,7 @@
 
 Results: bench/results/memory.json, with the machine.  Needs ~10 GB of free disk.
 
-    python bench/memory.py [--samples 100 300 1000] [--skip-huge]
+    python -m bench.memory [--samples 100 300 1000] [--skip-huge]
 """
 
 from __future__ import annotations
@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE.parent))  # for tests.robustness.huge_model
+from qcompile.cpu import cpu_info
+from tests.support import real_data
+from tests.support.huge_model import compile_peak_rss, write_huge_model
+from tests.support.real_models import fetch
 
-from qcompile import real_data  # noqa: E402
-from qcompile.cpu import cpu_info  # noqa: E402
-from qcompile.real_models import fetch  # noqa: E402
-from tests.robustness.huge_model import compile_peak_rss, write_huge_model  # noqa: E402
+HERE = Path(__file__).parent
 
 
 def _write_detector_samples(path: Path, n: int, seed: int) -> None:
@@ -63,8 +62,9 @@ def _tree_peak(argv: list[str]) -> dict:
     import psutil
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "qcompile.cli", *argv], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qcompile.cli", *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
         try:
@@ -88,11 +88,17 @@ def calibration_runs(tmp: Path, counts: list[int]) -> list[dict]:
         fixed = ["--eval", str(tmp / "eval.npy")]
         modes = [("fixed eval set", fixed, _timed)]
         if n == max(counts):
-            modes += [("held-out split", [], _timed), ("fixed eval set, --jobs 2 (process tree)", [*fixed, "--jobs", "2"],
-                                                       _tree_peak)]
+            modes += [
+                ("held-out split", [], _timed),
+                ("fixed eval set, --jobs 2 (process tree)", [*fixed, "--jobs", "2"], _tree_peak),
+            ]
         for i, (mode, extra, measure) in enumerate(modes):
-            run = {"samples": n, "evaluation": mode, "data_mib": round(calib.stat().st_size / 2**20, 1),
-                   **measure([*base, *extra, "-o", str(tmp / f"out{n}-{i}")])}
+            run = {
+                "samples": n,
+                "evaluation": mode,
+                "data_mib": round(calib.stat().st_size / 2**20, 1),
+                **measure([*base, *extra, "-o", str(tmp / f"out{n}-{i}")]),
+            }
             print(run, flush=True)
             runs.append(run)
         calib.unlink()
@@ -102,8 +108,17 @@ def calibration_runs(tmp: Path, counts: list[int]) -> list[dict]:
 def huge_run(tmp: Path) -> dict:
     model = write_huge_model(tmp / "huge")
     size = model.stat().st_size + (tmp / "huge" / "model.onnx.data").stat().st_size
-    run = _timed(["compile", str(model), "--calib", str(tmp / "huge" / "calib.npz"), "--no-latency",
-                  "-o", str(tmp / "huge" / "out")])
+    run = _timed(
+        [
+            "compile",
+            str(model),
+            "--calib",
+            str(tmp / "huge" / "calib.npz"),
+            "--no-latency",
+            "-o",
+            str(tmp / "huge" / "out"),
+        ]
+    )
     run.update({"model_mib": round(size / 2**20, 1), "ratio": round(run["peak_rss_mib"] * 2**20 / size, 3)})
     print(run, flush=True)
     return run
@@ -114,8 +129,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, nargs="+", default=[100, 300, 1000])
     parser.add_argument("--skip-huge", action="store_true")
     args = parser.parse_args()
-    result: dict = {"machine": {**cpu_info().summary(), "python": platform.python_version(),
-                                "cores": os.cpu_count(), "platform": platform.platform()}}
+    result: dict = {
+        "machine": {
+            **cpu_info().summary(),
+            "python": platform.python_version(),
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+        }
+    }
     with tempfile.TemporaryDirectory(prefix="qcompile-bench-", dir=HERE) as tmp:
         result["calibration_vs_samples"] = calibration_runs(Path(tmp), args.samples)
         if not args.skip_huge:

@@ -21,9 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 import qcompile
-from qcompile import real_data
 from qcompile.cpu import cpu_info
-from qcompile.real_models import REAL_MODELS, fetch
+from tests.support import real_data
+from tests.support.real_models import REAL_MODELS, fetch
 
 HERE = Path(__file__).parent
 
@@ -35,27 +35,39 @@ def _ctc(seq: np.ndarray) -> tuple[int, ...]:
 
 def _task_metric(name: str, f_outs: list, q_outs: list) -> dict:
     if name == "ppocrv4_det":
-        inter = sum(np.logical_and(f[0] > 0.3, q[0] > 0.3).sum() for f, q in zip(f_outs, q_outs))
-        union = sum(np.logical_or(f[0] > 0.3, q[0] > 0.3).sum() for f, q in zip(f_outs, q_outs))
+        inter = sum(np.logical_and(f[0] > 0.3, q[0] > 0.3).sum() for f, q in zip(f_outs, q_outs, strict=True))
+        union = sum(np.logical_or(f[0] > 0.3, q[0] > 0.3).sum() for f, q in zip(f_outs, q_outs, strict=True))
         return {"mask_iou": float(inter / max(union, 1))}
     if name == "ppocrv4_rec":
-        return {"same_line_share": float(np.mean([_ctc(f[0]) == _ctc(q[0]) for f, q in zip(f_outs, q_outs)]))}
+        return {
+            "same_line_share": float(np.mean([_ctc(f[0]) == _ctc(q[0]) for f, q in zip(f_outs, q_outs, strict=True)]))
+        }
     if name == "paraphrase_minilm_l3":
-        cos = [float(np.dot(f[3].ravel(), q[3].ravel()) / (np.linalg.norm(f[3]) * np.linalg.norm(q[3])))
-               for f, q in zip(f_outs, q_outs)]
+        cos = [
+            float(np.dot(f[3].ravel(), q[3].ravel()) / (np.linalg.norm(f[3]) * np.linalg.norm(q[3])))
+            for f, q in zip(f_outs, q_outs, strict=True)
+        ]
         return {"embedding_cosine_mean": float(np.mean(cos)), "embedding_cosine_min": float(np.min(cos))}
     if name == "silero_vad":
-        return {"max_abs_prob_error": float(max(np.abs(f[0] - q[0]).max() for f, q in zip(f_outs, q_outs)))}
+        return {
+            "max_abs_prob_error": float(max(np.abs(f[0] - q[0]).max() for f, q in zip(f_outs, q_outs, strict=True)))
+        }
     return {}
 
 
 def main(names: list[str]) -> None:
-    report = {"machine": cpu_info().summary(), "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__,
-              "models": {}}
+    report = {
+        "machine": cpu_info().summary(),
+        "date": time.strftime("%Y-%m-%d"),
+        "onnxruntime": ort.__version__,
+        "models": {},
+    }
     for name in names:
         path = fetch(name)
-        samples = [{k: v for k, v in s.items() if not (k == "labels" and v.dtype.kind == "U")}
-                   for s in real_data.SAMPLE_BUILDERS[name](path)]
+        samples = [
+            {k: v for k, v in s.items() if not (k == "labels" and v.dtype.kind == "U")}
+            for s in real_data.SAMPLE_BUILDERS[name](path)
+        ]
         calib, held = real_data.split(samples)
         result = qcompile.compile(path, "ort-cpu", calib, held, measure_latency=False)
         fq = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -64,11 +76,17 @@ def main(names: list[str]) -> None:
         f_outs = [fq.run(None, f) for f in feeds]
         q_outs = [qq.run(None, f) for f in feeds]
         fid = result.card["fidelity"]
-        entry = {"outputs": {o["name"]: {"sqnr_db": o["sqnr_db"], "cosine": o["cosine"]} for o in fid["outputs"]},
-                 "float_accuracy": fid["float_accuracy"], "int8_accuracy": fid["quant_accuracy"],
-                 "size_ratio": result.card["sizes"]["ratio"], "int8_nodes": result.card["nodes"]["int8"],
-                 "float_nodes": result.card["nodes"]["float"], "ort_kernels": result.card["ort_kernels"],
-                 "eval_samples": len(held), **_task_metric(name, f_outs, q_outs)}
+        entry = {
+            "outputs": {o["name"]: {"sqnr_db": o["sqnr_db"], "cosine": o["cosine"]} for o in fid["outputs"]},
+            "float_accuracy": fid["float_accuracy"],
+            "int8_accuracy": fid["quant_accuracy"],
+            "size_ratio": result.card["sizes"]["ratio"],
+            "int8_nodes": result.card["nodes"]["int8"],
+            "float_nodes": result.card["nodes"]["float"],
+            "ort_kernels": result.card["ort_kernels"],
+            "eval_samples": len(held),
+            **_task_metric(name, f_outs, q_outs),
+        }
         report["models"][name] = entry
         print(name, json.dumps(entry), file=sys.stderr)
     (HERE / "results").mkdir(exist_ok=True)

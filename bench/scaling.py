@@ -4,7 +4,7 @@ Every pass should be linear in the number of nodes; the ratio time(N) / time(sma
 against N / smallest N shows it.  Each size compiles in a fresh process (10 calibration
 samples, no latency measurement).  Results: bench/results/scaling.json, with the machine.
 
-    python bench/scaling.py [N ...]
+    python -m bench.scaling [N ...]
 """
 
 from __future__ import annotations
@@ -30,11 +30,18 @@ def write_chain(folder: Path, layers: int) -> tuple[Path, Path]:
     nodes, inits, prev = [], [], "x"
     for i in range(layers):
         inits.append(onnx.numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), f"w{i}"))
-        nodes += [helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
-                  helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}")]
+        nodes += [
+            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+            helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}"),
+        ]
         prev = f"r{i}"
-    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-                              [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 16])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 16])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     path, calib = folder / f"chain{layers}.onnx", folder / f"chain{layers}.npz"
     onnx.save(model, path)
@@ -44,8 +51,22 @@ def write_chain(folder: Path, layers: int) -> tuple[Path, Path]:
 
 def compile_seconds(model: Path, calib: Path, out: Path) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "qcompile.cli", "compile", str(model), "--calib", str(calib),
-                    "--no-latency", "-o", str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qcompile.cli",
+            "compile",
+            str(model),
+            "--calib",
+            str(calib),
+            "--no-latency",
+            "-o",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -63,8 +84,10 @@ def main(sizes: list[int]) -> None:
     for r in rows:
         r["size_ratio"] = r["nodes"] / base["nodes"]
         r["time_ratio"] = round(r["seconds"] / base["seconds"], 2)
-    report = {"machine": {**cpu_info().summary(), "python": platform.python_version(), "cores": os.cpu_count()},
-              "runs": rows}
+    report = {
+        "machine": {**cpu_info().summary(), "python": platform.python_version(), "cores": os.cpu_count()},
+        "runs": rows,
+    }
     (HERE / "results" / "scaling.json").write_text(json.dumps(report, indent=1) + "\n")
 
 

@@ -1,4 +1,4 @@
-"""Turn precision decisions and calibrated ranges into per-tensor QuantSpecs.
+"""Turn precision decisions and calibrated ranges into per-tensor QuantSpecs (an analysis).
 
 For every int8 node, the target's `OpRule` says which tensors are quantized:
 
@@ -15,22 +15,37 @@ For every int8 node, the target's `OpRule` says which tensors are quantized:
 A tensor between a compute op and the Relu/Clip the runtime fuses into it is
 not quantized.  Specs in a user plan override computed ones; a user spec with
 no scale asks for that dtype with a calibrated scale.
+
+`assign_specs` only reads the model and returns a new `QuantPlan`.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import const_array, is_float_value, release_external, single_consumer, values_by_name
-from qcompile.pipeline import CompilePass
-from qcompile.plan import QuantPlan, QuantSpec
-from qcompile.quant_math import int_range, scale_zero_point
+from qcompile.ir_utils import (
+    const_array,
+    is_float_value,
+    name_of,
+    release_external,
+    single_consumer,
+    values_by_name,
+)
 from qcompile.passes.calibrate import CalibrationResult
-from qcompile.targets.base import Target
+from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
+from qcompile.quant_math import int_range, scale_zero_point
+from qcompile.targets.base import OpRule, Target
 
-__all__ = ["AssignSpecs"]
+__all__ = ["assign_specs"]
+
+
+def _input(node: ir.Node, index: int | None) -> ir.Value | None:
+    return node.inputs[index] if index is not None and index < len(node.inputs) else None
 
 
 class _Groups:
@@ -52,70 +67,104 @@ class _Groups:
             self.parent[r] = roots[0]
 
 
-class AssignSpecs(CompilePass):
-    requires = ("precision_selected", "calibrated", "types_known")
-    provides = ("specs_assigned",)
-    mutates = False
+@dataclass
+class _Roles:
+    """What the int8 nodes' rules make of their tensors."""
 
-    def __init__(self, plan: QuantPlan, target: Target, calib: CalibrationResult, *,
-                 per_channel: bool = True, pinned: QuantPlan | None = None):
-        super().__init__()
-        self.plan, self.target, self.calib = plan, target, calib
+    activations: list[str] = field(default_factory=list)
+    weights: dict[str, int | None] = field(default_factory=dict)  # name → per-channel axis
+    biases: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (activation, weight)
+    groups: _Groups = field(default_factory=_Groups)
+
+
+def assign_specs(
+    model: ir.Model,
+    target: Target,
+    calib: CalibrationResult,
+    decisions: Mapping[str, NodeDecision],
+    *,
+    per_channel: bool = True,
+    pinned: QuantPlan | None = None,
+) -> QuantPlan:
+    """The plan for `model`: `decisions` as its nodes, a spec for every tensor the int8 nodes quantize.
+
+    Its meta records the weight range used and whether weights are per channel.
+    """
+    return _Assigner(target, calib, decisions, per_channel, pinned).run(model)
+
+
+class _Assigner:
+    """The state of one `assign_specs` call."""
+
+    def __init__(
+        self,
+        target: Target,
+        calib: CalibrationResult,
+        decisions: Mapping[str, NodeDecision],
+        per_channel: bool,
+        pinned: QuantPlan | None,
+    ):
+        self.plan = QuantPlan(nodes=dict(decisions))
+        self.target, self.calib = target, calib
         self.per_channel = per_channel and target.per_channel
         self.pinned = pinned.tensors if pinned else {}
 
     def _int8(self, node: ir.Node | None) -> bool:
-        return node is not None and self.plan.nodes.get(node.name) is not None and self.plan.nodes[node.name].precision != "float"
+        decision = self.plan.nodes.get(node.name or "") if node is not None else None
+        return decision is not None and decision.precision != "float"
 
     def _fused_away(self, node: ir.Node, out: ir.Value) -> bool:
         rule = self.target.rule(node)
         nxt = single_consumer(out)
-        return bool(rule and rule.fuses_activation and nxt is not None
-                    and nxt.op_type in self.target.fusable_activations and self._int8(nxt))
+        return bool(
+            rule
+            and rule.fuses_activation
+            and nxt is not None
+            and nxt.op_type in self.target.fusable_activations
+            and self._int8(nxt)
+        )
 
     def _fused_tensor(self, value: ir.Value) -> bool:
         producer = value.producer()
         return producer is not None and self._int8(producer) and self._fused_away(producer, value)
 
-    def call(self, model: ir.Model) -> ir.passes.PassResult:
-        activations: list[str] = []
-        weights: dict[str, int | None] = {}
-        biases: dict[str, tuple[str, str]] = {}
-        groups = _Groups()
+    def run(self, model: ir.Model) -> QuantPlan:
+        roles = _Roles()
         for node in model.graph:
-            if not self._int8(node) or (rule := self.target.rule(node)) is None:
-                continue
-            acts = [node.inputs[i] for i in rule.activations if i < len(node.inputs)]
-            if rule.output == "tied_all":
-                acts = list(node.inputs)
-            acts = [v for v in acts if is_float_value(v) and not self._fused_tensor(v)]
-            w = node.inputs[rule.weight] if rule.weight is not None and rule.weight < len(node.inputs) else None
-            w_const = w.const_value if is_float_value(w) else None
-            if w_const is not None:
-                rank = len(w_const.shape)
-                weights[w.name] = rule.weight_axis(node, rank) if (self.per_channel and rule.weight_axis) else None
-            elif is_float_value(w):
-                acts.append(w)
-            b = node.inputs[rule.bias] if rule.bias is not None and rule.bias < len(node.inputs) else None
-            if w_const is not None and is_float_value(b) and b.const_value is not None and acts:
-                biases[b.name] = (acts[0].name, w.name)
-            out = node.outputs[0]
-            quantize_out = is_float_value(out) and not self._fused_away(node, out)
-            if quantize_out and out.is_graph_output() and rule.float_output_ok:
-                quantize_out = False
-            if quantize_out:
-                acts.append(out)
-            activations += [v.name for v in acts]
-            if rule.output == "tied_all" and quantize_out:
-                groups.union([v.name for v in acts])
-            elif rule.output == "tied" and quantize_out and is_float_value(node.inputs[0]):
-                groups.union([node.inputs[0].name, out.name])
-        self._assign_activations(model, activations, groups)
-        self._assign_weights(model, weights)
-        self._assign_biases(model, biases)
+            rule = self.target.rule(node)
+            if rule is not None and self._int8(node):
+                self._collect(node, rule, roles)
+        self._assign_activations(model, roles.activations, roles.groups)
+        self._assign_weights(model, roles.weights)
+        self._assign_biases(roles.biases)
         self._apply_pins(model)
         self.plan.meta["per_channel"] = self.per_channel
-        return ir.passes.PassResult(model, False)
+        return self.plan
+
+    def _collect(self, node: ir.Node, rule: OpRule, roles: _Roles) -> None:
+        """Record which tensors of one int8 node are activations, weight and bias, and which are tied."""
+        inputs = list(node.inputs) if rule.output == "tied_all" else [_input(node, i) for i in rule.activations]
+        acts = [v for v in inputs if is_float_value(v) and not self._fused_tensor(v)]
+        w, b = _input(node, rule.weight), _input(node, rule.bias)
+        w_const = w.const_value if is_float_value(w) else None
+        if w is not None and w_const is not None:
+            axis = rule.weight_axis(node, len(w_const.shape)) if (self.per_channel and rule.weight_axis) else None
+            roles.weights[name_of(w)] = axis
+            if is_float_value(b) and b.const_value is not None and acts:
+                roles.biases[name_of(b)] = (name_of(acts[0]), name_of(w))
+        elif is_float_value(w):
+            acts.append(w)
+        out = node.outputs[0]
+        quantize_out = is_float_value(out) and not self._fused_away(node, out)
+        if quantize_out and out.is_graph_output() and rule.float_output_ok:
+            quantize_out = False  # the integer kernel writes the float graph output itself
+        if quantize_out:
+            acts.append(out)
+        roles.activations += [name_of(v) for v in acts]
+        if rule.output == "tied_all" and quantize_out:
+            roles.groups.union([name_of(v) for v in acts])
+        elif rule.output == "tied" and quantize_out and is_float_value(src := node.inputs[0]):
+            roles.groups.union([name_of(src), name_of(out)])
 
     def _range_of(self, model: ir.Model, name: str) -> tuple[float, float] | None:
         if name in self.calib.ranges:
@@ -148,13 +197,17 @@ class AssignSpecs(CompilePass):
         qrange = int_range(dtype, symmetric=True, reduce_range=self.target.weight_reduce_range)
         for name, axis in weights.items():
             init = model.graph.initializers[name]
-            lo, hi = _weight_range(const_array(init), axis)  # min/max are exact in the stored dtype
+            values = const_array(init)
+            if values is None:
+                continue
+            lo, hi = _weight_range(values, axis)  # min/max are exact in the stored dtype
+            del values
             release_external(init)
             scale, zp = scale_zero_point(lo, hi, qrange, symmetric=True)
             self.plan.tensors[name] = QuantSpec(dtype, axis=axis, symmetric=True).with_params(scale, zp)
             self.plan.meta.setdefault("weight_qrange", [qrange.qmin, qrange.qmax])
 
-    def _assign_biases(self, model: ir.Model, biases: dict[str, tuple[str, str]]) -> None:
+    def _assign_biases(self, biases: dict[str, tuple[str, str]]) -> None:
         for name, (act, weight) in biases.items():
             a, w = self.plan.tensors.get(act), self.plan.tensors.get(weight)
             if a is None or w is None or a.is_float or w.is_float:
@@ -176,7 +229,9 @@ class AssignSpecs(CompilePass):
             else:
                 rng = self._range_of(model, name)
                 if rng is None:
-                    raise QCompileError(f"plan asks for tensor {name!r} as {spec.dtype}, but it was never observed as float")
+                    raise QCompileError(
+                        f"plan asks for tensor {name!r} as {spec.dtype}, but it was never observed as float"
+                    )
                 qrange = int_range(spec.dtype, symmetric=spec.symmetric)
                 scale, zp = scale_zero_point(rng[0], rng[1], qrange, symmetric=spec.symmetric)
                 self.plan.tensors[name] = QuantSpec(spec.dtype, symmetric=spec.symmetric).with_params(scale, zp)

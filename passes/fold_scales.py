@@ -14,12 +14,17 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import (
+    CommonSubexpressionEliminationPass,
+    DeduplicateInitializersPass,
+    RemoveUnusedNodesPass,
+    TopologicalSortPass,
+)
 
-from qcompile.ir_utils import FreshNames, add_initializer, const_array, release_external
-from qcompile.pipeline import CompilePass
-from qcompile.plan import QuantPlan
-from qcompile.quant_math import INT_RANGES, quantize
+from qcompile.ir_utils import FreshNames, add_initializer, const_array, name_of, release_external
 from qcompile.passes.insert_qdq import qdq_params
+from qcompile.plan import QuantPlan, QuantSpec
+from qcompile.quant_math import INT_RANGES, quantize
 
 __all__ = ["FoldScales"]
 
@@ -30,8 +35,9 @@ def _axis(node: ir.Node) -> int | None:
 
 
 def _fold_weight_q(graph: ir.Graph, q: ir.Node, fresh: FreshNames) -> bool:
-    w, scale, zp = (const_array(v) for v in (q.inputs + (None, None, None))[:3])
-    if w is None or scale is None or zp is None:
+    weight = q.inputs[0]
+    w, scale, zp = (const_array(v) for v in [*q.inputs, None, None][:3])
+    if weight is None or w is None or scale is None or zp is None:
         return False
     dtype = zp.dtype.name
     axis = _axis(q) if scale.ndim else None
@@ -40,23 +46,23 @@ def _fold_weight_q(graph: ir.Graph, q: ir.Node, fresh: FreshNames) -> bool:
     qrange = INT_RANGES[dtype]
     w_q = quantize(w, scale, zp, qrange, axis=axis)
     del w  # the float weights may be a memory map: drop the view, then unmap
-    release_external(q.inputs[0])
-    stored = add_initializer(graph, f"{q.inputs[0].name}_{dtype}", w_q, fresh)
+    release_external(weight)
+    stored = add_initializer(graph, f"{name_of(weight)}_{dtype}", w_q, fresh)
     # the zero point stays even when it is 0: ORT fuses DQ→Gemm→Q into QGemm only with one
     q.outputs[0].replace_all_uses_with(stored)
     graph.remove(q, safe=True)
     return True
 
 
-def _fold_bias(graph: ir.Graph, value: ir.Value, spec, fresh: FreshNames) -> None:
-    b = const_array(value).astype(np.float64)
+def _fold_bias(graph: ir.Graph, value: ir.Value, spec: QuantSpec, fresh: FreshNames) -> None:
+    name = name_of(value)
+    b = np.asarray(const_array(value), np.float64)
     scale = spec.scale_array().astype(np.float64)
     b_q = np.clip(np.rint(b / scale), INT_RANGES["int32"].qmin, INT_RANGES["int32"].qmax).astype(np.int32)
-    stored = add_initializer(graph, value.name + "_int32", b_q, fresh)
-    s, _, attrs = qdq_params(graph, value.name, spec, fresh, with_zero_point=False)  # int32 zero point is 0 by default
-    dq_out = ir.Value(name=fresh(value.name + "_dq"), type=value.type, shape=value.shape)
-    dq = ir.Node("", "DequantizeLinear", [stored, s], attributes=attrs, outputs=[dq_out],
-                 name=fresh(value.name + "_DQ"))
+    stored = add_initializer(graph, name + "_int32", b_q, fresh)
+    s, _, attrs = qdq_params(graph, name, spec, fresh, with_zero_point=False)  # int32 zero point is 0 by default
+    dq_out = ir.Value(name=fresh(name + "_dq"), type=value.type, shape=value.shape)
+    dq = ir.Node("", "DequantizeLinear", [stored, s], attributes=attrs, outputs=[dq_out], name=fresh(name + "_DQ"))
     readers = list(value.uses())
     graph.insert_before(readers[0].node, [dq])
     for use in readers:
@@ -64,11 +70,14 @@ def _fold_bias(graph: ir.Graph, value: ir.Value, spec, fresh: FreshNames) -> Non
 
 
 def _same_params(a: ir.Node, b: ir.Node) -> bool:
-    pa = [const_array(v) for v in a.inputs[1:3]]
-    pb = [const_array(v) for v in b.inputs[1:3]]
-    if any(p is None for p in pa + pb):
+    """Same axis, and scale and zero point both constants of equal dtype and value."""
+    if _axis(a) != _axis(b) or len(a.inputs) != len(b.inputs):
         return False
-    return _axis(a) == _axis(b) and all(x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(pa, pb))
+    for x, y in zip(a.inputs[1:3], b.inputs[1:3], strict=True):
+        xa, ya = const_array(x), const_array(y)
+        if xa is None or ya is None or xa.dtype != ya.dtype or not np.array_equal(xa, ya):
+            return False
+    return True
 
 
 def _merge_requant(graph: ir.Graph) -> bool:
@@ -77,7 +86,7 @@ def _merge_requant(graph: ir.Graph) -> bool:
         dq = q.inputs[0].producer() if q.inputs[0] is not None else None
         if dq is None or dq.op_type != "DequantizeLinear" or not _same_params(q, dq):
             continue
-        if q.outputs[0].is_graph_output():
+        if q.outputs[0].is_graph_output() or dq.inputs[0] is None:
             continue
         q.outputs[0].replace_all_uses_with(dq.inputs[0])
         graph.remove(q, safe=True)
@@ -85,13 +94,29 @@ def _merge_requant(graph: ir.Graph) -> bool:
     return modified
 
 
-class FoldScales(CompilePass):
-    requires = ("qdq",)
-    provides = ("scales_folded",)
+def _tidy() -> ir.passes.Sequential:
+    return ir.passes.Sequential(
+        RemoveUnusedNodesPass(),
+        # tied and repeated specs produce identical scale/zero-point tensors: store each once
+        DeduplicateInitializersPass(size_limit=1 << 16),
+        # ...and identical DequantizeLinear nodes on them (shared scalar constants) once
+        CommonSubexpressionEliminationPass(),
+        TopologicalSortPass(),
+    )
+
+
+class FoldScales(ir.passes.InPlacePass):
+    """Quantized initializers for weights and biases, one copy of each scale, no redundant Q(DQ(x))."""
 
     def __init__(self, plan: QuantPlan):
         super().__init__()
         self.plan = plan
+
+    def ensures(self, model: ir.Model) -> None:
+        for name, spec in self.plan.tensors.items():
+            bias = model.graph.initializers.get(name)
+            if spec.dtype == "int32" and bias is not None and bias.uses():
+                raise ir.passes.PostconditionError(f"bias {name!r} is still read as float")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -107,10 +132,5 @@ class FoldScales(CompilePass):
                 modified = True
         modified |= _merge_requant(graph)
         if modified:
-            ir.passes.common.RemoveUnusedNodesPass()(model)
-            # tied and repeated specs produce identical scale/zero-point tensors: store each once
-            ir.passes.common.DeduplicateInitializersPass(size_limit=1 << 16)(model)
-            # ...and identical DequantizeLinear nodes on them (shared scalar constants) once
-            ir.passes.common.CommonSubexpressionEliminationPass()(model)
-            ir.passes.common.TopologicalSortPass()(model)
+            _tidy()(model)
         return ir.passes.PassResult(model, modified)

@@ -13,13 +13,12 @@ import onnx_ir as ir
 from onnx_ir.passes.common import ShapeInferencePass
 
 from qcompile.errors import first_line
-from qcompile.pipeline import CompilePass
 
 __all__ = ["InferShapes"]
 
 
-class InferShapes(CompilePass):
-    provides = ("shapes",)
+class InferShapes(ir.passes.InPlacePass):
+    """ONNX shape inference; a failure is recorded in the model's meta, not raised."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         try:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+from onnx_ir.passes.common import TopologicalSortPass
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import FreshNames, add_initializer, values_by_name
-from qcompile.pipeline import CompilePass
+from qcompile.ir_utils import FreshNames, add_initializer, name_of, values_by_name
 from qcompile.plan import QuantPlan, QuantSpec
 
 __all__ = ["InsertQDQ", "qdq_params"]
@@ -29,7 +29,7 @@ def qdq_params(
     """Scale and zero-point initializers (and the axis attribute) for `spec`."""
     scale = add_initializer(graph, f"{name}_scale", spec.scale_array().astype(np.float32), fresh)
     zp = add_initializer(graph, f"{name}_zero_point", spec.zero_point_array(), fresh) if with_zero_point else None
-    attrs = [ir.AttrInt64("axis", spec.axis)] if spec.per_channel else []
+    attrs = [ir.AttrInt64("axis", spec.axis)] if spec.axis is not None else []
     if spec.block_size is not None:
         attrs.append(ir.AttrInt64("block_size", spec.block_size))
     return scale, zp, attrs
@@ -43,13 +43,18 @@ def _already_quantized(value: ir.Value) -> bool:
     return any(use.node.op_type == "QuantizeLinear" and use.idx == 0 for use in value.uses())
 
 
-class InsertQDQ(CompilePass):
-    requires = ("specs_assigned",)
-    provides = ("qdq",)
+class InsertQDQ(ir.passes.InPlacePass):
+    """Quantize every tensor the plan gives an integer spec (int32 bias excepted)."""
 
     def __init__(self, plan: QuantPlan):
         super().__init__()
         self.plan = plan
+
+    def ensures(self, model: ir.Model) -> None:
+        values = values_by_name(model.graph)
+        for name, spec in self.plan.quantized_tensors().items():
+            if spec.dtype != "int32" and not _already_quantized(values[name]):
+                raise ir.passes.PostconditionError(f"tensor {name!r} is planned as {spec.dtype} but has no Q/DQ")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -69,21 +74,24 @@ class InsertQDQ(CompilePass):
             self._insert(graph, value, spec, fresh)
             modified = True
         if modified:
-            ir.passes.common.TopologicalSortPass()(model)
+            TopologicalSortPass()(model)
         return ir.passes.PassResult(model, modified)
 
     def _insert(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec, fresh: FreshNames) -> None:
-        name = value.name
+        name = name_of(value)
         scale, zp, attrs = qdq_params(graph, name, spec, fresh)
         readers = list(value.uses())
         was_output = value.is_graph_output()
-        q_out = ir.Value(name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]),
-                         shape=value.shape)
-        q = ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out],
-                    name=fresh(f"{name}_Q"))
+        q_out = ir.Value(
+            name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]), shape=value.shape
+        )
+        q = ir.Node(
+            "", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out], name=fresh(f"{name}_Q")
+        )
         dq_out = ir.Value(name=fresh(f"{name}_dq"), type=value.type, shape=value.shape)
-        dq = ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out],
-                     name=fresh(f"{name}_DQ"))
+        dq = ir.Node(
+            "", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out], name=fresh(f"{name}_DQ")
+        )
         producer = value.producer()
         if producer is None:
             graph.insert_before(graph.node(0), [q, dq]) if len(graph) else graph.extend([q, dq])

@@ -15,17 +15,14 @@ from onnxscript import version_converter
 
 from qcompile.errors import QCompileError, first_line
 from qcompile.ir_utils import onnx_opset
-from qcompile.pipeline import CompilePass
 
 __all__ = ["UpgradeOpset"]
 
 _MIN_IR_VERSION_FOR_OPSET = {13: 7, 15: 8, 19: 9, 21: 10}
 
 
-class UpgradeOpset(CompilePass):
+class UpgradeOpset(ir.passes.InPlacePass):
     """Convert the model to `preferred` (or at least `minimum`) opset."""
-
-    provides = ("opset",)
 
     def __init__(self, preferred: int = 21, minimum: int = 13):
         super().__init__()

@@ -1,17 +1,16 @@
 """The public entry point: `compile(model, target=..., calibration=...)`.
 
-prepare (opset, constants, BatchNorm, no-ops, shapes, names)
-→ calibrate → select precision → assign specs → insert Q/DQ → fold scales
-→ legality → verify against the float original on held-out data → card.
+prepare (qcompile.prepare)   → Prepared:     the clean float graph
+quantize (qcompile.quantize) → Quantized:    calibrated, planned, Q/DQ inserted, scales folded, legal
+verify (qcompile.verify)     → Verification: fidelity on held-out data, kernels, latency
+build_card (qcompile.card)   → the quantization card
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
-import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,56 +19,19 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from qcompile.card import build_card, measure_latencies, render_markdown
-from qcompile.data import HoldoutSplit, iter_samples, model_input_specs
-from qcompile.ir_utils import onnx_opset
-from qcompile.errors import QCompileError, first_line
 from qcompile.atomic import StagedFolder
-from qcompile.model_io import (EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, SOURCE_BYTES_KEY, ModelSource, load_model,
-                               save_model, to_graphsurgeon, weights_nbytes)
-from qcompile.passes.assign_specs import AssignSpecs
-from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
-from qcompile.passes.cleanup import RemoveNoOps
-from qcompile.passes.fold_batchnorm import FoldBatchNorm
-from qcompile.passes.fold_constants import FoldConstants
-from qcompile.passes.fold_scales import FoldScales
-from qcompile.passes.infer_shapes import InferShapes
-from qcompile.passes.insert_qdq import InsertQDQ
-from qcompile.passes.lift_constants import LiftConstants
-from qcompile.passes.name_nodes import NameNodes
-from qcompile.passes.select_precision import SelectPrecision
-from qcompile.passes.upgrade_opset import UpgradeOpset
-from qcompile.pipeline import Pipeline
+from qcompile.card import build_card, render_markdown
+from qcompile.config import CompileConfig
+from qcompile.data import HoldoutSplit, Sample, iter_samples
+from qcompile.errors import QCompileError
+from qcompile.model_io import ModelSource, check_serialised, save_model, to_graphsurgeon
 from qcompile.plan import QuantPlan
-from qcompile.runtime import SessionSource
+from qcompile.prepare import prepare
+from qcompile.quantize import Quantized, quantize
 from qcompile.targets import Target, get_target
-from qcompile.targets.legality import check_legality
-from qcompile.verify import compare
+from qcompile.verify import EvaluationSet, verify
 
-__all__ = ["compile", "CompileResult", "prepare_pipeline"]
-
-
-def _progress(enabled: bool | None, desc: str) -> Callable[[Iterable], Iterable]:
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return lambda it: it
-    from tqdm.auto import tqdm
-
-    return lambda it: tqdm(it, desc=desc, unit="sample", leave=False)
-
-
-def prepare_pipeline(target: Target) -> Pipeline:
-    """Float in, float out: the passes that clean a graph before quantizing it."""
-    return Pipeline([
-        UpgradeOpset(target.preferred_opset, target.min_opset),
-        LiftConstants(),
-        FoldConstants(),
-        InferShapes(),
-        RemoveNoOps(),
-        FoldBatchNorm(),
-        NameNodes(),
-    ])
+__all__ = ["compile", "CompileResult"]
 
 
 @dataclass
@@ -83,7 +45,7 @@ class CompileResult:
     stem: str = "model"
     source: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
-    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # holds spilled weights
+    quantized: Quantized | None = field(default=None, repr=False)  # keeps spilled weights alive
 
     def to_proto(self) -> onnx.ModelProto:
         return ir.to_proto(self.model)
@@ -106,61 +68,24 @@ class CompileResult:
         }
         with StagedFolder(out) as stage:
             save_model(self.model, stage.file(model_name))
-            _check_output(stage.file(model_name))  # by path: external data is checked, not inlined
+            check_serialised(stage.file(model_name))  # by path: external data is checked, not inlined
             for name, text in texts.items():
                 stage.file(name).write_text(text)
             stage.commit(order=[model_name + ".data", model_name])
-        self.files = {"model": out / model_name, "plan": out / "plan.json", "card_json": out / "card.json",
-                      "card_md": out / "card.md"}
+        self.files = {
+            "model": out / model_name,
+            "plan": out / "plan.json",
+            "card_json": out / "card.json",
+            "card_md": out / "card.md",
+        }
         return self.files
-
-
-def _spill_weights(model: ir.Model) -> tempfile.TemporaryDirectory | None:
-    """Move the weights of a big model (or one whose input used external data) to a scratch data file.
-
-    Sessions then read them from disk and `save` streams them, so the compiled model's
-    weights are not held in Python memory while the float model runs for verification.
-    """
-    if not model.meta.get(EXTERNAL_DATA_KEY) and weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
-        return None
-    scratch = tempfile.TemporaryDirectory(prefix="qcompile-")
-    ir.external_data.unload_from_model(model, scratch.name, "weights.data", size_threshold_bytes=1024)
-    return scratch
-
-
-def _session_source(model: ir.Model) -> SessionSource:
-    try:
-        return SessionSource.of(model)
-    except QCompileError:
-        raise
-    except Exception as e:  # onnx-ir's SerdeError on malformed fields (e.g. strings that are not UTF-8)
-        raise QCompileError(f"the model has malformed fields: {first_line(e)[:200]}") from e
-
-
-def _check_input(model: bytes | str | os.PathLike) -> None:
-    """The input must pass onnx.checker (by path when it is a file: external data is not inlined)."""
-    try:
-        _check_output(model)
-    except onnx.checker.ValidationError as e:
-        raise QCompileError(f"the model fails onnx.checker: {first_line(e, 'invalid model')}") from e
-
-
-def _check_output(model: bytes | str | os.PathLike) -> None:
-    """onnx.checker on serialised bytes or a path; on what qcompile writes, a failure is a qcompile bug."""
-    onnx.checker.check_model(model if isinstance(model, bytes) else os.fspath(model))
-
-
-def _stem(source: ModelSource) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return Path(source).stem
-    return "model"
 
 
 def compile(
     model: ModelSource,
     target: str | Target = "ort-cpu",
-    calibration: Any = None,
-    evaluation: Any = None,
+    calibration: str | os.PathLike | Iterable[Sample] | None = None,
+    evaluation: str | os.PathLike | Iterable[Sample] | None = None,
     *,
     plan: QuantPlan | str | os.PathLike | None = None,
     per_channel: bool = True,
@@ -171,63 +96,61 @@ def compile(
     measure_latency: bool = True,
     executor: Executor | None = None,
 ) -> CompileResult:
-    """Compile `model` for `target`, calibrating on `calibration` and verifying on `evaluation`.
+    """Compile a float ONNX model to int8 for `target`, and verify it against the float model.
 
-    Without `evaluation`, every fifth calibration sample is held out for it.  Calibration
-    runs on `executor` when one is given (any `concurrent.futures.Executor`: a process
-    pool, a Dask client's `get_executor()`); the output is the same byte for byte.
+    Args:
+        model: the float model: a path to an `.onnx` file (external data beside it is read
+            in place), bytes, an `onnx.ModelProto`, an `onnx_ir.Model` or an
+            `onnx_graphsurgeon.Graph`.  The caller's object is never modified.
+        target: a target name (`qcompile.targets.TARGET_NAMES`) or a `Target`.
+        calibration: calibration samples: an `.npz`/`.npy` file, a folder of them, or an
+            iterable of `{input_name: array}` dicts (see `qcompile.data`).  Read once, as a stream.
+        evaluation: samples to verify on, in the same forms.  Without it, every fifth
+            calibration sample is held out for verification (at most 128 MB of them).
+        plan: a `QuantPlan` (or the path of a `plan.json`) whose node decisions and tensor
+            specs override the policy: pins.
+        per_channel: per-channel weight scales where the target supports them (else per tensor).
+        calibrator: `"minmax"`, `"ema"` or `"percentile"` (`qcompile.calibrators`).
+        policy: how precision is chosen per node (`qcompile.passes.select_precision.POLICIES`).
+        target_options: options for the target's factory (e.g. `{"reduce_range": True}` for ort-cpu).
+        progress: progress bars on stderr; None shows them when stderr is a terminal.
+        measure_latency: time both models (1 thread and ORT's default) for the card.
+        executor: any `concurrent.futures.Executor` (process pool, a Dask client's
+            `get_executor()`) to calibrate on; the output is the same byte for byte.
+
+    Returns:
+        A `CompileResult`: the int8 model (`.model`, `.to_proto()`, `.to_graphsurgeon()`), its
+        `.plan`, and its `.card` (fidelity, sizes, kernels, latency); `.save(folder)` writes
+        them all.
+
+    Raises:
+        QCompileError: for input the user can fix, with one line naming the file, tensor or node.
+
+    Example::
+
+        result = qcompile.compile("model.onnx", "ort-cpu", calibration="calib.npz")
+        print(result.card["fidelity"]["outputs"][0]["sqnr_db"])
+        result.save("out/")
     """
     tgt = get_target(target, **(target_options or {}))
     pinned = QuantPlan.load(plan) if isinstance(plan, (str, os.PathLike)) else plan
-    float_model = load_model(model)
-    float_ref = _session_source(float_model)  # weights in external data stay on disk
-    _check_input(model if isinstance(model, (str, os.PathLike)) else float_ref.model)
-    float_size = float_model.meta.get(SOURCE_BYTES_KEY, len(float_ref.model))
-    work = float_model  # the float reference lives on as float_ref; the loaded model is ours to mutate
-    opset_before = onnx_opset(work)
-    hist_before = {n.op_type for n in work.graph}
-    specs = model_input_specs(work)
+    config = CompileConfig(tgt, pinned, per_channel, calibrator, policy, progress, measure_latency, executor)
+    prepared = prepare(model, config.target)
 
-    prepare_pipeline(tgt)(work)
-
-    samples = iter_samples(calibration, specs, what="calibration data")
+    samples = iter_samples(calibration, list(prepared.inputs), what="calibration data")
     split = HoldoutSplit(samples) if evaluation is None else None
-    calib_stream = split.calibration() if split else samples
-    qplan = QuantPlan(meta={"target": tgt.name, "calibrator": calibrator})
-    calib = CalibrationResult()
-    Pipeline([
-        Calibrate(calib, calib_stream, calibrator=calibrator, progress=_progress(progress, "calibrate"),
-                  executor=executor),
-        ApplyObservedShapes(calib),
-        SelectPrecision(qplan, tgt, policy, pinned),
-        AssignSpecs(qplan, tgt, calib, per_channel=per_channel, pinned=pinned),
-        InsertQDQ(qplan),
-        FoldScales(qplan),
-    ], given=("batchnorm_folded", "clean", "named"))(work)
-    check_legality(work, qplan, tgt)
-    scratch = _spill_weights(work)
-    quant_ref = SessionSource.of(work)
-    if quant_ref.data_folder is None:  # else the checker runs on the written file, in save()
-        _check_output(quant_ref.model)
+    quantized = quantize(prepared, split.calibration() if split else samples, config)
 
-    if split is not None:
-        eval_samples, held_out = (split.held, True) if split.held else (split.first, False)
-        eval_source = "held-out calibration split" if held_out else "calibration samples (too few to hold any out)"
-    else:
-        eval_samples, held_out, eval_source = list(iter_samples(evaluation, specs, what="evaluation data")), False, "evaluation data"
+    evaluation_set = EvaluationSet.choose(evaluation, split, prepared.inputs)
+    verification = verify(
+        prepared.float_ref,
+        quantized.session,
+        evaluation_set,
+        measure_latency=measure_latency,
+        progress=config.progress_bar("verify"),
+    )
 
-    card = build_card(float_ref, quant_ref, float_size, work, qplan, tgt, calib)
-    card["fidelity"] = compare(float_ref, quant_ref, eval_samples, _progress(progress, "verify")).to_dict()
-    if measure_latency and eval_samples:
-        card["latency_ms"] = measure_latencies(float_ref, quant_ref, eval_samples[0])
-    card.update({
-        "model": _stem(model),
-        "opset": {"before": opset_before, "after": onnx_opset(work)},
-        "ops_before": sorted(hist_before),
-        "evaluation": {"held_out": held_out, "source": eval_source, "samples": len(eval_samples)},
-    })
-    qplan.meta["opset"] = onnx_opset(work)
-    source = Path(model) if isinstance(model, (str, os.PathLike)) else None
-    return CompileResult(work, qplan, card, tgt, _stem(model), source, scratch=scratch)
-
-
+    card = build_card(prepared, quantized, verification, config.target)
+    return CompileResult(
+        quantized.model, quantized.plan, card, config.target, prepared.name, prepared.source, quantized=quantized
+    )

@@ -5,6 +5,9 @@ resident; a calibration set of 1,000 detector images is ~5 GB.  Here only the
 header is read up front; `rows()` then reads `row_bytes` per step from the
 file (or from the zip member, compressed or not), so memory is one row
 whatever the file size.  Parsed as data only: object arrays (pickles) are refused.
+
+Hand-written on numpy's public header readers (`np.lib.format.read_array_header_*`):
+numpy, zarr and friends either load a whole `.npz` member or need a format of their own.
 """
 
 from __future__ import annotations
@@ -105,7 +108,8 @@ def open_npz(path: Path) -> dict[str, StreamedArray]:
         @contextmanager
         def open_member() -> Iterator[BinaryIO]:
             with zipfile.ZipFile(path) as z, z.open(name) as f:
-                yield f
+                yield f  # type: ignore[misc]  # ZipExtFile is a binary stream
+
         return open_member
 
     try:

@@ -13,6 +13,10 @@ A SIGKILL cannot be caught: it may leave a hidden staging folder
 (`.<out>.staging-<pid>-*` beside `out`, or `.staging-<pid>-*` inside it),
 never a partial file under a real output name.  The next run into the same
 `out` deletes staging folders whose process is gone.
+
+Hand-written: the maintained atomic-file packages (atomicwrites is archived,
+python-atomicwrites' successors write one file) do not stage a folder of
+files and publish it with signals held back.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def _process_gone(pid: int) -> bool:
 def _remove_abandoned(folder: Path, prefix: str) -> None:
     """Delete staging folders left by killed runs (their process is gone); live runs keep theirs."""
     for p in folder.glob(prefix + "*"):
-        pid = p.name[len(prefix):].split("-", 1)[0]
+        pid = p.name[len(prefix) :].split("-", 1)[0]
         if p.is_dir() and pid.isdigit() and _process_gone(int(pid)):
             shutil.rmtree(p, ignore_errors=True)
 

@@ -6,53 +6,58 @@
 from __future__ import annotations
 
 import math
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import onnx
-import onnx_ir as ir
 import onnxruntime as ort
 
-from qcompile.ir_utils import external_tensors
-from qcompile.runtime import SessionSource, fused_op_counts, make_session, median_latency_ms
+from qcompile.ir_utils import external_tensors, onnx_opset
+from qcompile.prepare import Prepared
+from qcompile.quantize import Quantized
+from qcompile.targets import Target
+from qcompile.verify import Verification
 
-__all__ = ["build_card", "measure_latencies", "render_markdown"]
-
-
-def _integer_kernels(quant: SessionSource) -> dict[str, int]:
-    """Integer vs float compute kernels in the graph ORT runs after its own fusions."""
-    with tempfile.TemporaryDirectory() as tmp:
-        opt_path = Path(tmp) / "optimized.onnx"
-        make_session(quant, optimized_model_path=opt_path)
-        return fused_op_counts(onnx.load(str(opt_path), load_external_data=False).graph.node)
+__all__ = ["build_card", "render_markdown"]
 
 
-def build_card(float_ref: SessionSource, quant_ref: SessionSource, float_size: int, qmodel: ir.Model,
-               plan, target, calib) -> dict[str, Any]:
-    """Everything the card says except fidelity and latency, which need data."""
-    q_size = len(quant_ref.model) + sum(t.nbytes for t in external_tensors(qmodel))
+def build_card(prepared: Prepared, quantized: Quantized, verification: Verification, target: Target) -> dict[str, Any]:
+    """The card, from the three stages' results: what was compiled, how, and how close it is to float."""
+    plan, calib = quantized.plan, quantized.calibration
+    q_size = len(quantized.session.model_bytes()) + sum(t.nbytes for t in external_tensors(quantized.model))
     int8 = sum(1 for d in plan.nodes.values() if d.precision != "float")
-    return {
+    card: dict[str, Any] = {
         "target": target.describe(),
         "policy": plan.meta.get("policy"),
         "calibrator": calib.calibrator,
         "calibration_samples": calib.num_samples,
         "per_channel": plan.meta.get("per_channel"),
-        "shape_inference": qmodel.meta.get("qcompile.shape_inference", "not run"),
-        "sizes": {"float_bytes": float_size, "quantized_bytes": q_size, "ratio": q_size / float_size},
+        "shape_inference": quantized.model.meta.get("qcompile.shape_inference", "not run"),
+        "sizes": {
+            "float_bytes": prepared.float_bytes,
+            "quantized_bytes": q_size,
+            "ratio": q_size / prepared.float_bytes,
+        },
         "nodes": {"int8": int8, "float": len(plan.nodes) - int8},
-        "ort_kernels": _integer_kernels(quant_ref),
-        "per_node": [{"name": n.name, "op": n.op_type, **vars(plan.nodes[n.name])}
-                     for n in qmodel.graph if n.name in plan.nodes],
+        "ort_kernels": verification.ort_kernels,
+        "per_node": [
+            {"name": n.name, "op": n.op_type, **vars(plan.nodes[n.name])}
+            for n in quantized.model.graph
+            if n.name in plan.nodes
+        ],
         "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__},
+        "fidelity": verification.fidelity.to_dict(),
     }
-
-
-def measure_latencies(float_ref: SessionSource, quant_ref: SessionSource, sample) -> dict[str, dict[str, float]]:
-    """Median latency (ms) of each model with one thread and with ORT's default threads, one session at a time."""
-    return {kind: {str(t or "default"): median_latency_ms(make_session(ref, threads=t), sample) for t in (1, None)}
-            for kind, ref in (("float", float_ref), ("quantized", quant_ref))}
+    if verification.latency_ms is not None:
+        card["latency_ms"] = verification.latency_ms
+    card.update(
+        {
+            "model": prepared.name,
+            "opset": {"before": prepared.opset_before, "after": onnx_opset(quantized.model)},
+            "ops_before": list(prepared.ops_before),
+            "evaluation": verification.evaluation.describe(),
+        }
+    )
+    return card
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
@@ -70,14 +75,22 @@ def _fidelity_lines(card: dict) -> list[str]:
     if not fid:
         return ["_Not verified._"]
     where = "held-out calibration split" if card["evaluation"].get("held_out") else card["evaluation"].get("source", "")
-    lines = [f"Evaluated on {fid['samples']} samples ({where}).", "",
-             "| output | SQNR (dB) | cosine | max abs err | top-1 agreement |", "|---|---|---|---|---|"]
+    lines = [
+        f"Evaluated on {fid['samples']} samples ({where}).",
+        "",
+        "| output | SQNR (dB) | cosine | max abs err | top-1 agreement |",
+        "|---|---|---|---|---|",
+    ]
     for o in fid["outputs"]:
         agree = None if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.1f}%"
-        lines.append(f"| {o['name']} | {_fmt(o['sqnr_db'])} | {_fmt(o['cosine'], 5)} | {_fmt(o['max_abs_error'], 4)} | {_fmt(agree)} |")
+        cells = [o["name"], _fmt(o["sqnr_db"]), _fmt(o["cosine"], 5), _fmt(o["max_abs_error"], 4), _fmt(agree)]
+        lines.append("| " + " | ".join(cells) + " |")
     if fid.get("float_accuracy") is not None:
-        lines += ["", f"Top-1 accuracy on labels: float {100 * fid['float_accuracy']:.2f}%, "
-                      f"quantized {100 * fid['quant_accuracy']:.2f}%."]
+        lines += [
+            "",
+            f"Top-1 accuracy on labels: float {100 * fid['float_accuracy']:.2f}%, "
+            f"quantized {100 * fid['quant_accuracy']:.2f}%.",
+        ]
     return lines
 
 
@@ -85,7 +98,9 @@ def _cpu_line(target: dict) -> list[str]:
     cpu = target.get("options", {}).get("cpu")
     if not cpu:
         return []
-    return [f"- CPU {cpu['model']} ({cpu['machine']}, VNNI {'yes' if cpu['vnni'] else 'no'}): {'; '.join(target['notes'])}"]
+    return [
+        f"- CPU {cpu['model']} ({cpu['machine']}, VNNI {'yes' if cpu['vnni'] else 'no'}): {'; '.join(target['notes'])}"
+    ]
 
 
 def render_markdown(card: dict) -> str:
@@ -101,7 +116,8 @@ def render_markdown(card: dict) -> str:
         f"- opset {card['opset']['before']} → {card['opset']['after']}; shape inference: {card['shape_inference']}",
         f"- size {sizes['float_bytes']:,} B → {sizes['quantized_bytes']:,} B ({100 * sizes['ratio']:.1f}%)",
         f"- nodes: {card['nodes']['int8']} int8, {card['nodes']['float']} float; "
-        f"ORT kernels after fusion: {card['ort_kernels']['integer']} integer, {card['ort_kernels']['float']} float compute",
+        f"ORT kernels after fusion: {card['ort_kernels']['integer']} integer, "
+        f"{card['ort_kernels']['float']} float compute",
         "",
         "## Fidelity",
         "",
@@ -109,7 +125,13 @@ def render_markdown(card: dict) -> str:
     ]
     lat = card.get("latency_ms")
     if lat:
-        lines += ["", "## Latency (ONNX Runtime CPU, median ms)", "", "| threads | float | quantized | ratio |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Latency (ONNX Runtime CPU, median ms)",
+            "",
+            "| threads | float | quantized | ratio |",
+            "|---|---|---|---|",
+        ]
         for k in ("1", "default"):
             f, q = lat["float"][k], lat["quantized"][k]
             lines.append(f"| {k} | {_fmt(f, 3)} | {_fmt(q, 3)} | {_fmt(q / f if f else None)} |")

@@ -30,13 +30,25 @@ def _raise_terminated(_signum, _frame) -> None:
     raise Terminated()
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("qcompile")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        import qcompile
+
+        return qcompile.__version__
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    from qcompile.passes.calibrators import CALIBRATORS
+    from qcompile.calibrators import CALIBRATORS
     from qcompile.passes.select_precision import POLICIES
     from qcompile.targets import TARGET_NAMES
 
     parser = argparse.ArgumentParser(prog="qcompile", description="Compile ONNX models to int8 for edge targets.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=f"qcompile {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="calibrate, quantize, lower and verify a model")
@@ -48,11 +60,16 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales instead of per-channel")
     c.add_argument("--calibrator", default="minmax", choices=CALIBRATORS)
     c.add_argument("--policy", default="naive", choices=POLICIES)
-    c.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="calibrate in N worker processes (same output as N=1)")
+    c.add_argument(
+        "--jobs", type=int, default=1, metavar="N", help="calibrate in N worker processes (same output as N=1)"
+    )
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    c.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bars (default: on when stderr is a terminal)")
+    c.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: on when stderr is a terminal)",
+    )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
     i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
@@ -70,9 +87,17 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         raise QCompileError(f"--jobs must be at least 1, got {args.jobs}")
     with process_pool(args.jobs) as executor:
         result = qcompile.compile(
-            args.model, target=args.target, calibration=args.calib, evaluation=args.eval, plan=args.plan,
-            per_channel=not args.per_tensor, calibrator=args.calibrator, policy=args.policy,
-            progress=args.progress, measure_latency=not args.no_latency, executor=executor,
+            args.model,
+            target=args.target,
+            calibration=args.calib,
+            evaluation=args.eval,
+            plan=args.plan,
+            per_channel=not args.per_tensor,
+            calibrator=args.calibrator,
+            policy=args.policy,
+            progress=args.progress,
+            measure_latency=not args.no_latency,
+            executor=executor,
         )
     files = result.save(args.output)
     sys.stdout.write(render_markdown(result.card))
@@ -124,8 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         first = first_line(e, "")
-        print(f"qcompile: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"qcompile: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return INTERNAL_ERROR
     finally:
         if in_main_thread:

@@ -44,7 +44,7 @@ class CpuInfo:
 @lru_cache(maxsize=1)
 def cpu_info() -> CpuInfo:
     machine = platform.machine()
-    model, flags = platform.processor() or "unknown", frozenset()
+    model, flags = platform.processor() or "unknown", frozenset[str]()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         for line in cpuinfo.read_text(errors="replace").splitlines():

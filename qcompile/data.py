@@ -27,6 +27,7 @@ import onnx_ir as ir
 
 from qcompile.array_stream import ArrayFormatError, StreamedArray, open_npy, open_npz
 from qcompile.errors import QCompileError
+from qcompile.ir_utils import name_of
 
 __all__ = ["InputSpec", "Sample", "model_input_specs", "iter_samples", "HoldoutSplit", "LABELS_KEY"]
 
@@ -41,7 +42,11 @@ class InputSpec:
     shape: tuple[int | str | None, ...] | None
 
     def describe(self) -> str:
-        dims = "?" if self.shape is None else "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in self.shape) + "]"
+        dims = (
+            "?"
+            if self.shape is None
+            else "[" + ", ".join("?" if not isinstance(d, int) else str(d) for d in self.shape) + "]"
+        )
         return f"{self.name}: {self.dtype.name}{dims}"
 
 
@@ -53,7 +58,7 @@ def model_input_specs(model: ir.Model) -> list[InputSpec]:
             continue
         dtype = np.dtype(v.dtype.numpy()) if v.dtype is not None else np.dtype(np.float32)
         shape = None if v.shape is None else tuple(d if isinstance(d, int) else None for d in v.shape)
-        specs.append(InputSpec(v.name, dtype, shape))
+        specs.append(InputSpec(name_of(v), dtype, shape))
     return specs
 
 
@@ -63,15 +68,19 @@ def _expected(specs: list[InputSpec]) -> str:
 
 def _check_array(arr: np.ndarray, spec: InputSpec, where: str, specs: list[InputSpec]) -> np.ndarray:
     if not isinstance(arr, np.ndarray) or arr.dtype == object:
-        raise QCompileError(f"{where}: input {spec.name!r} is not a numeric array; the model expects {_expected(specs)}")
+        raise QCompileError(
+            f"{where}: input {spec.name!r} is not a numeric array; the model expects {_expected(specs)}"
+        )
     if arr.dtype.kind != spec.dtype.kind and not (arr.dtype.kind in "iu" and spec.dtype.kind in "iu"):
-        raise QCompileError(f"{where}: input {spec.name!r} has dtype {arr.dtype.name}, the model expects {spec.dtype.name}")
+        raise QCompileError(
+            f"{where}: input {spec.name!r} has dtype {arr.dtype.name}, the model expects {spec.dtype.name}"
+        )
     if spec.shape is not None:
         if arr.ndim != len(spec.shape):
             raise QCompileError(
                 f"{where}: input {spec.name!r} has shape {list(arr.shape)}, the model expects {spec.describe()}"
             )
-        for got, want in zip(arr.shape, spec.shape):
+        for got, want in zip(arr.shape, spec.shape, strict=True):
             if want is not None and got != want:
                 raise QCompileError(
                     f"{where}: input {spec.name!r} has shape {list(arr.shape)}, the model expects {spec.describe()}"
@@ -176,7 +185,9 @@ def iter_samples(source: Any, specs: list[InputSpec], *, what: str = "calibratio
     elif isinstance(source, Iterable):
         gen = _validate_each(source, specs, what)
     else:
-        raise QCompileError(f"{what}: expected a .npz path, a folder or an iterable of dicts, got {type(source).__name__}")
+        raise QCompileError(
+            f"{what}: expected a .npz path, a folder or an iterable of dicts, got {type(source).__name__}"
+        )
     count = 0
     for sample in gen:
         count += 1
@@ -200,8 +211,7 @@ class HoldoutSplit:
     all calibrate.
     """
 
-    def __init__(self, samples: Iterable[Sample], every: int = 5, max_holdout: int = 200,
-                 max_bytes: int = 128 * 2**20):
+    def __init__(self, samples: Iterable[Sample], every: int = 5, max_holdout: int = 200, max_bytes: int = 128 * 2**20):
         self._samples = samples
         self.every = every
         self.max_holdout = max_holdout

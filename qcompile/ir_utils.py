@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import TypeGuard
 
 import numpy as np
 import onnx_ir as ir
@@ -20,6 +21,7 @@ __all__ = [
     "is_float_value",
     "replace_value",
     "values_by_name",
+    "name_of",
 ]
 
 
@@ -32,8 +34,9 @@ def const_array(value: ir.Value | None) -> np.ndarray | None:
     except (ValueError, TypeError) as e:  # data that does not match the declared shape or type
         from qcompile.errors import QCompileError
 
-        raise QCompileError(f"tensor {value.name!r}: its stored data does not match its declared "
-                            f"type and shape ({e})") from e
+        raise QCompileError(
+            f"tensor {value.name!r}: its stored data does not match its declared type and shape ({e})"
+        ) from e
 
 
 def external_tensors(model: ir.Model) -> list[ir.ExternalTensor]:
@@ -80,9 +83,16 @@ def unique_name(graph: ir.Graph, base: str) -> str:
     return FreshNames(graph)(base)
 
 
+def name_of(item: ir.Value | ir.Node) -> str:
+    """The name of a value or node; after prepare (onnx-ir's NameFixPass) every one has a name."""
+    if not item.name:
+        raise ValueError(f"{type(item).__name__} has no name: {item!r}")
+    return item.name
+
+
 def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
     """Every named value of the graph: inputs, initializers and node outputs."""
-    values = {v.name: v for v in graph.inputs}
+    values = {v.name: v for v in graph.inputs if v.name}
     values.update(graph.initializers)
     values.update({v.name: v for n in graph for v in n.outputs if v.name})
     return values
@@ -117,7 +127,7 @@ def single_consumer(value: ir.Value) -> ir.Node | None:
     return uses[0].node
 
 
-def is_float_value(value: ir.Value | None) -> bool:
+def is_float_value(value: ir.Value | None) -> TypeGuard[ir.Value]:
     return value is not None and value.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 

@@ -19,7 +19,16 @@ from qcompile.atomic import StagedFolder, atomic_write
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import external_tensors
 
-__all__ = ["load_model", "save_model", "model_to_bytes", "proto_without_value_info", "weights_nbytes", "to_graphsurgeon", "ModelSource"]
+__all__ = [
+    "load_model",
+    "save_model",
+    "check_serialised",
+    "model_to_bytes",
+    "proto_without_value_info",
+    "weights_nbytes",
+    "to_graphsurgeon",
+    "ModelSource",
+]
 
 ModelSource = Any  # str | os.PathLike | bytes | onnx.ModelProto | ir.Model | onnx_graphsurgeon.Graph
 SOURCE_BYTES_KEY = "qcompile.source_bytes"
@@ -81,7 +90,9 @@ def _load_path(path: Path) -> ir.Model:
         model.meta[EXTERNAL_DATA_KEY] = True
     try:
         # what the float model takes on disk as the user has it, for the card's size ratio
-        model.meta[SOURCE_BYTES_KEY] = path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in locations)
+        model.meta[SOURCE_BYTES_KEY] = path.stat().st_size + sum(
+            (path.parent / loc).stat().st_size for loc in locations
+        )
         if weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
             # small enough for one protobuf: read external data now, so that the model
             # serialises to self-contained bytes for runtime sessions
@@ -99,8 +110,10 @@ def _copy_ir_model(source: ir.Model) -> ir.Model:
     if not folders:
         return copy
     if len(folders) > 1 or weights_nbytes(source) > EXTERNAL_DATA_THRESHOLD:
-        raise QCompileError("an onnx_ir.Model with over 1.8 GB of external data cannot be compiled in memory; "
-                            "pass the path of its .onnx file instead")
+        raise QCompileError(
+            "an onnx_ir.Model with over 1.8 GB of external data cannot be compiled in memory; "
+            "pass the path of its .onnx file instead"
+        )
     ir.external_data.set_base_dir(copy.graph, folders.pop())
     try:
         ir.external_data.load_to_model(copy)
@@ -162,6 +175,11 @@ def proto_without_value_info(model: ir.Model) -> onnx.ModelProto:
     proto = ir.to_proto(model)
     proto.graph.ClearField("value_info")
     return proto
+
+
+def check_serialised(model: bytes | str | os.PathLike) -> None:
+    """onnx.checker on serialised bytes or a path (by path, external data is checked in place, not inlined)."""
+    onnx.checker.check_model(model if isinstance(model, bytes) else os.fspath(model))
 
 
 def model_to_bytes(model: ir.Model) -> bytes:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,14 @@ _FIELD_KINDS = {
     "bool": (lambda v: isinstance(v, bool), "true or false"),
     "int?": (lambda v: v is None or _is_int(v), "an integer or null"),
     "number?": (lambda v: v is None or _is_number(v), "a number or null"),
-    "numbers?": (lambda v: v is None or _is_number(v) or (isinstance(v, list) and all(map(_is_number, v))),
-                 "a number, a list of numbers or null"),
-    "ints?": (lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
-              "an integer, a list of integers or null"),
+    "numbers?": (
+        lambda v: v is None or _is_number(v) or (isinstance(v, list) and all(map(_is_number, v))),
+        "a number, a list of numbers or null",
+    ),
+    "ints?": (
+        lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(map(_is_int, v))),
+        "an integer, a list of integers or null",
+    ),
 }
 
 
@@ -73,9 +78,7 @@ class QuantSpec:
 
     def __post_init__(self) -> None:
         if self.dtype not in QUANT_DTYPES + FLOAT_DTYPES:
-            raise QCompileError(
-                f"unknown dtype {self.dtype!r}; known: {', '.join(QUANT_DTYPES + FLOAT_DTYPES)}"
-            )
+            raise QCompileError(f"unknown dtype {self.dtype!r}; known: {', '.join(QUANT_DTYPES + FLOAT_DTYPES)}")
         if self.scale is None:
             if self.zero_point is not None:
                 raise QCompileError("a spec with a zero_point needs a scale too")
@@ -92,9 +95,7 @@ class QuantSpec:
         if not self.scale or not all(math.isfinite(s) and s > 0 for s in self.scale):
             raise QCompileError(f"scale must be positive and finite, got {list(self.scale)[:4]}")
         if len(self.zero_point) != len(self.scale):
-            raise QCompileError(
-                f"scale has {len(self.scale)} values but zero_point has {len(self.zero_point)}"
-            )
+            raise QCompileError(f"scale has {len(self.scale)} values but zero_point has {len(self.zero_point)}")
         lo, hi = INT_RANGES[self.dtype].qmin, INT_RANGES[self.dtype].qmax
         bad = [z for z in self.zero_point if not lo <= z <= hi]
         if bad:
@@ -119,12 +120,12 @@ class QuantSpec:
 
     def scale_array(self) -> np.ndarray:
         assert self.scale is not None
-        arr = np.asarray(self.scale, dtype=np.float32)
+        arr: np.ndarray = np.asarray(self.scale, dtype=np.float32)
         return arr if self.per_channel else arr.reshape(())
 
     def zero_point_array(self) -> np.ndarray:
         assert self.zero_point is not None
-        arr = np.asarray(self.zero_point, dtype=INT_RANGES[self.dtype].numpy_dtype)
+        arr: np.ndarray = np.asarray(self.zero_point, dtype=INT_RANGES[self.dtype].numpy_dtype)
         return arr if self.per_channel else arr.reshape(())
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,8 +152,14 @@ class QuantSpec:
         return replace(self, scale=tuple(np.ravel(scale)), zero_point=tuple(np.ravel(zero_point)))
 
 
-_SPEC_FIELDS = {"dtype": "str", "scale": "numbers?", "zero_point": "ints?", "axis": "int?", "block_size": "int?",
-                "symmetric": "bool"}
+_SPEC_FIELDS = {
+    "dtype": "str",
+    "scale": "numbers?",
+    "zero_point": "ints?",
+    "axis": "int?",
+    "block_size": "int?",
+    "symmetric": "bool",
+}
 _DECISION_FIELDS = {"precision": "str", "reason": "str", "score": "number?"}
 
 
@@ -195,7 +202,9 @@ class QuantPlan:
         if not isinstance(data, dict):
             raise QCompileError(f"{source}: expected a JSON object with 'tensors' and 'nodes'")
         if data.get("version", PLAN_VERSION) != PLAN_VERSION:
-            raise QCompileError(f"{source}: plan version {data.get('version')!r} is not supported; expected {PLAN_VERSION}")
+            raise QCompileError(
+                f"{source}: plan version {data.get('version')!r} is not supported; expected {PLAN_VERSION}"
+            )
         tensors = data.get("tensors", {})
         nodes = data.get("nodes", {})
         if not isinstance(tensors, dict) or not isinstance(nodes, dict):
@@ -211,7 +220,9 @@ class QuantPlan:
                 raise QCompileError(f"{source}: node {name!r} needs an object with a 'precision' field")
             unknown = sorted(set(dec) - set(_DECISION_FIELDS))
             if unknown:
-                raise QCompileError(f"{source}: node {name!r}: unknown field(s) {unknown}; known: {list(_DECISION_FIELDS)}")
+                raise QCompileError(
+                    f"{source}: node {name!r}: unknown field(s) {unknown}; known: {list(_DECISION_FIELDS)}"
+                )
             _check_fields(dec, _DECISION_FIELDS, f"{source}: node {name!r}")
             try:
                 plan.nodes[name] = NodeDecision(**dec)
@@ -225,7 +236,7 @@ class QuantPlan:
         atomic_write(path, self.to_json() + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> QuantPlan:
+    def load(cls, path: str | os.PathLike) -> QuantPlan:
         path = Path(path)
         try:
             text = path.read_text()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +86,8 @@ def make_session(
 ) -> ort.InferenceSession:
     """A CPU session; `extra_outputs` exposes intermediate tensors by name (ir.Model only)."""
     if extra_outputs:
-        assert isinstance(model, ir.Model), "extra outputs need an ir.Model"
+        if not isinstance(model, ir.Model):
+            raise TypeError(f"extra outputs need an onnx_ir.Model, got {type(model).__name__}")
         model = SessionSource.of(model, extra_outputs)
     source = _source(model)
     so = ort.SessionOptions()
@@ -100,14 +101,18 @@ def make_session(
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
         # large initializers go to a side file, so the optimized graph can be read without them
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                    Path(optimized_model_path).name + ".data")
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", Path(optimized_model_path).name + ".data"
+        )
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     if isinstance(source, SessionSource) and source.data_folder:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", source.data_folder)
     try:
-        return ort.InferenceSession(source.model_bytes() if isinstance(source, SessionSource) else source, so,
-                                    providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            source.model_bytes() if isinstance(source, SessionSource) else source,
+            so,
+            providers=["CPUExecutionProvider"],
+        )
     except Exception as e:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise QCompileError(f"ONNX Runtime cannot load the model: {first_line(e)}") from e
 
@@ -122,7 +127,7 @@ def run_session(session: ort.InferenceSession, sample: Mapping[str, np.ndarray],
     except Exception as e:
         raise QCompileError(f"ONNX Runtime failed to run the model: {first_line(e)}") from e
     keys = list(names) if names else [o.name for o in session.get_outputs()]
-    return dict(zip(keys, outs))
+    return dict(zip(keys, outs, strict=True))
 
 
 def median_latency_ms(session: ort.InferenceSession, sample: Mapping[str, np.ndarray], *, repeats: int = 20) -> float:
@@ -138,8 +143,16 @@ def median_latency_ms(session: ort.InferenceSession, sample: Mapping[str, np.nda
     return statistics.median(times)
 
 
-_INTEGER_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "DynamicQuantizeMatMul",
-                "MatMulIntegerToFloat", "QLinearConvTranspose")
+_INTEGER_OPS = (
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "MatMulInteger",
+    "ConvInteger",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QLinearConvTranspose",
+)
 _FLOAT_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
 
 

@@ -30,7 +30,7 @@ def im2col(x: np.ndarray) -> np.ndarray:
     """[B, C, H, W] → [B·H·W, C·9] patches for a 3×3 conv with padding 1."""
     b, c, h, w = x.shape
     p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
-    cols = np.stack([p[:, :, i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=2)  # B,C,9,H,W
+    cols = np.stack([p[:, :, i : i + h, j : j + w] for i in range(3) for j in range(3)], axis=2)  # B,C,9,H,W
     return cols.transpose(0, 3, 4, 1, 2).reshape(b * h * w, c * 9)
 
 
@@ -39,7 +39,7 @@ def col2im(cols: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     cols = cols.reshape(b, h, w, c, 9).transpose(0, 3, 4, 1, 2)
     p = np.zeros((b, c, h + 2, w + 2), cols.dtype)
     for k, (i, j) in enumerate((i, j) for i in range(3) for j in range(3)):
-        p[:, :, i:i + h, j:j + w] += cols[:, :, k]
+        p[:, :, i : i + h, j : j + w] += cols[:, :, k]
     return p[:, :, 1:-1, 1:-1]
 
 
@@ -83,8 +83,10 @@ class BatchNorm:
         self.grads = [(dy * self.xhat).sum((0, 2, 3)), dy.sum((0, 2, 3))]
         dxhat = dy * self.gamma[None, :, None, None]
         return (self.inv[None, :, None, None] / n) * (
-            n * dxhat - dxhat.sum((0, 2, 3))[None, :, None, None]
-            - self.xhat * (dxhat * self.xhat).sum((0, 2, 3))[None, :, None, None])
+            n * dxhat
+            - dxhat.sum((0, 2, 3))[None, :, None, None]
+            - self.xhat * (dxhat * self.xhat).sum((0, 2, 3))[None, :, None, None]
+        )
 
     params = property(lambda self: [self.gamma, self.beta])
 
@@ -147,22 +149,22 @@ class Net:
 
 def train(net, x, y, epochs=40, lr=2e-3, batch=32, seed=SEED):
     rng = np.random.default_rng(seed)
-    params = [p for l in net.layers for p in l.params]
+    params = [p for layer in net.layers for p in layer.params]
     m = [np.zeros_like(p) for p in params]
     v = [np.zeros_like(p) for p in params]
     t = 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         order = rng.permutation(len(x))
         for i in range(0, len(x), batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             logits = net.forward(x[idx], train=True)
             p = np.exp(logits - logits.max(1, keepdims=True))
             p /= p.sum(1, keepdims=True)
             p[np.arange(len(idx)), y[idx]] -= 1
             net.backward(p / len(idx))
-            grads = [g for l in net.layers for g in l.grads]
+            grads = [g for layer in net.layers for g in layer.grads]
             t += 1
-            for k, (prm, g) in enumerate(zip(params, grads)):
+            for k, (prm, g) in enumerate(zip(params, grads, strict=True)):
                 m[k] = 0.9 * m[k] + 0.1 * g
                 v[k] = 0.999 * v[k] + 0.001 * g * g
                 prm -= lr * (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - 0.999**t)) + 1e-8)
@@ -171,10 +173,20 @@ def train(net, x, y, epochs=40, lr=2e-3, batch=32, seed=SEED):
 def export(net: Net, path: Path) -> None:
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     inits = {
-        "conv1.w": net.c1.w, "conv1.b": net.c1.b, "conv2.w": net.c2.w, "conv2.b": net.c2.b,
-        "bn.gamma": net.bn.gamma, "bn.beta": net.bn.beta, "bn.mean": net.bn.mean, "bn.var": net.bn.var,
-        "conv3.w": net.c3.w, "conv3.b": net.c3.b, "fc1.w": net.d1.w, "fc1.b": net.d1.b,
-        "fc2.w": net.d2.w, "fc2.b": net.d2.b,
+        "conv1.w": net.c1.w,
+        "conv1.b": net.c1.b,
+        "conv2.w": net.c2.w,
+        "conv2.b": net.c2.b,
+        "bn.gamma": net.bn.gamma,
+        "bn.beta": net.bn.beta,
+        "bn.mean": net.bn.mean,
+        "bn.var": net.bn.var,
+        "conv3.w": net.c3.w,
+        "conv3.b": net.c3.b,
+        "fc1.w": net.d1.w,
+        "fc1.b": net.d1.b,
+        "fc2.w": net.d2.w,
+        "fc2.b": net.d2.b,
     }
     conv = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
     pool = dict(kernel_shape=[2, 2], strides=[2, 2])
@@ -182,8 +194,9 @@ def export(net: Net, path: Path) -> None:
         helper.make_node("Conv", ["input", "conv1.w", "conv1.b"], ["c1"], "conv1", **conv),
         helper.make_node("Relu", ["c1"], ["r1"], "relu1"),
         helper.make_node("Conv", ["r1", "conv2.w", "conv2.b"], ["c2"], "conv2", **conv),
-        helper.make_node("BatchNormalization", ["c2", "bn.gamma", "bn.beta", "bn.mean", "bn.var"], ["b2"], "bn2",
-                         epsilon=1e-5),
+        helper.make_node(
+            "BatchNormalization", ["c2", "bn.gamma", "bn.beta", "bn.mean", "bn.var"], ["b2"], "bn2", epsilon=1e-5
+        ),
         helper.make_node("Relu", ["b2"], ["r2"], "relu2"),
         helper.make_node("MaxPool", ["r2"], ["p2"], "pool2", **pool),
         helper.make_node("Conv", ["p2", "conv3.w", "conv3.b"], ["c3"], "conv3", **conv),
@@ -196,7 +209,8 @@ def export(net: Net, path: Path) -> None:
         helper.make_node("Gemm", ["d4", "fc2.w", "fc2.b"], ["logits"], "fc2"),
     ]
     graph = helper.make_graph(
-        nodes, "digits_cnn",
+        nodes,
+        "digits_cnn",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 10])],
         [numpy_helper.from_array(f32(a), k) for k, a in inits.items()],
@@ -212,7 +226,9 @@ def main() -> None:
     x = (digits.images / 16.0).astype(np.float32)[:, None]  # [N, 1, 8, 8]
     y = digits.target.astype(np.int64)
     x_train, x_rest, y_train, y_rest = train_test_split(x, y, test_size=0.4, random_state=SEED, stratify=y)
-    x_calib, x_test, y_calib, y_test = train_test_split(x_rest, y_rest, test_size=0.5, random_state=SEED, stratify=y_rest)
+    x_calib, x_test, y_calib, y_test = train_test_split(
+        x_rest, y_rest, test_size=0.5, random_state=SEED, stratify=y_rest
+    )
     net = Net(np.random.default_rng(SEED))
     train(net, x_train, y_train)
     acc = float(np.mean(net.forward(x_test).argmax(1) == y_test))

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx_ir as ir
 
-__all__ = ["OpRule", "Target", "WeightAxis", "OUTPUT_MODES", "LegalityError"]
-
 from qcompile.errors import QCompileError
+
+__all__ = ["OpRule", "Target", "WeightAxis", "OUTPUT_MODES", "LegalityError"]
 
 OUTPUT_MODES = ("own", "tied", "tied_all")
 WeightAxis = Callable[[ir.Node, int], int | None]  # (node, weight rank) -> channel axis
@@ -58,7 +56,7 @@ class OpRule:
 
 @dataclass(frozen=True)
 class Target:
-    """A deployment target: capability tables plus its writer and runner."""
+    """A deployment target as data: its per-op rules, dtypes, opset range and options."""
 
     name: str
     description: str
@@ -72,11 +70,8 @@ class Target:
     weight_reduce_range: bool = False
     activation_symmetric: bool = False
     fusable_activations: tuple[str, ...] = ("Relu", "Clip")
-    compute_ops: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
     allowed_qdq_dtypes: tuple[str, ...] = ("int8", "uint8", "int32")
     notes: tuple[str, ...] = ()
-    writer: Callable[..., Path] | None = None
-    runner: Callable[..., Any] | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def rule(self, node: ir.Node) -> OpRule | None:
@@ -110,10 +105,3 @@ def gemm_weight_axis(node: ir.Node, rank: int) -> int:
 
 def matmul_weight_axis(node: ir.Node, rank: int) -> int | None:
     return rank - 1 if rank == 2 else None
-
-
-def numpy_of(value: ir.Value) -> np.ndarray | None:
-    """The constant value of an initializer as numpy, or None."""
-    if value is None or value.const_value is None:
-        return None
-    return value.const_value.numpy()

@@ -18,7 +18,7 @@ from qcompile.targets.base import LegalityError, Target
 
 __all__ = ["check_legality", "RULES"]
 
-Violation = tuple[str, str]
+Violation = tuple[str | None, str]  # (node name, problem)
 Rule = Callable[[ir.Model, QuantPlan, Target], Iterator[Violation]]
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
@@ -46,20 +46,25 @@ def _qdq_dtypes(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Vi
             continue
         dtype = _qdq_dtype(node)
         if dtype not in target.allowed_qdq_dtypes:
-            yield node.name, f"{node.op_type} uses {dtype}; {target.name} allows {', '.join(target.allowed_qdq_dtypes)}"
+            allowed = ", ".join(target.allowed_qdq_dtypes)
+            yield node.name, f"{node.op_type} uses {dtype}; {target.name} allows {allowed}"
 
 
 def _int8_ops_supported(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
     for node in model.graph:
-        decision = plan.nodes.get(node.name)
+        decision = plan.nodes.get(node.name or "")
         if decision is not None and decision.precision != "float" and target.rule(node) is None:
-            yield node.name, f"{node.op_type} is planned as {decision.precision} but {target.name} has no integer {node.op_type}"
+            yield (
+                node.name,
+                (f"{node.op_type} is planned as {decision.precision} but {target.name} has no integer {node.op_type}"),
+            )
 
 
 def _weights_prequantized(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
     for node in model.graph:
         if node.op_type == "QuantizeLinear" and node.inputs[0] is not None and node.inputs[0].is_initializer():
-            yield node.name, f"QuantizeLinear on constant {node.inputs[0].name!r} was not folded into a quantized initializer"
+            constant = node.inputs[0].name
+            yield node.name, f"QuantizeLinear on constant {constant!r} was not folded into a quantized initializer"
 
 
 RULES: dict[str, Rule] = {

@@ -12,10 +12,6 @@ use 7 bits (see `qcompile.cpu`).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import onnx
-
 from qcompile.cpu import CpuInfo, cpu_info
 from qcompile.targets.base import OpRule, Target, conv_weight_axis, gemm_weight_axis, matmul_weight_axis
 
@@ -37,17 +33,26 @@ _RULES = [
     OpRule("GlobalAveragePool"),
     OpRule("Concat", activations=(), output="tied_all"),
     OpRule("Split", output="tied"),
-    *(OpRule(op, output="tied") for op in (
-        "MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice",
-        "Gather", "Resize", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
-    )),
+    *(
+        OpRule(op, output="tied")
+        for op in (
+            "MaxPool",
+            "Reshape",
+            "Transpose",
+            "Flatten",
+            "Squeeze",
+            "Unsqueeze",
+            "Slice",
+            "Gather",
+            "Resize",
+            "Expand",
+            "Tile",
+            "DepthToSpace",
+            "SpaceToDepth",
+        )
+    ),
 ]
 OPS = {r.op_type: r for r in _RULES}
-
-
-def write(model_proto: onnx.ModelProto, path: Path) -> Path:
-    onnx.checker.check_model(model_proto, full_check=False)
-    return path
 
 
 def make_target(cpu: CpuInfo | None = None, **options) -> Target:
@@ -57,7 +62,8 @@ def make_target(cpu: CpuInfo | None = None, **options) -> Target:
         raise ValueError(f"ort-cpu takes no option(s) {sorted(options)}; known: reduce_range")
     note = (
         "x86 without VNNI: weights use 7 bits so ORT's u8s8 kernels cannot saturate"
-        if reduce else "weights use the full int8 range"
+        if reduce
+        else "weights use the full int8 range"
     )
     return Target(
         name="ort-cpu",

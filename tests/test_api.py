@@ -9,7 +9,7 @@ import pytest
 import qcompile
 from qcompile.errors import QCompileError
 from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 MODEL = SAMPLES / "digits_cnn.onnx"
 CALIB = SAMPLES / "digits_calib.npz"
@@ -49,7 +49,9 @@ def test_card_figures_are_consistent_with_the_runtime(result, tmp_path):
 
 def test_plan_round_trip_reproduces_the_model(result, tmp_path):
     result.plan.save(tmp_path / "plan.json")
-    again = qcompile.compile(MODEL, calibration=CALIB, evaluation=TEST, plan=tmp_path / "plan.json", measure_latency=False)
+    again = qcompile.compile(
+        MODEL, calibration=CALIB, evaluation=TEST, plan=tmp_path / "plan.json", measure_latency=False
+    )
     assert again.plan.tensors == result.plan.tensors
 
 
@@ -79,7 +81,9 @@ def test_graphsurgeon_in_and_out():
 
 def test_calibration_errors_name_the_model_inputs(tmp_path):
     np.savez(tmp_path / "bad.npz", image=np.zeros((3, 1, 8, 8), np.float32))
-    with pytest.raises(QCompileError, match=r"missing input\(s\) \['input'\]; the model expects input: float32\[1, 1, 8, 8\]"):
+    with pytest.raises(
+        QCompileError, match=r"missing input\(s\) \['input'\]; the model expects input: float32\[1, 1, 8, 8\]"
+    ):
         qcompile.compile(MODEL, calibration=tmp_path / "bad.npz")
     with pytest.raises(QCompileError, match="no calibration data given"):
         qcompile.compile(MODEL)

@@ -7,15 +7,16 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 MODEL = SAMPLES / "digits_cnn.onnx"
 CALIB = SAMPLES / "digits_calib.npz"
 
 
 def qc(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "qcompile.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "qcompile.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_compile_writes_model_plan_and_card(tmp_path):
@@ -29,8 +30,18 @@ def test_compile_writes_model_plan_and_card(tmp_path):
 
 
 def test_per_tensor_percentile_and_plan(tmp_path):
-    r = qc("compile", MODEL, "--calib", CALIB, "--per-tensor", "--calibrator", "percentile", "-o", tmp_path / "a",
-           "--no-latency")
+    r = qc(
+        "compile",
+        MODEL,
+        "--calib",
+        CALIB,
+        "--per-tensor",
+        "--calibrator",
+        "percentile",
+        "-o",
+        tmp_path / "a",
+        "--no-latency",
+    )
     assert r.returncode == 0, r.stderr
     plan = json.loads((tmp_path / "a" / "plan.json").read_text())
     assert plan["tensors"]["conv1.w"]["axis"] is None and plan["meta"]["calibrator"] == "percentile"
@@ -41,14 +52,17 @@ def test_per_tensor_percentile_and_plan(tmp_path):
     assert "| fc2 | Gemm | float | pinned by the user plan |" in r.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["compile", "missing.onnx", "--calib", CALIB, "-o", "x"], "model file missing.onnx does not exist"),
-    (["compile", MODEL, "--calib", "nope.npz", "-o", "x"], "calibration data nope.npz does not exist"),
-    (["compile", MODEL, "--calib", CALIB, "--plan", "nope.json", "-o", "x"], "cannot read plan file nope.json"),
-    (["compile", MODEL, "--calib", CALIB, "-o", MODEL], "-o must be a folder, not a file"),
-    (["inspect", CALIB], "is not an ONNX model"),
-    (["compile", MODEL, "--calib", CALIB, "--jobs", "0", "-o", "x"], "--jobs must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["compile", "missing.onnx", "--calib", CALIB, "-o", "x"], "model file missing.onnx does not exist"),
+        (["compile", MODEL, "--calib", "nope.npz", "-o", "x"], "calibration data nope.npz does not exist"),
+        (["compile", MODEL, "--calib", CALIB, "--plan", "nope.json", "-o", "x"], "cannot read plan file nope.json"),
+        (["compile", MODEL, "--calib", CALIB, "-o", MODEL], "-o must be a folder, not a file"),
+        (["inspect", CALIB], "is not an ONNX model"),
+        (["compile", MODEL, "--calib", CALIB, "--jobs", "0", "-o", "x"], "--jobs must be at least 1, got 0"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     r = qc(*args, cwd=tmp_path)
     assert r.returncode == 2

@@ -5,14 +5,14 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from qcompile import real_models
 from qcompile.data import iter_samples, model_input_specs
 from qcompile.errors import QCompileError
 from qcompile.model_io import load_model
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.runtime import make_session, run_session
-from tests.conftest import SAMPLES, parse
+from tests.helpers import SAMPLES, parse
 from tests.passes.quant_fixtures import conv_model, feeds, planned
+from tests.support import real_models
 
 TWO_INPUTS = parse("""<ir_version: 8, opset_import: ["": 17]>
 g (float[1, 3] a, float[1, 3] b) => (float[1, 3] y) { y = Add(a, b) }""")
@@ -39,15 +39,23 @@ def test_npz_with_no_arrays(tmp_path):
 
 def test_non_numeric_input():
     with pytest.raises(QCompileError, match="input 'a' is not a numeric array"):
-        list(iter_samples([{"a": np.array(["x", "y", "z"], dtype=object).reshape(1, 3), "b": np.ones((1, 3))}],
-                          model_input_specs(TWO_INPUTS)))
+        list(
+            iter_samples(
+                [{"a": np.array(["x", "y", "z"], dtype=object).reshape(1, 3), "b": np.ones((1, 3))}],
+                model_input_specs(TWO_INPUTS),
+            )
+        )
 
 
 def test_runtime_load_and_run_failures():
-    bad = onnx.helper.make_model(onnx.helper.make_graph(
-        [onnx.helper.make_node("NoSuchOp", ["x"], ["y"])], "g",
-        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])]))
+    bad = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("NoSuchOp", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
     with pytest.raises(QCompileError, match="ONNX Runtime cannot load the model: "):
         make_session(bad)
     session = make_session(TWO_INPUTS)
@@ -65,8 +73,14 @@ def test_model_that_onnx_ir_cannot_read():
 def test_missing_external_data(tmp_path):
     import onnx_ir as ir
 
-    model = load_model(parse("""<ir_version: 8, opset_import: ["": 17]>
-g (float[64] x) => (float[64] y) <float[64] w = {""" + ",".join(["1.0"] * 64) + """}> { y = Add(x, w) }"""))
+    model = load_model(
+        parse(
+            """<ir_version: 8, opset_import: ["": 17]>
+g (float[64] x) => (float[64] y) <float[64] w = {"""
+            + ",".join(["1.0"] * 64)
+            + """}> { y = Add(x, w) }"""
+        )
+    )
     ir.save(model, tmp_path / "m.onnx", external_data="m.data", size_threshold_bytes=0)
     (tmp_path / "m.data").unlink()
     with pytest.raises(QCompileError, match="cannot read its external data"):
@@ -81,12 +95,15 @@ def test_plan_asks_for_a_tensor_never_seen_as_float(rng):
     model2 = parse("""<ir_version: 10, opset_import: ["": 21]>
 g (int64[2] i, float[2] x) => (float[2] y) { c = Cast <to = 1> (i)
  y = Add(x, c) }""")
-    from qcompile.passes.name_nodes import NameNodes
+    from onnx_ir.passes.common import NameFixPass
 
-    NameNodes()(model2)
+    NameFixPass()(model2)
     with pytest.raises(QCompileError, match="plan asks for tensor 'i' as uint16, but it was never observed as float"):
-        planned(model2, [{"i": np.array([1, 2]), "x": np.ones(2, np.float32)}],
-                pinned=QuantPlan(tensors={"i": QuantSpec("uint16")}))
+        planned(
+            model2,
+            [{"i": np.array([1, 2]), "x": np.ones(2, np.float32)}],
+            pinned=QuantPlan(tensors={"i": QuantSpec("uint16")}),
+        )
 
 
 def test_real_model_names_and_missing_members(monkeypatch, tmp_path):
@@ -104,7 +121,9 @@ def test_initializer_data_that_does_not_match_its_shape():
 
     proto = onnx.load(str(SAMPLES / "digits_cnn.onnx"))
     proto.graph.initializer[1].dims[0] = 7  # conv1.b holds 16 floats
-    with pytest.raises(QCompileError, match="tensor 'conv1.b': its stored data does not match its declared type and shape"):
+    with pytest.raises(
+        QCompileError, match="tensor 'conv1.b': its stored data does not match its declared type and shape"
+    ):
         const_array(ir.from_proto(proto).graph.initializers["conv1.b"])
 
 
@@ -125,8 +144,10 @@ def test_model_failing_the_checker():
 
 
 def test_truncated_and_unsupported_array_files(tmp_path):
-    specs = model_input_specs(parse("""<ir_version: 8, opset_import: ["": 17]>
-g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }"""))
+    specs = model_input_specs(
+        parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }""")
+    )
     np.save(tmp_path / "t.npy", np.ones((4, 1, 3), np.float32))
     blob = (tmp_path / "t.npy").read_bytes()
     (tmp_path / "t.npy").write_bytes(blob[:-20])
@@ -154,8 +175,15 @@ def test_session_sources_that_cannot_be_built(monkeypatch, tmp_path):
         folder = tmp_path / f"d{i}"
         folder.mkdir()
         (folder / "w.bin").write_bytes(init.const_value.tobytes())
-        init.const_value = ir.ExternalTensor("w.bin", 0, init.const_value.nbytes, init.const_value.dtype,
-                                             shape=init.const_value.shape, name=name, base_dir=folder)
+        init.const_value = ir.ExternalTensor(
+            "w.bin",
+            0,
+            init.const_value.nbytes,
+            init.const_value.dtype,
+            shape=init.const_value.shape,
+            name=name,
+            base_dir=folder,
+        )
     with pytest.raises(QCompileError, match="the model's external data lives in several folders"):
         SessionSource.of(model)
 
@@ -164,8 +192,10 @@ def test_npz_member_shorter_than_its_header(tmp_path):
     import io
     import zipfile
 
-    specs = model_input_specs(parse("""<ir_version: 8, opset_import: ["": 17]>
-g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }"""))
+    specs = model_input_specs(
+        parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }""")
+    )
     buf = io.BytesIO()
     np.save(buf, np.arange(4))
     with zipfile.ZipFile(tmp_path / "d.npz", "w") as z:
@@ -178,7 +208,9 @@ g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }"""))
 
 
 def test_ir_model_whose_external_data_is_gone(tmp_path):
-    ir.save(load_model(SAMPLES / "digits_cnn.onnx"), tmp_path / "m.onnx", external_data="m.data", size_threshold_bytes=0)
+    ir.save(
+        load_model(SAMPLES / "digits_cnn.onnx"), tmp_path / "m.onnx", external_data="m.data", size_threshold_bytes=0
+    )
     source = ir.load(tmp_path / "m.onnx")
     (tmp_path / "m.data").unlink()
     with pytest.raises(QCompileError, match="cannot read the model's external data"):

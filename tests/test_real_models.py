@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import qcompile
-from qcompile import real_data
-from qcompile.real_models import REAL_MODELS, fetch
+from tests.support import real_data
+from tests.support.real_models import REAL_MODELS, fetch
 
 pytestmark = [pytest.mark.real_model, pytest.mark.slow]
 

@@ -8,7 +8,7 @@ import qcompile
 import qcompile.model_io as model_io
 from qcompile.atomic import StagedFolder, atomic_write, signals_deferred
 from qcompile.model_io import load_model, save_model
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 MODEL = SAMPLES / "digits_cnn.onnx"
 CALIB = SAMPLES / "digits_calib.npz"

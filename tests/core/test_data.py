@@ -3,7 +3,7 @@ import pytest
 
 from qcompile.data import HoldoutSplit, iter_samples, model_input_specs
 from qcompile.errors import QCompileError
-from tests.conftest import parse
+from tests.helpers import parse
 
 MODEL = parse("""<ir_version: 8, opset_import: ["": 17]>
 g (float[1, 3] x, int64[1, 2] ids) => (float[1, 3] y) { y = Relu(x) }""")
@@ -26,18 +26,45 @@ def test_folder_and_iterable(tmp_path):
     for i in range(3):
         np.savez(tmp_path / f"{i}.npz", **{k: v[:1] for k, v in good().items()})
     assert len(list(iter_samples(tmp_path, SPECS))) == 3
-    assert len(list(iter_samples(({"x": np.ones((1, 3), np.float32), "ids": np.zeros((1, 2), np.int64)} for _ in range(2)), SPECS))) == 2
+    assert (
+        len(
+            list(
+                iter_samples(
+                    ({"x": np.ones((1, 3), np.float32), "ids": np.zeros((1, 2), np.int64)} for _ in range(2)), SPECS
+                )
+            )
+        )
+        == 2
+    )
 
 
-@pytest.mark.parametrize("data,message", [
-    ({"x": np.ones((2, 1, 3), np.float32)}, "missing input(s) ['ids']; the model expects x: float32[1, 3]; ids: int64[1, 2]"),
-    ({**good(2), "z": np.ones(2)}, "unknown array(s) ['z']"),
-    ({"x": np.ones((2, 1, 4), np.float32), "ids": np.zeros((2, 1, 2), np.int64)}, "input 'x' has shape [1, 4], the model expects x: float32[1, 3]"),
-    ({"x": np.ones((2, 1, 3), np.int32), "ids": np.zeros((2, 1, 2), np.int64)}, "input 'x' has dtype int32, the model expects float32"),
-    ({"x": np.full((2, 1, 3), np.nan, np.float32), "ids": np.zeros((2, 1, 2), np.int64)}, "input 'x' contains NaN or Inf"),
-    ({"x": np.ones((2, 1, 3), np.float32), "ids": np.zeros((3, 1, 2), np.int64)}, "inputs disagree on the number of samples"),
-    ({**good(2), "labels": np.arange(3)}, "'labels' has 3 entries for 2 samples"),
-])
+@pytest.mark.parametrize(
+    "data,message",
+    [
+        (
+            {"x": np.ones((2, 1, 3), np.float32)},
+            "missing input(s) ['ids']; the model expects x: float32[1, 3]; ids: int64[1, 2]",
+        ),
+        ({**good(2), "z": np.ones(2)}, "unknown array(s) ['z']"),
+        (
+            {"x": np.ones((2, 1, 4), np.float32), "ids": np.zeros((2, 1, 2), np.int64)},
+            "input 'x' has shape [1, 4], the model expects x: float32[1, 3]",
+        ),
+        (
+            {"x": np.ones((2, 1, 3), np.int32), "ids": np.zeros((2, 1, 2), np.int64)},
+            "input 'x' has dtype int32, the model expects float32",
+        ),
+        (
+            {"x": np.full((2, 1, 3), np.nan, np.float32), "ids": np.zeros((2, 1, 2), np.int64)},
+            "input 'x' contains NaN or Inf",
+        ),
+        (
+            {"x": np.ones((2, 1, 3), np.float32), "ids": np.zeros((3, 1, 2), np.int64)},
+            "inputs disagree on the number of samples",
+        ),
+        ({**good(2), "labels": np.arange(3)}, "'labels' has 3 entries for 2 samples"),
+    ],
+)
 def test_bad_npz_is_rejected_naming_the_problem(tmp_path, data, message):
     np.savez(tmp_path / "bad.npz", **data)
     with pytest.raises(QCompileError) as info:
@@ -80,8 +107,10 @@ def test_holdout_split_with_one_sample_falls_back_to_in_sample():
 
 
 def test_npy_file_reads_like_a_one_array_npz(tmp_path):
-    single = model_input_specs(parse("""<ir_version: 8, opset_import: ["": 17]>
-g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }"""))
+    single = model_input_specs(
+        parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 3] x) => (float[1, 3] y) { y = Relu(x) }""")
+    )
     np.save(tmp_path / "stacked.npy", np.ones((4, 1, 3), np.float32))
     np.save(tmp_path / "rank.npy", np.ones((5, 3), np.float32))
     assert len(list(iter_samples(tmp_path / "stacked.npy", single))) == 4
@@ -99,8 +128,10 @@ def test_holdout_split_stops_holding_at_its_byte_cap():
 def test_files_are_read_one_sample_at_a_time(tmp_path, save):
     import tracemalloc
 
-    spec = model_input_specs(parse("""<ir_version: 8, opset_import: ["": 17]>
-g (float[1, 512, 512] x) => (float[1, 512, 512] y) { y = Relu(x) }"""))
+    spec = model_input_specs(
+        parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[1, 512, 512] x) => (float[1, 512, 512] y) { y = Relu(x) }""")
+    )
     x = np.random.default_rng(0).random((40, 1, 512, 512), dtype=np.float32)  # 40 MB, 1 MB per sample
     save(tmp_path / "big.npz", x=x, labels=np.arange(40))
     np.save(tmp_path / "big.npy", x)

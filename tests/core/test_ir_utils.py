@@ -1,7 +1,7 @@
 import numpy as np
 
 from qcompile.ir_utils import FreshNames, add_initializer, unique_name, values_by_name
-from tests.conftest import parse
+from tests.helpers import parse
 
 TEXT = """<ir_version: 8, opset_import: ["": 17]>
 g (float[1, 4] x) => (float[1, 4] y) { a = Relu(x) y = Relu(a) }"""

@@ -6,7 +6,7 @@ import pytest
 
 from qcompile.errors import QCompileError
 from qcompile.model_io import load_model, save_model, to_graphsurgeon
-from tests.conftest import SAMPLES, run
+from tests.helpers import SAMPLES, run
 
 SAMPLE = SAMPLES / "digits_cnn.onnx"
 
@@ -19,8 +19,12 @@ def _feeds(rng):
 def test_every_source_kind_loads_to_the_same_model(kind, rng):
     proto = onnx.load(str(SAMPLE))
     source = {
-        "path": SAMPLE, "str": str(SAMPLE), "bytes": SAMPLE.read_bytes(), "proto": proto,
-        "ir": ir.from_proto(proto), "graphsurgeon": gs.import_onnx(proto),
+        "path": SAMPLE,
+        "str": str(SAMPLE),
+        "bytes": SAMPLE.read_bytes(),
+        "proto": proto,
+        "ir": ir.from_proto(proto),
+        "graphsurgeon": gs.import_onnx(proto),
     }[kind]
     model = load_model(source)
     feeds = _feeds(rng)
@@ -55,12 +59,15 @@ def test_save_is_atomic_and_leaves_no_temporaries(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda p: p / "missing.onnx", "does not exist"),
-    (lambda p: p, "is a folder, not an .onnx file"),
-    (lambda p: (p / "junk.onnx").write_bytes(b"\xff\x00garbage" * 10) and p / "junk.onnx", "is not an ONNX model"),
-    (lambda p: (p / "empty.onnx").write_bytes(b"") or p / "empty.onnx", "is not an ONNX model: it has no graph"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda p: p / "missing.onnx", "does not exist"),
+        (lambda p: p, "is a folder, not an .onnx file"),
+        (lambda p: (p / "junk.onnx").write_bytes(b"\xff\x00garbage" * 10) and p / "junk.onnx", "is not an ONNX model"),
+        (lambda p: (p / "empty.onnx").write_bytes(b"") or p / "empty.onnx", "is not an ONNX model: it has no graph"),
+    ],
+)
 def test_bad_files_get_one_line_errors(tmp_path, make, message):
     with pytest.raises(QCompileError) as info:
         load_model(make(tmp_path))
@@ -97,7 +104,10 @@ def test_external_data_outside_the_folder_is_refused(tmp_path, location):
     w.data_location = onnx.TensorProto.EXTERNAL
     w.external_data.add(key="location", value=location)
     onnx.save(proto, str(model_dir / "evil.onnx"))
-    with pytest.raises(QCompileError, match=f"tensor 'conv1.w' points at external data '{location}' outside the model's folder; refused"):
+    with pytest.raises(
+        QCompileError,
+        match=f"tensor 'conv1.w' points at external data '{location}' outside the model's folder; refused",
+    ):
         load_model(model_dir / "evil.onnx")
 
 

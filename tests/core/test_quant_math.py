@@ -3,7 +3,7 @@ import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from onnx import helper, TensorProto
+from onnx import TensorProto, helper
 
 from qcompile.quant_math import dequantize, int_range, quantize, scale_zero_point, sqnr_db
 from qcompile.runtime import make_session
@@ -43,9 +43,13 @@ def test_quantize_matches_onnxruntime_per_channel(rng, dtype, onnx_type):
     qr = int_range(dtype)
     scale, zp = scale_zero_point(x.min(axis=(0, 2)), x.max(axis=(0, 2)), qr, symmetric=False)
     node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"], axis=1)
-    graph = helper.make_graph([node], "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
-                              [helper.make_tensor_value_info("y", onnx_type, x.shape)],
-                              [onnx.numpy_helper.from_array(scale, "s"), onnx.numpy_helper.from_array(zp, "z")])
+    graph = helper.make_graph(
+        [node],
+        "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x.shape)],
+        [helper.make_tensor_value_info("y", onnx_type, x.shape)],
+        [onnx.numpy_helper.from_array(scale, "s"), onnx.numpy_helper.from_array(zp, "z")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     got = make_session(model).run(None, {"x": x})[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.conftest import check, copy, run
+from tests.helpers import check, copy, run
 
 
 def assert_equivalent_and_idempotent(pass_factory, model, feeds, *, rtol=1e-5, atol=1e-6):

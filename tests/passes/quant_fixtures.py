@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
+from onnx_ir.passes.common import NameFixPass
 
 from qcompile.data import model_input_specs
-from qcompile.passes.assign_specs import AssignSpecs
-from qcompile.passes.calibrate import ApplyObservedShapes, Calibrate, CalibrationResult
+from qcompile.passes.assign_specs import assign_specs
+from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
 from qcompile.passes.infer_shapes import InferShapes
-from qcompile.passes.name_nodes import NameNodes
-from qcompile.passes.select_precision import SelectPrecision
+from qcompile.passes.select_precision import select_precision
 from qcompile.plan import QuantPlan
 from qcompile.targets import get_target
 
@@ -33,13 +33,18 @@ def conv_model(rng: np.random.Generator) -> ir.Model:
         helper.make_node("Sigmoid", ["y"], ["s"], "sigmoid"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5]),
-         helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 5])],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5]),
+            helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 5]),
+        ],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
     InferShapes()(model)
-    NameNodes()(model)
+    NameFixPass()(model)
     return model
 
 
@@ -47,15 +52,15 @@ def feeds(rng: np.random.Generator, n: int = 8) -> list[dict[str, np.ndarray]]:
     return [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float32)} for _ in range(n)]
 
 
-def planned(model: ir.Model, samples, *, target="ort-cpu", per_channel=True, pinned=None, **target_options):
+def planned(
+    model: ir.Model, samples, *, target="ort-cpu", per_channel=True, pinned=None, **target_options
+) -> tuple[QuantPlan, CalibrationResult]:
     """Run the analyses (calibrate, select, assign) and return (plan, calibration)."""
     tgt = get_target(target, **target_options)
-    plan, calib = QuantPlan(), CalibrationResult()
-    Calibrate(calib, samples)(model)
+    calib = calibrate(model, samples)
     ApplyObservedShapes(calib)(model)
-    SelectPrecision(plan, tgt, pinned=pinned)(model)
-    AssignSpecs(plan, tgt, calib, per_channel=per_channel, pinned=pinned)(model)
-    return plan, calib
+    decisions = select_precision(model, tgt, pinned=pinned)
+    return assign_specs(model, tgt, calib, decisions, per_channel=per_channel, pinned=pinned), calib
 
 
 __all__ = ["conv_model", "gemm_model", "gemm_reference", "feeds", "planned", "model_input_specs"]
@@ -64,18 +69,26 @@ __all__ = ["conv_model", "gemm_model", "gemm_reference", "feeds", "planned", "mo
 def gemm_model(rng: np.random.Generator) -> ir.Model:
     """x[1,6] → Gemm(W[5,6]ᵀ, b) → Relu → r (graph output)."""
     inits = {"W": rng.normal(size=(5, 6)).astype(np.float32), "b": rng.normal(size=5).astype(np.float32)}
-    nodes = [helper.make_node("Gemm", ["x", "W", "b"], ["y"], "fc", transB=1),
-             helper.make_node("Relu", ["y"], ["r"], "relu")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
-                              [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 5])],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    nodes = [
+        helper.make_node("Gemm", ["x", "W", "b"], ["y"], "fc", transB=1),
+        helper.make_node("Relu", ["y"], ["r"], "relu"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 5])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
     InferShapes()(model)
-    NameNodes()(model)
+    NameFixPass()(model)
     return model
 
 
-def gemm_reference(model_inits: dict[str, np.ndarray], plan: QuantPlan, x: np.ndarray, *, quantize_bias: bool) -> np.ndarray:
+def gemm_reference(
+    model_inits: dict[str, np.ndarray], plan: QuantPlan, x: np.ndarray, *, quantize_bias: bool
+) -> np.ndarray:
     """Independent numpy simulation of the quantized Gemm→Relu model."""
     from qcompile.quant_math import INT_RANGES, dequantize, quantize
 

@@ -1,15 +1,18 @@
 import numpy as np
 import pytest
 
+from qcompile.cpu import CpuInfo
 from qcompile.errors import QCompileError
 from qcompile.plan import QuantPlan, QuantSpec
-from qcompile.cpu import CpuInfo
+from tests.helpers import graph_signature
 from tests.passes.quant_fixtures import conv_model, feeds, planned
 
 
 def test_roles_ties_fusion_and_bias(rng):
     model = conv_model(rng)
+    before = graph_signature(model)
     plan, calib = planned(model, feeds(rng))
+    assert graph_signature(model) == before  # analyses only read the graph
     t = plan.tensors
     # conv output feeds a fused Relu: not quantized; MaxPool/Flatten share the Relu output's spec
     assert "c" not in t and t["r"] == t["p"] == t["f"]
@@ -17,8 +20,11 @@ def test_roles_ties_fusion_and_bias(rng):
     assert "y" in t and "s" in t
     assert t["x"].dtype == "uint8" and t["w"].dtype == "int8" and t["w"].axis == 0 and t["w"].symmetric
     w = model.graph.initializers["w"].const_value.numpy()
-    np.testing.assert_allclose(t["w"].scale_array(), np.abs(w).reshape(4, -1).max(1) / t["w"].scale_array().dtype.type(
-        -plan.meta["weight_qrange"][0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        t["w"].scale_array(),
+        np.abs(w).reshape(4, -1).max(1) / t["w"].scale_array().dtype.type(-plan.meta["weight_qrange"][0]),
+        rtol=1e-6,
+    )
     # bias: int32, scale = input scale × weight scale per channel
     np.testing.assert_allclose(t["b"].scale_array(), t["x"].scale_array() * t["w"].scale_array(), rtol=1e-6)
     assert t["b"].dtype == "int32" and set(t["b"].zero_point) == {0}
@@ -36,8 +42,9 @@ def test_per_tensor_and_reduced_range(rng):
 
 def test_user_specs_override(rng):
     model = conv_model(rng)
-    pinned = QuantPlan(tensors={"x": QuantSpec("uint16"), "s": QuantSpec("float32"),
-                                "r": QuantSpec("uint8", (0.5,), (0,))})
+    pinned = QuantPlan(
+        tensors={"x": QuantSpec("uint16"), "s": QuantSpec("float32"), "r": QuantSpec("uint8", (0.5,), (0,))}
+    )
     plan, _ = planned(model, feeds(rng), pinned=pinned)
     assert plan.tensors["x"].dtype == "uint16" and plan.tensors["x"].scale is not None
     assert "s" not in plan.tensors and plan.tensors["r"].scale == (0.5,)

@@ -1,8 +1,8 @@
 import numpy as np
 
-from qcompile.passes.cleanup import RemoveNoOps
+from qcompile.passes.cleanup import SafeIdentityElimination, cleanup_passes
 from qcompile.passes.infer_shapes import InferShapes
-from tests.conftest import ops, parse
+from tests.helpers import check, ops, parse
 from tests.passes.equivalence import assert_equivalent_and_idempotent
 
 
@@ -19,13 +19,38 @@ g (float[2, 3] x) => (float[2, 3] y, float[2, 3] z) {
     z = Identity(x)
 }""")
     InferShapes()(model)
-    assert_equivalent_and_idempotent(RemoveNoOps, model, {"x": rng.normal(size=(2, 3)).astype(np.float32)})
+    assert_equivalent_and_idempotent(cleanup_passes, model, {"x": rng.normal(size=(2, 3)).astype(np.float32)})
     # the float16 round trip is not a no-op and stays; z must stay a distinct output of the graph input
     assert ops(model) == {"Relu": 1, "Cast": 2, "Identity": 1}
     assert [v.name for v in model.graph.outputs] == ["y", "z"]
 
 
-def test_training_dropout_is_kept():
+def test_dropout_in_training_mode_or_with_a_used_mask_is_kept():
+    for text in (
+        """<ir_version: 8, opset_import: ["": 13]>
+g (float[2, 3] x) => (float[2, 3] y, bool[2, 3] mask) { y, mask = Dropout(x) }""",
+        """<ir_version: 8, opset_import: ["": 13]>
+g (float[2, 3] x, bool t) => (float[2, 3] y) { y = Dropout(x, , t) }""",
+    ):
+        model = parse(text)
+        assert not cleanup_passes()(model).modified
+        assert ops(model) == {"Dropout": 1}
+
+
+def test_dropout_with_constant_false_training_mode_goes():
     model = parse("""<ir_version: 8, opset_import: ["": 13]>
-g (float[2, 3] x) => (float[2, 3] y, bool[2, 3] mask) { y, mask = Dropout(x) }""")
-    assert not RemoveNoOps()(model).modified
+g (float[2, 3] x) => (float[2, 3] y) <bool f = {0}> {
+    r = Relu(x)
+    y = Dropout(r, , f)
+}""")
+    assert cleanup_passes()(model).modified and ops(model) == {"Relu": 1}
+
+
+def test_identity_between_two_graph_outputs_keeps_both_names():
+    # onnx-ir 1.1's IdentityEliminationPass renames 'a' to 'b' here, so output 'a' disappears
+    model = parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[2] x) => (float[2] a, float[2] b) { a = Relu(x)
+ b = Identity(a) }""")
+    assert not SafeIdentityElimination()(model).modified
+    assert [v.name for v in model.graph.outputs] == ["a", "b"]
+    check(model)

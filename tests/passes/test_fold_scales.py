@@ -3,7 +3,7 @@ import numpy as np
 from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.quant_math import int_range
-from tests.conftest import check, copy, ops, run
+from tests.helpers import check, copy, ops, run
 from tests.passes.quant_fixtures import conv_model, feeds, gemm_model, gemm_reference, planned
 
 
@@ -23,8 +23,9 @@ def test_weights_and_bias_stored_quantized_and_numbers_match_numpy(rng):
     assert "int32" in {a.dtype.name for a in arrays if a.shape == (5,)}
     step = plan.tensors["r"].scale[0]
     for s in samples:
-        np.testing.assert_allclose(run(model, s)["r"], gemm_reference(inits, plan, s["x"], quantize_bias=True),
-                                   atol=step * 1.001)
+        np.testing.assert_allclose(
+            run(model, s)["r"], gemm_reference(inits, plan, s["x"], quantize_bias=True), atol=step * 1.001
+        )
     assert not FoldScales(plan)(model).modified
 
 
@@ -36,7 +37,9 @@ def test_folding_preserves_the_qdq_numbers(rng):
     before = copy(model)
     FoldScales(plan)(model)
     check(model)
-    stored = [v.const_value.numpy() for v in model.graph.initializers.values() if v.const_value.numpy().dtype == np.int8]
+    stored = [
+        v.const_value.numpy() for v in model.graph.initializers.values() if v.const_value.numpy().dtype == np.int8
+    ]
     assert stored and all(np.abs(w).max() <= int_range("int8", symmetric=True).qmax for w in stored)
     for s in samples:
         a, b = run(before, s), run(model, s)
@@ -45,7 +48,7 @@ def test_folding_preserves_the_qdq_numbers(rng):
 
 
 def test_requantization_pairs_merge(rng):
-    from tests.conftest import parse
+    from tests.helpers import parse
 
     model = parse("""<ir_version: 10, opset_import: ["": 21]>
 g (float[4] x) => (float[4] y) <float s = {0.1}, uint8 z = {3}> {

@@ -1,5 +1,5 @@
 from qcompile.passes.infer_shapes import InferShapes
-from tests.conftest import parse
+from tests.helpers import parse
 
 
 def test_infers_intermediate_shapes():

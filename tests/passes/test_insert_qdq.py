@@ -4,7 +4,7 @@ import pytest
 from qcompile.errors import QCompileError
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.plan import QuantPlan, QuantSpec
-from tests.conftest import check, ops, run
+from tests.helpers import check, ops, run
 from tests.passes.quant_fixtures import conv_model, feeds, gemm_model, gemm_reference, planned
 
 
@@ -45,7 +45,7 @@ def test_conv_model_runs_and_stays_close(rng):
     plan, _ = planned(model, samples)
     InsertQDQ(plan)(model)
     check(model)
-    for s, ref in zip(samples, reference):
+    for s, ref in zip(samples, reference, strict=True):
         got = run(model, s)
         assert np.abs(got["y"] - ref["y"]).max() < 0.2 * np.abs(ref["y"]).max()
 

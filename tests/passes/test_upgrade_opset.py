@@ -4,7 +4,7 @@ import pytest
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import onnx_opset
 from qcompile.passes.upgrade_opset import UpgradeOpset
-from tests.conftest import parse
+from tests.helpers import parse
 from tests.passes.equivalence import assert_equivalent_and_idempotent
 
 OPSET11 = """<ir_version: 6, opset_import: ["": 11]>
@@ -33,6 +33,8 @@ def test_falls_back_to_minimum_then_fails_with_reason(monkeypatch):
 
     monkeypatch.setattr(mod.version_converter, "convert_version", refuse)
     model = parse(OPSET11)
-    with pytest.raises(QCompileError, match="cannot upgrade the model from opset 11 to 13 or later: opset 13: no adapter"):
+    with pytest.raises(
+        QCompileError, match="cannot upgrade the model from opset 11 to 13 or later: opset 13: no adapter"
+    ):
         UpgradeOpset()(model)
     assert onnx_opset(model) == 11

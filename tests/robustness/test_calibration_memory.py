@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.robustness.huge_model import compile_peak_rss
+from tests.support.huge_model import compile_peak_rss
 
 DETECTOR = """<ir_version: 8, opset_import: ["": 17]>
 g (float[1, 3, 640, 640] x) => (float[1, 1, 160, 160] y)
@@ -39,13 +39,25 @@ def test_peak_rss_is_flat_in_the_number_of_calibration_samples(tmp_path):
     peaks = {}
     for n in (24, 240):
         _write_samples(tmp_path / f"calib{n}.npy", n, rng)
-        code, peaks[n], err = compile_peak_rss(["compile", str(tmp_path / "det.onnx"), "--calib",
-                                                str(tmp_path / f"calib{n}.npy"), "--eval", str(tmp_path / "eval.npy"),
-                                                "--no-latency", "-o", str(tmp_path / f"out{n}")])
+        code, peaks[n], err = compile_peak_rss(
+            [
+                "compile",
+                str(tmp_path / "det.onnx"),
+                "--calib",
+                str(tmp_path / f"calib{n}.npy"),
+                "--eval",
+                str(tmp_path / "eval.npy"),
+                "--no-latency",
+                "-o",
+                str(tmp_path / f"out{n}"),
+            ]
+        )
         assert code == 0, err
         (tmp_path / f"calib{n}.npy").unlink()
     growth = peaks[240] - peaks[24]
     data_growth = 216 * 3 * 640 * 640 * 4
-    print(f"\ncalibration peak RSS: 24 samples {peaks[24] / 2**20:.0f} MiB, 240 samples {peaks[240] / 2**20:.0f} MiB "
-          f"(+{growth / 2**20:.0f} MiB for +{data_growth / 2**20:.0f} MiB of samples)")
+    print(
+        f"\ncalibration peak RSS: 24 samples {peaks[24] / 2**20:.0f} MiB, 240 samples {peaks[240] / 2**20:.0f} MiB "
+        f"(+{growth / 2**20:.0f} MiB for +{data_growth / 2**20:.0f} MiB of samples)"
+    )
     assert growth < 0.05 * data_growth, f"calibration keeps samples in memory: {peaks}"

@@ -10,7 +10,7 @@ import pytest
 
 import qcompile
 from qcompile.cli import main
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 MODEL = SAMPLES / "digits_cnn.onnx"
 CALIB = SAMPLES / "digits_calib.npz"
@@ -28,15 +28,18 @@ def _executor(kind: str):
             yield pool
     else:
         distributed = pytest.importorskip("distributed")
-        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster:
             with distributed.Client(cluster) as client:
                 yield client.get_executor()
 
 
 def _outputs(tmp_path, kind: str, calibrator: str) -> dict[str, bytes]:
     with _executor(kind) as executor:
-        result = qcompile.compile(MODEL, calibration=CALIB, calibrator=calibrator, measure_latency=False,
-                                  executor=executor)
+        result = qcompile.compile(
+            MODEL, calibration=CALIB, calibrator=calibrator, measure_latency=False, executor=executor
+        )
     files = result.save(tmp_path / f"{kind}-{calibrator}")
     return {k: files[k].read_bytes() for k in ("model", "plan")} | {"samples": result.card["calibration_samples"]}
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from qcompile.cli import main
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 MODEL_BYTES = (SAMPLES / "digits_cnn.onnx").read_bytes()
 CALIB = SAMPLES / "digits_calib.npz"
@@ -26,8 +26,9 @@ OUTCOMES: Counter = Counter()
 
 
 def _run(tmp_path, model_path, calib=CALIB, capsys=None, extra=()):
-    code = main(["compile", str(model_path), "--calib", str(calib), "-o", str(tmp_path / "out"), "--no-latency",
-                 *extra])
+    code = main(
+        ["compile", str(model_path), "--calib", str(calib), "-o", str(tmp_path / "out"), "--no-latency", *extra]
+    )
     err = capsys.readouterr().err if capsys else ""
     OUTCOMES[code] += 1
     assert code in (0, 2), f"exit {code}: {err}"
@@ -84,10 +85,15 @@ def test_broken_models(tmp_path, capsys, name):
 
 def test_duplicate_names_and_cycles(tmp_path, capsys):
     graph = onnx.helper.make_graph(
-        [onnx.helper.make_node("Relu", ["b"], ["a"]), onnx.helper.make_node("Relu", ["a"], ["b"]),
-         onnx.helper.make_node("Add", ["x", "a"], ["y"])], "g",
+        [
+            onnx.helper.make_node("Relu", ["b"], ["a"]),
+            onnx.helper.make_node("Relu", ["a"], ["b"]),
+            onnx.helper.make_node("Add", ["x", "a"], ["y"]),
+        ],
+        "g",
         [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
-        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+    )
     (tmp_path / "m.onnx").write_bytes(onnx.helper.make_model(graph).SerializeToString())
     np.savez(tmp_path / "c.npz", x=np.ones((3, 1, 4), np.float32))
     code, _ = _run(tmp_path, tmp_path / "m.onnx", tmp_path / "c.npz", capsys)
@@ -105,8 +111,9 @@ GOOD_DATA = np.load(CALIB)["input"][:12]
 
 
 def _calibration_arrays(data) -> dict[str, np.ndarray]:
-    kind = data.draw(st.sampled_from(["name", "rank", "dim", "dtype", "nonfinite", "constant", "count", "extra",
-                                      "labels", "scalar"]))
+    kind = data.draw(
+        st.sampled_from(["name", "rank", "dim", "dtype", "nonfinite", "constant", "count", "extra", "labels", "scalar"])
+    )
     x = GOOD_DATA[: data.draw(st.integers(1, len(GOOD_DATA)))].copy()
     arrays = {"input": x}
     if kind == "name":
@@ -148,12 +155,17 @@ def _reference_plan() -> dict:
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
-        assert main(["compile", str(SAMPLES / "digits_cnn.onnx"), "--calib", str(CALIB), "--no-latency", "-o", tmp]) == 0
+        assert (
+            main(["compile", str(SAMPLES / "digits_cnn.onnx"), "--calib", str(CALIB), "--no-latency", "-o", tmp]) == 0
+        )
         return json.loads((Path(tmp) / "plan.json").read_text())
 
 
 JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**40, 2**40) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=6,

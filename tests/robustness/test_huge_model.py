@@ -13,7 +13,7 @@ import pytest
 
 from qcompile.quant_math import sqnr_db
 from qcompile.runtime import make_session, run_session
-from tests.robustness.huge_model import compile_peak_rss, write_huge_model
+from tests.support.huge_model import compile_peak_rss, write_huge_model
 
 LAYERS = int(os.environ.get("QCOMPILE_HUGE_LAYERS", "9"))  # 9 × 8192² float32 = 2.4 GB
 
@@ -26,8 +26,9 @@ def test_model_over_2gb_compiles_with_bounded_memory(tmp_path):
         size = model.stat().st_size + (folder / "model.onnx.data").stat().st_size
         assert LAYERS < 9 or size > 2**31
         out = folder / "out"
-        code, peak, err = compile_peak_rss(["compile", str(model), "--calib", str(folder / "calib.npz"),
-                                            "--no-latency", "-o", str(out)])
+        code, peak, err = compile_peak_rss(
+            ["compile", str(model), "--calib", str(folder / "calib.npz"), "--no-latency", "-o", str(out)]
+        )
         assert code == 0, err
         ratio = peak / size
         print(f"\nhuge model: {size / 1e9:.2f} GB, peak RSS {peak / 1e9:.2f} GB, ratio {ratio:.2f}")

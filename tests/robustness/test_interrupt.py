@@ -16,15 +16,27 @@ import onnx
 import psutil
 import pytest
 
-from tests.conftest import SAMPLES
+from tests.helpers import SAMPLES
 
 OUTPUT_NAMES = {"digits_cnn.ort-cpu.onnx", "plan.json", "card.json", "card.md"}
 RUNS = int(os.environ.get("QCOMPILE_INTERRUPT_RUNS", "12"))
 
 
 def _command(model, out, jobs=1):
-    return [sys.executable, "-m", "qcompile.cli", "compile", str(model), "--calib", str(SAMPLES / "digits_calib.npz"),
-            "--no-latency", "--jobs", str(jobs), "-o", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "qcompile.cli",
+        "compile",
+        str(model),
+        "--calib",
+        str(SAMPLES / "digits_calib.npz"),
+        "--no-latency",
+        "--jobs",
+        str(jobs),
+        "-o",
+        str(out),
+    ]
 
 
 def _digest(path):

@@ -12,7 +12,7 @@ from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.runtime import fused_op_counts, make_session
 from qcompile.targets import TARGET_NAMES, get_target
 from qcompile.targets.ort_cpu import OPS
-from tests.conftest import run
+from tests.helpers import run
 from tests.passes.quant_fixtures import conv_model, feeds, planned
 
 
@@ -52,7 +52,9 @@ def test_weight_range_follows_the_cpu(flags, reduce):
 
 def test_reduced_range_weights_fit_seven_bits(rng):
     model, _, _ = _compiled(rng, cpu=CpuInfo("x86_64", "test", frozenset({"avx2"})))
-    weights = [v.const_value.numpy() for v in model.graph.initializers.values() if v.const_value.numpy().dtype == np.int8]
+    weights = [
+        v.const_value.numpy() for v in model.graph.initializers.values() if v.const_value.numpy().dtype == np.int8
+    ]
     assert weights and max(np.abs(w).max() for w in weights) <= 63
 
 

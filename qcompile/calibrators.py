@@ -15,15 +15,31 @@ different workers combine, in chunk order, into one deterministic result.
   range is the (100-p)th and p-th percentile, each within one bin width.
   Two histograms merge exactly: the finer one is coarsened to the other's
   width, then the counts are added on the common window.
+
+Hand-written because merging is the point: ONNX Runtime's calibrators cannot
+merge statistics computed on different workers in a fixed order, and its
+percentile calibrator took 15 GB for 48 images on a ResNet-50 (measured here);
+these hold tensors × bins, whatever the number of samples.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["MinMaxStat", "EmaMinMaxStat", "HistogramStat", "CALIBRATORS", "make_stat"]
+__all__ = ["RangeStat", "MinMaxStat", "EmaMinMaxStat", "HistogramStat", "CALIBRATORS", "make_stat"]
+
+
+class RangeStat(Protocol):
+    """A streaming statistic of one tensor: fed batch by batch, merged in order, read as a range."""
+
+    def update(self, x: np.ndarray) -> None: ...
+
+    def merge(self, later: Any) -> None: ...
+
+    def range(self) -> tuple[float, float]: ...
 
 
 class MinMaxStat:
@@ -46,17 +62,16 @@ class MinMaxStat:
 class EmaMinMaxStat:
     def __init__(self, momentum: float = 0.1) -> None:
         self.momentum = momentum
-        self.lo: float | None = None
-        self.hi: float | None = None
-        self.first: tuple[float, float] | None = None  # (lo, hi) of the first batch, for merging
-        self.batches = 0
+        self.lo = self.hi = 0.0
+        self.first = (0.0, 0.0)  # (lo, hi) of the first batch, for merging
+        self.batches = 0  # batches seen; lo, hi and first are meaningful once it is positive
 
     def update(self, x: np.ndarray) -> None:
         if not x.size:
             return
         lo, hi = float(x.min()), float(x.max())
         self.batches += 1
-        if self.lo is None:
+        if self.batches == 1:
             self.lo, self.hi = lo, hi
             self.first = (lo, hi)
             return
@@ -65,12 +80,12 @@ class EmaMinMaxStat:
         self.hi = (1 - m) * self.hi + m * hi
 
     def range(self) -> tuple[float, float]:
-        return (self.lo, self.hi) if self.lo is not None else (0.0, 0.0)
+        return (self.lo, self.hi)
 
     def merge(self, later: EmaMinMaxStat) -> None:
-        if later.lo is None:
+        if not later.batches:
             return
-        if self.lo is None:
+        if not self.batches:
             self.lo, self.hi, self.first, self.batches = later.lo, later.hi, later.first, later.batches
             return
         decay = (1 - self.momentum) ** later.batches
@@ -87,12 +102,12 @@ class HistogramStat:
         self.bins = bins
         self.counts = np.zeros(bins, dtype=np.int64)
         self.origin = 0  # absolute index of counts[0]
-        self.log2_width: int | None = None
+        self.log2_width = 0  # bin width 2^log2_width, chosen by the first non-empty batch
+        self.started = False
         self.exact = MinMaxStat()
 
     @property
     def width(self) -> float:
-        assert self.log2_width is not None
         return math.ldexp(1.0, self.log2_width)
 
     def _index(self, v: float) -> int:
@@ -108,7 +123,8 @@ class HistogramStat:
         self.log2_width += 1
 
     def _fit(self, lo: float, hi: float) -> None:
-        if self.log2_width is None:
+        if not self.started:
+            self.started = True
             span = max(hi - lo, abs(hi), abs(lo), 1e-30)
             self.log2_width = math.ceil(math.log2(span / (self.bins - 2)))
             self.origin = self._index(lo)
@@ -137,14 +153,16 @@ class HistogramStat:
         self.counts += np.bincount(idx, minlength=self.bins)[: self.bins]
 
     def merge(self, later: HistogramStat) -> None:
-        if later.log2_width is None:
+        if not later.started:
             return
-        if self.log2_width is None:
+        if not self.started:
             self.counts, self.origin, self.log2_width = later.counts.copy(), later.origin, later.log2_width
+            self.started = True
             self.exact.merge(later.exact)
             return
         other = HistogramStat(self.percentile, self.bins)
         other.counts, other.origin, other.log2_width = later.counts.copy(), later.origin, later.log2_width
+        other.started = True
         while True:
             while other.log2_width < self.log2_width:
                 other._coarsen()
@@ -179,7 +197,7 @@ _FACTORIES = {"minmax": MinMaxStat, "ema": EmaMinMaxStat, "percentile": Histogra
 CALIBRATORS = tuple(_FACTORIES)
 
 
-def make_stat(calibrator: str, **options):
+def make_stat(calibrator: str, **options) -> RangeStat:
     if calibrator not in _FACTORIES:
         raise ValueError(f"unknown calibrator {calibrator!r}; known: {', '.join(CALIBRATORS)}")
     return _FACTORIES[calibrator](**options)

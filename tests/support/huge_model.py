@@ -5,7 +5,7 @@
 W_i ~ N(0, 2/width) (He init, so activations keep their scale).  Only one layer's
 weights are in memory at a time: writing the model costs ~width² × 4 bytes of RAM.
 
-`python -m tests.robustness.huge_model OUT_FOLDER [--layers N] [--width W]` writes
+`python -m tests.support.huge_model OUT_FOLDER [--layers N] [--width W]` writes
 model.onnx, model.onnx.data and calib.npz into OUT_FOLDER.
 """
 
@@ -38,11 +38,18 @@ def write_huge_model(folder: Path, *, layers: int = 9, width: int = 8192, sample
             w = rng.standard_normal((width, width), dtype=np.float32)
             w *= np.float32(np.sqrt(2.0 / width))
             w.tofile(data)
-            tensor = ir.ExternalTensor(DATA_NAME, offset=i * layer_bytes, length=layer_bytes,
-                                       dtype=ir.DataType.FLOAT, shape=ir.Shape([width, width]),
-                                       name=f"w{i}", base_dir=folder)
-            weight = ir.Value(name=f"w{i}", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([width, width]),
-                              const_value=tensor)
+            tensor = ir.ExternalTensor(
+                DATA_NAME,
+                offset=i * layer_bytes,
+                length=layer_bytes,
+                dtype=ir.DataType.FLOAT,
+                shape=ir.Shape([width, width]),
+                name=f"w{i}",
+                base_dir=folder,
+            )
+            weight = ir.Value(
+                name=f"w{i}", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([width, width]), const_value=tensor
+            )
             graph.register_initializer(weight)
             mm = ir.node("MatMul", [h, weight], name=f"fc{i}")
             graph.append(mm)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.passes.calibrators import EmaMinMaxStat, HistogramStat, MinMaxStat, make_stat
+from qcompile.calibrators import EmaMinMaxStat, HistogramStat, MinMaxStat, make_stat
 
 
 def batches(rng):

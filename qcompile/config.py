@@ -1,0 +1,48 @@
+"""The options of a compile, grouped and checked before any model is loaded."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from qcompile.calibrators import make_stat
+from qcompile.errors import QCompileError
+from qcompile.passes.select_precision import check_policy
+from qcompile.plan import QuantPlan
+from qcompile.targets import Target
+
+__all__ = ["CompileConfig", "Progress"]
+
+Progress = Callable[[Iterable], Iterable]
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """Everything `compile()` takes besides the model and the data (see its docstring)."""
+
+    target: Target
+    plan: QuantPlan | None = None
+    per_channel: bool = True
+    calibrator: str = "minmax"
+    policy: str = "naive"
+    progress: bool | None = None
+    measure_latency: bool = True
+    executor: Executor | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            make_stat(self.calibrator)
+        except ValueError as e:
+            raise QCompileError(str(e)) from e
+        check_policy(self.policy)
+
+    def progress_bar(self, desc: str) -> Progress:
+        """A tqdm wrapper when progress is on (by default: when stderr is a terminal), else the identity."""
+        enabled = sys.stderr.isatty() if self.progress is None else self.progress
+        if not enabled:
+            return lambda it: it
+        from tqdm.auto import tqdm
+
+        return lambda it: tqdm(it, desc=desc, unit="sample", leave=False)

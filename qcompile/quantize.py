@@ -1,0 +1,88 @@
+"""Stage 2, quantize: calibrate, plan, insert Q/DQ, fold scales, check the target's rules.
+
+calibrate            analysis → CalibrationResult (ranges per tensor)
+ApplyObservedShapes  pass: dtypes static inference missed, from what calibration saw
+select_precision     analysis → a decision per node (policy, user pins)
+assign_specs         analysis → QuantPlan (a QuantSpec per quantized tensor)
+InsertQDQ, FoldScales  passes, composed with onnx-ir's Sequential
+check_legality       the target's rules, before anything is written
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from qcompile.config import CompileConfig
+from qcompile.data import Sample
+from qcompile.ir_utils import onnx_opset
+from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_serialised, weights_nbytes
+from qcompile.passes.assign_specs import assign_specs
+from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
+from qcompile.passes.fold_scales import FoldScales
+from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.passes.select_precision import select_precision
+from qcompile.pipeline import run_passes
+from qcompile.plan import QuantPlan
+from qcompile.prepare import Prepared
+from qcompile.runtime import SessionSource
+from qcompile.targets.legality import check_legality
+
+__all__ = ["Quantized", "quantize"]
+
+
+@dataclass(frozen=True)
+class Quantized:
+    """The quantized model, its plan, what calibration saw, and the model as ORT loads it."""
+
+    model: ir.Model
+    plan: QuantPlan
+    calibration: CalibrationResult
+    session: SessionSource
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # holds spilled weights
+
+
+def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfig) -> Quantized:
+    """Quantize `prepared.model` in place for `config.target`, calibrating on `samples`."""
+    model, target = prepared.model, config.target
+    calib = calibrate(
+        model,
+        samples,
+        calibrator=config.calibrator,
+        progress=config.progress_bar("calibrate"),
+        executor=config.executor,
+    )
+    ApplyObservedShapes(calib)(model)
+    decisions = select_precision(model, target, config.policy, config.plan)
+    specs = assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)
+    meta = {
+        "target": target.name,
+        "calibrator": config.calibrator,
+        "policy": config.policy,
+        **specs.meta,
+        "opset": onnx_opset(model),
+    }
+    plan = QuantPlan(specs.tensors, specs.nodes, meta)
+    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan)), model)
+    check_legality(model, plan, target)
+    scratch = _spill_weights(model)
+    session = SessionSource.of(model)
+    if session.data_folder is None:  # else the checker runs on the written file, in save()
+        check_serialised(session.model_bytes())
+    return Quantized(model, plan, calib, session, scratch)
+
+
+def _spill_weights(model: ir.Model) -> tempfile.TemporaryDirectory | None:
+    """Move the weights of a big model (or one whose input used external data) to a scratch data file.
+
+    Sessions then read them from disk and `save` streams them, so the compiled model's
+    weights are not held in Python memory while the float model runs for verification.
+    """
+    if not model.meta.get(EXTERNAL_DATA_KEY) and weights_nbytes(model) <= EXTERNAL_DATA_THRESHOLD:
+        return None
+    scratch = tempfile.TemporaryDirectory(prefix="qcompile-")
+    ir.external_data.unload_from_model(model, scratch.name, "weights.data", size_threshold_bytes=1024)
+    return scratch
