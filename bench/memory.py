@@ -6,7 +6,7 @@
    set; N = 1000 with the default held-out split instead; and N = 1000 with `--jobs 2`,
    where the figure is the summed RSS of the compiling process and its workers, sampled
    every 0.1 s (a sampled peak can only be lower than the true one).
-2. Model size: the synthetic MLP of `tests/robustness/huge_model.py` (9 × 8192²
+2. Model size: the synthetic MLP of `tests/support/huge_model.py` (9 × 8192²
    float32 = 2.4 GB of external data); peak RSS / model bytes.
 
 Results: bench/results/memory.json, with the machine.  Needs ~10 GB of free disk.

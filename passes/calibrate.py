@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from itertools import islice
@@ -28,12 +28,12 @@ from itertools import islice
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.calibrators import make_stat
+from qcompile.calibrators import check_calibrator
+from qcompile.config import Progress
 from qcompile.data import Sample
-from qcompile.errors import QCompileError
 from qcompile.ir_utils import values_by_name
-from qcompile.observe import ChunkObservation, observe_chunk, release_sessions
-from qcompile.runtime import SessionSource
+from qcompile.observe import CALIBRATION_THREADS, ChunkObservation, observe_chunk, observe_samples, release_sessions
+from qcompile.runtime import SessionSource, make_session
 
 __all__ = ["calibrate", "CalibrationResult", "ApplyObservedShapes", "observable_tensors"]
 
@@ -56,9 +56,6 @@ def observable_tensors(model: ir.Model) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-Progress = Callable[[Iterable], Iterable]
-
-
 def calibrate(
     model: ir.Model,
     samples: Iterable[Sample],
@@ -74,10 +71,7 @@ def calibrate(
     The model is only read.  `calibrator` names the statistic (see `qcompile.calibrators`);
     `executor` runs chunks of `chunk_size` samples, with at most `max_in_flight` pending.
     """
-    try:
-        make_stat(calibrator)  # validates the name before any model runs
-    except ValueError as e:
-        raise QCompileError(str(e)) from e
+    check_calibrator(calibrator)  # before any model runs
     names = observable_tensors(model)
     source = SessionSource.of(model, extra_outputs=names)
     chunks = _chunks(iter((progress or (lambda it: it))(samples)), chunk_size)
@@ -111,9 +105,10 @@ def _observations(
     max_in_flight: int,
 ) -> Iterator[ChunkObservation]:
     """Chunk observations in chunk order, with at most `max_in_flight` submitted and not yet merged."""
-    if executor is None:
+    if executor is None:  # a session of this call's own: nothing shared with other compiles
+        session = make_session(source, optimize=False, threads=CALIBRATION_THREADS)
         for start, chunk in chunks:
-            yield observe_chunk(source, names, calibrator, chunk, start)
+            yield observe_samples(session, names, calibrator, chunk, start)
         return
     pending: deque[Future] = deque()
     try:

@@ -4,11 +4,13 @@
   output unused) → Identity: an onnxscript rewrite rule (`NoOpDropout`; upstream's
   `dropout_inference_rule` matches a `training_mode` *attribute*, which no opset has);
 - `Cast` to the dtype its input already has → Identity: onnxscript's `no_op_cast_rule`;
-- every `Identity` → its input: onnx-ir's `IdentityEliminationPass`, in all graphs
-  and subgraphs.  A graph output keeps its name.
+- every `Identity` → its input: onnx-ir's `IdentityEliminationPass`, in the main graph,
+  subgraphs (If/Loop branches) and functions.  A graph output keeps its name.
 
-`SafeIdentityElimination` keeps an Identity between two graph outputs: onnx-ir 1.1's
-pass renames the input to the output's name there, so the first output loses its name.
+`SafeIdentityElimination` keeps two Identities that onnx-ir 1.1's pass would remove wrongly:
+one between two graph outputs (the input is renamed to the output's name, so the first
+output loses its name), and one that returns an outer-scope value from a subgraph (ONNX
+Runtime refuses a branch output that is not produced inside the branch).
 """
 
 from __future__ import annotations
@@ -49,11 +51,12 @@ no_op_dropout_rule = NoOpDropout.rule()
 
 
 class SafeIdentityElimination(IdentityEliminationPass):
-    """onnx-ir's pass, minus the case it gets wrong: an Identity from one graph output to another."""
+    """onnx-ir's pass, minus the two cases it gets wrong (see the module docstring)."""
 
     def _try_eliminate_identity_node(self, node: ir.Node) -> bool:
-        if node.op_type == "Identity" and node.inputs and node.inputs[0] is not None:
-            if node.inputs[0].is_graph_output() and node.outputs[0].is_graph_output():
+        source = node.inputs[0] if node.op_type == "Identity" and node.inputs else None
+        if source is not None and node.outputs[0].is_graph_output():
+            if source.is_graph_output() or source.graph is not node.graph:
                 return False
         return super()._try_eliminate_identity_node(node)
 

@@ -8,11 +8,14 @@ With a = gamma / sqrt(var + eps) per output channel c:
     b'[c] = (beta_gemm * b[c] - mean[c]) * a[c] + beta[c]
 
 The work is onnxscript's BatchNorm fusion rules (`fuse_batchnorm_into_{conv,conv_transpose,
-gemm}`).  They fire only when the producer's output feeds nothing but the BatchNormalization
-and every weight and statistic is a constant initializer used by no other node.  Gemm's
-`alpha` stays on the node (it scales A·B before the per-column factor, so W' = W·a is still
-exact) and its `beta` is folded into b'.  The one change here: the fused node keeps the
-producer's name (upstream's is a fresh one), because plans and user pins name nodes.
+gemm}`).  They fire only when the producer's output feeds nothing but the BatchNormalization,
+the producer's weight and bias are constant initializers no other node reads (a shared
+weight is left alone rather than copied), and the statistics are constants.  Gemm's `alpha`
+stays on the node (it scales A·B before the per-column factor, so W' = W·a is still exact)
+and its `beta` is folded into b'; grouped ConvTranspose folds per group.  The factor a is
+computed in the weights' dtype (float32), the folded weight keeps the producer's weight name,
+and, the one change made here, the fused node keeps the producer's name (upstream gives a
+fresh one), because plans and user pins name nodes.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
+from qcompile.ir_utils import name_of
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.targets.base import Target
 
@@ -34,13 +35,11 @@ def select_precision(
         raise QCompileError(f"plan pins node(s) {unknown[:5]} that the model does not have")
     decisions: dict[str, NodeDecision] = {}
     for node in model.graph:
-        assert node.name is not None  # prepare names every node
-        if node.name in pins:
-            decisions[node.name] = NodeDecision(
-                pins[node.name].precision, "pinned by the user plan", pins[node.name].score
-            )
+        name = name_of(node)
+        if name in pins:
+            decisions[name] = NodeDecision(pins[name].precision, "pinned by the user plan", pins[name].score)
         elif target.rule(node) is None:
-            decisions[node.name] = NodeDecision("float", f"{target.name} has no int8 {node.op_type}")
+            decisions[name] = NodeDecision("float", f"{target.name} has no int8 {node.op_type}")
         else:
-            decisions[node.name] = NodeDecision("int8", f"{policy}: int8 wherever the target allows")
+            decisions[name] = NodeDecision("int8", f"{policy}: int8 wherever the target allows")
     return decisions

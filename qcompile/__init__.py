@@ -1,9 +1,11 @@
 """qcompile: an ONNX graph compiler for int8 edge deployment.
 
-import qcompile
-result = qcompile.compile("model.onnx", target="ort-cpu", calibration="calib.npz")
-result.save("out/")
-print(result.card["fidelity"])
+Example::
+
+    import qcompile
+    result = qcompile.compile("model.onnx", target="ort-cpu", calibration="calib.npz")
+    result.save("out/")
+    print(result.card["fidelity"])
 """
 
 from qcompile.api import CompileResult, compile

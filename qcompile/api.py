@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from qcompile.errors import QCompileError
 from qcompile.model_io import ModelSource, check_serialised, save_model, to_graphsurgeon
 from qcompile.plan import QuantPlan
 from qcompile.prepare import prepare
-from qcompile.quantize import Quantized, quantize
+from qcompile.quantize import quantize
 from qcompile.targets import Target, get_target
 from qcompile.verify import EvaluationSet, verify
 
@@ -45,12 +46,12 @@ class CompileResult:
     stem: str = "model"
     source: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
-    quantized: Quantized | None = field(default=None, repr=False)  # keeps spilled weights alive
+    scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # holds spilled weights
 
     def to_proto(self) -> onnx.ModelProto:
         return ir.to_proto(self.model)
 
-    def to_graphsurgeon(self):
+    def to_graphsurgeon(self) -> Any:  # an onnx_graphsurgeon.Graph
         return to_graphsurgeon(self.model)
 
     def save(self, directory: str | os.PathLike) -> dict[str, Path]:
@@ -134,7 +135,16 @@ def compile(
     """
     tgt = get_target(target, **(target_options or {}))
     pinned = QuantPlan.load(plan) if isinstance(plan, (str, os.PathLike)) else plan
-    config = CompileConfig(tgt, pinned, per_channel, calibrator, policy, progress, measure_latency, executor)
+    config = CompileConfig(
+        tgt,
+        plan=pinned,
+        per_channel=per_channel,
+        calibrator=calibrator,
+        policy=policy,
+        progress=progress,
+        measure_latency=measure_latency,
+        executor=executor,
+    )
     prepared = prepare(model, config.target)
 
     samples = iter_samples(calibration, list(prepared.inputs), what="calibration data")
@@ -146,11 +156,11 @@ def compile(
         prepared.float_ref,
         quantized.session,
         evaluation_set,
-        measure_latency=measure_latency,
+        measure_latency=config.measure_latency,
         progress=config.progress_bar("verify"),
     )
 
     card = build_card(prepared, quantized, verification, config.target)
     return CompileResult(
-        quantized.model, quantized.plan, card, config.target, prepared.name, prepared.source, quantized=quantized
+        quantized.model, quantized.plan, card, config.target, prepared.name, prepared.source, scratch=quantized.scratch
     )

@@ -29,7 +29,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-__all__ = ["RangeStat", "MinMaxStat", "EmaMinMaxStat", "HistogramStat", "CALIBRATORS", "make_stat"]
+from qcompile.errors import QCompileError
+
+__all__ = ["check_calibrator", "RangeStat", "MinMaxStat", "EmaMinMaxStat", "HistogramStat", "CALIBRATORS", "make_stat"]
 
 
 class RangeStat(Protocol):
@@ -195,6 +197,11 @@ class HistogramStat:
 
 _FACTORIES = {"minmax": MinMaxStat, "ema": EmaMinMaxStat, "percentile": HistogramStat}
 CALIBRATORS = tuple(_FACTORIES)
+
+
+def check_calibrator(calibrator: str) -> None:
+    if calibrator not in _FACTORIES:
+        raise QCompileError(f"unknown calibrator {calibrator!r}; known: {', '.join(CALIBRATORS)}")
 
 
 def make_stat(calibrator: str, **options) -> RangeStat:

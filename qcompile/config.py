@@ -7,8 +7,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from qcompile.calibrators import make_stat
-from qcompile.errors import QCompileError
+from qcompile.calibrators import check_calibrator
 from qcompile.passes.select_precision import check_policy
 from qcompile.plan import QuantPlan
 from qcompile.targets import Target
@@ -32,10 +31,7 @@ class CompileConfig:
     executor: Executor | None = None
 
     def __post_init__(self) -> None:
-        try:
-            make_stat(self.calibrator)
-        except ValueError as e:
-            raise QCompileError(str(e)) from e
+        check_calibrator(self.calibrator)
         check_policy(self.policy)
 
     def progress_bar(self, desc: str) -> Progress:

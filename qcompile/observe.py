@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from qcompile.data import Sample
 from qcompile.errors import QCompileError
 from qcompile.runtime import SessionSource, make_session, run_session
 
-__all__ = ["ChunkObservation", "observe_chunk", "release_sessions", "CALIBRATION_THREADS"]
+__all__ = ["ChunkObservation", "observe_chunk", "observe_samples", "release_sessions", "CALIBRATION_THREADS"]
 
 CALIBRATION_THREADS = 1
 _SESSIONS: dict[SessionSource, object] = {}
@@ -63,8 +64,14 @@ def release_sessions() -> None:
 def observe_chunk(
     source: SessionSource, names: Sequence[str], calibrator: str, samples: Sequence[Sample], first_index: int
 ) -> ChunkObservation:
+    """On a worker: run `samples` (numbered from `first_index`) on this process's cached session."""
+    return observe_samples(_session(source), names, calibrator, samples, first_index)
+
+
+def observe_samples(
+    session: Any, names: Sequence[str], calibrator: str, samples: Sequence[Sample], first_index: int
+) -> ChunkObservation:
     """Run `samples` (numbered from `first_index`) and reduce every float tensor into its statistic."""
-    session = _session(source)
     obs = ChunkObservation()
     for i, sample in enumerate(samples):
         outputs = run_session(session, sample, names)

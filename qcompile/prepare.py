@@ -4,6 +4,7 @@ Float in, float out.  The passes, composed with onnx-ir's `Sequential`:
 
     UpgradeOpset (21, else 13)              qcompile: tries the preferred opset on a copy first
     LiftConstantsToInitializersPass         onnx-ir: Constant-node weights become initializers
+    CheckWeights                            qcompile: stored data matches each weight's type and shape
     FoldConstantsPass + RemoveUnusedNodes   onnxscript / onnx-ir
     InferShapes                             qcompile: onnx-ir's ShapeInferencePass, failure recorded
     cleanup_passes                          no-op Dropout/Cast rules, Identity elimination
@@ -26,13 +27,13 @@ from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_S
 
 from qcompile.data import InputSpec, model_input_specs
 from qcompile.errors import QCompileError, first_line
-from qcompile.ir_utils import onnx_opset
+from qcompile.ir_utils import const_array, onnx_opset
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
 from qcompile.passes.cleanup import cleanup_passes
 from qcompile.passes.fold_batchnorm import fold_batchnorm_pass
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.upgrade_opset import UpgradeOpset
-from qcompile.pipeline import run_passes
+from qcompile.pipeline import ReadOnlyPass, run_passes
 from qcompile.runtime import SessionSource
 from qcompile.targets import Target
 
@@ -63,6 +64,7 @@ def prepare_passes(target: Target) -> ir.passes.Sequential:
     return ir.passes.Sequential(
         UpgradeOpset(target.preferred_opset, target.min_opset),
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        CheckWeights(),
         FoldConstantsPass(
             shape_inference=False,
             input_size_limit=DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
@@ -74,6 +76,17 @@ def prepare_passes(target: Target) -> ir.passes.Sequential:
         fold_batchnorm_pass(),
         NameFixPass(),
     )
+
+
+class CheckWeights(ReadOnlyPass):
+    """Every in-memory weight's stored data matches its declared type and shape (a corrupt file's
+    would otherwise fail deep inside a library pass)."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for value in model.graph.initializers.values():
+            if not isinstance(value.const_value, ir.ExternalTensor):
+                const_array(value)  # raises QCompileError naming the tensor
+        return ir.passes.PassResult(model, False)
 
 
 def prepare(source: ModelSource, target: Target) -> Prepared:

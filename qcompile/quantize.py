@@ -5,7 +5,7 @@ ApplyObservedShapes  pass: dtypes static inference missed, from what calibration
 select_precision     analysis → a decision per node (policy, user pins)
 assign_specs         analysis → QuantPlan (a QuantSpec per quantized tensor)
 InsertQDQ, FoldScales  passes, composed with onnx-ir's Sequential
-check_legality       the target's rules, before anything is written
+CheckLegality        read-only pass: the target's rules, before anything is written
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from qcompile.pipeline import run_passes
 from qcompile.plan import QuantPlan
 from qcompile.prepare import Prepared
 from qcompile.runtime import SessionSource
-from qcompile.targets.legality import check_legality
+from qcompile.targets.legality import CheckLegality
 
 __all__ = ["Quantized", "quantize"]
 
@@ -55,7 +55,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         progress=config.progress_bar("calibrate"),
         executor=config.executor,
     )
-    ApplyObservedShapes(calib)(model)
+    run_passes(ApplyObservedShapes(calib), model)
     decisions = select_precision(model, target, config.policy, config.plan)
     specs = assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)
     meta = {
@@ -66,8 +66,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         "opset": onnx_opset(model),
     }
     plan = QuantPlan(specs.tensors, specs.nodes, meta)
-    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan)), model)
-    check_legality(model, plan, target)
+    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), CheckLegality(plan, target)), model)
     scratch = _spill_weights(model)
     session = SessionSource.of(model)
     if session.data_folder is None:  # else the checker runs on the written file, in save()

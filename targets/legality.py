@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 import onnx_ir as ir
 
 from qcompile.ir_utils import onnx_opset
+from qcompile.pipeline import ReadOnlyPass
 from qcompile.plan import QuantPlan
 from qcompile.targets.base import LegalityError, Target
 
-__all__ = ["check_legality", "RULES"]
+__all__ = ["check_legality", "CheckLegality", "RULES"]
 
 Violation = tuple[str | None, str]  # (node name, problem)
 Rule = Callable[[ir.Model, QuantPlan, Target], Iterator[Violation]]
@@ -75,7 +76,18 @@ RULES: dict[str, Rule] = {
 }
 
 
+class CheckLegality(ReadOnlyPass):
+    """Every rule of `RULES` on the compiled model; the first violation raises `LegalityError`."""
+
+    def __init__(self, plan: QuantPlan, target: Target):
+        self.plan, self.target = plan, target
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for rule_name, rule in RULES.items():
+            for node_name, problem in rule(model, self.plan, self.target):
+                raise LegalityError(f"{self.target.name}: rule {rule_name} fails at node {node_name!r}: {problem}")
+        return ir.passes.PassResult(model, False)
+
+
 def check_legality(model: ir.Model, plan: QuantPlan, target: Target) -> None:
-    for rule_name, rule in RULES.items():
-        for node_name, problem in rule(model, plan, target):
-            raise LegalityError(f"{target.name}: rule {rule_name} fails at node {node_name!r}: {problem}")
+    CheckLegality(plan, target)(model)

@@ -9,7 +9,20 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from qcompile.pipeline import graph_signature
 from qcompile.runtime import make_session, run_session
+
+__all__ = [
+    "ROOT",
+    "SAMPLES",
+    "parse",
+    "ops",
+    "run",
+    "copy",
+    "check",
+    "graph_signature",
+    "assert_equivalent_and_idempotent",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -38,7 +51,15 @@ def check(model: ir.Model) -> None:
     onnx.checker.check_model(ir.to_proto(model), full_check=True)
 
 
-def graph_signature(model: ir.Model) -> tuple:
-    """Nodes (op and input names) and initializer names: equal before and after an analysis that only reads."""
-    nodes = tuple((n.op_type, tuple(v.name if v else "" for v in n.inputs)) for n in model.graph)
-    return nodes, tuple(model.graph.initializers)
+def assert_equivalent_and_idempotent(pass_factory, model, feeds, *, rtol=1e-5, atol=1e-6):
+    before = copy(model)
+    result = pass_factory()(model)
+    assert result.model is model
+    check(model)
+    want, got = run(before, feeds), run(model, feeds)
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=name)
+    again = pass_factory()(model)
+    assert not again.modified, "a second run must report no change"
+    return result

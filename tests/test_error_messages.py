@@ -11,8 +11,8 @@ from qcompile.model_io import load_model
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.runtime import make_session, run_session
 from tests.helpers import SAMPLES, parse
-from tests.passes.quant_fixtures import conv_model, feeds, planned
 from tests.support import real_models
+from tests.support.quant_models import conv_model, feeds, planned
 
 TWO_INPUTS = parse("""<ir_version: 8, opset_import: ["": 17]>
 g (float[1, 3] a, float[1, 3] b) => (float[1, 3] y) { y = Add(a, b) }""")

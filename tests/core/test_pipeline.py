@@ -2,7 +2,7 @@ import onnx_ir as ir
 import pytest
 
 from qcompile.errors import QCompileError
-from qcompile.pipeline import run_passes
+from qcompile.pipeline import ReadOnlyPass, run_passes
 from tests.helpers import parse
 
 
@@ -36,5 +36,39 @@ def test_user_errors_inside_a_sequence_come_out_as_themselves():
 
 
 def test_broken_invariants_stay_pass_errors():
-    with pytest.raises(ir.passes.PassError, match="Broken"):
+    with pytest.raises(ir.passes.PassError, match="^PostconditionError: graph left inconsistent$"):
         run_passes(ir.passes.Sequential(Noop(), Broken()), tiny())
+
+
+class NeedsSomething(ir.passes.InPlacePass):
+    def requires(self, model):
+        raise QCompileError("the model needs something")
+
+    def call(self, model):
+        return ir.passes.PassResult(model, False)
+
+
+class Sneaky(ReadOnlyPass):
+    def call(self, model):
+        model.graph.remove(list(model.graph)[0], safe=False)
+        return ir.passes.PassResult(model, False)
+
+
+class Crashes(ir.passes.InPlacePass):
+    def call(self, model):
+        raise KeyError("w")
+
+
+def test_user_error_in_a_bare_passs_precondition():
+    with pytest.raises(QCompileError, match="^the model needs something$"):
+        run_passes(NeedsSomething(), tiny())
+
+
+def test_a_read_only_pass_that_changes_the_model_is_caught():
+    with pytest.raises(ir.passes.PassError, match="Sneaky only reads the model, but changed it"):
+        run_passes(ir.passes.Sequential(Sneaky()), tiny())
+
+
+def test_a_bug_reads_as_its_root_cause():
+    with pytest.raises(ir.passes.PassError, match="^KeyError: 'w'$"):
+        run_passes(ir.passes.Sequential(Noop(), Crashes()), tiny())

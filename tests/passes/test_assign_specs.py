@@ -5,7 +5,7 @@ from qcompile.cpu import CpuInfo
 from qcompile.errors import QCompileError
 from qcompile.plan import QuantPlan, QuantSpec
 from tests.helpers import graph_signature
-from tests.passes.quant_fixtures import conv_model, feeds, planned
+from tests.support.quant_models import conv_model, feeds, planned
 
 
 def test_roles_ties_fusion_and_bias(rng):

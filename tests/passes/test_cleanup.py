@@ -2,8 +2,7 @@ import numpy as np
 
 from qcompile.passes.cleanup import SafeIdentityElimination, cleanup_passes
 from qcompile.passes.infer_shapes import InferShapes
-from tests.helpers import check, ops, parse
-from tests.passes.equivalence import assert_equivalent_and_idempotent
+from tests.helpers import assert_equivalent_and_idempotent, check, ops, parse
 
 
 def test_identity_dropout_and_noop_cast_are_removed(rng):

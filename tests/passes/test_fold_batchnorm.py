@@ -4,8 +4,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.passes.fold_batchnorm import fold_batchnorm_pass
-from tests.helpers import ops
-from tests.passes.equivalence import assert_equivalent_and_idempotent
+from tests.helpers import assert_equivalent_and_idempotent, ops
 
 
 def _bn_model(rng, producer: str, *, bias=True, group=1, **attrs):

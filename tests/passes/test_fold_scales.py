@@ -4,7 +4,7 @@ from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.quant_math import int_range
 from tests.helpers import check, copy, ops, run
-from tests.passes.quant_fixtures import conv_model, feeds, gemm_model, gemm_reference, planned
+from tests.support.quant_models import conv_model, feeds, gemm_model, gemm_reference, planned
 
 
 def test_weights_and_bias_stored_quantized_and_numbers_match_numpy(rng):

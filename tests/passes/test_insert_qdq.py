@@ -5,7 +5,7 @@ from qcompile.errors import QCompileError
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.plan import QuantPlan, QuantSpec
 from tests.helpers import check, ops, run
-from tests.passes.quant_fixtures import conv_model, feeds, gemm_model, gemm_reference, planned
+from tests.support.quant_models import conv_model, feeds, gemm_model, gemm_reference, planned
 
 
 def _inits(model):

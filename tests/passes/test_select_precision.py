@@ -5,7 +5,7 @@ from qcompile.passes.select_precision import select_precision
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.targets import get_target
 from tests.helpers import graph_signature
-from tests.passes.quant_fixtures import conv_model
+from tests.support.quant_models import conv_model
 
 
 def test_naive_quantizes_every_op_the_target_runs(rng):

@@ -4,8 +4,7 @@ import pytest
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import onnx_opset
 from qcompile.passes.upgrade_opset import UpgradeOpset
-from tests.helpers import parse
-from tests.passes.equivalence import assert_equivalent_and_idempotent
+from tests.helpers import assert_equivalent_and_idempotent, parse
 
 OPSET11 = """<ir_version: 6, opset_import: ["": 11]>
 g (float[2, 6] x) => (float[2, 3] a, float[2, 3] b, float[2, 6] s) {

@@ -13,7 +13,7 @@ from qcompile.runtime import fused_op_counts, make_session
 from qcompile.targets import TARGET_NAMES, get_target
 from qcompile.targets.ort_cpu import OPS
 from tests.helpers import run
-from tests.passes.quant_fixtures import conv_model, feeds, planned
+from tests.support.quant_models import conv_model, feeds, planned
 
 
 def _compiled(rng, **options):

@@ -1,4 +1,4 @@
-"""A tiny quantizable model and a plan for it, shared by the quantizing-pass tests."""
+"""Tiny quantizable models and the analyses run on them, shared by the quantizing-pass and target tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 from onnx_ir.passes.common import NameFixPass
 
-from qcompile.data import model_input_specs
 from qcompile.passes.assign_specs import assign_specs
 from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
 from qcompile.passes.infer_shapes import InferShapes
@@ -61,9 +60,6 @@ def planned(
     ApplyObservedShapes(calib)(model)
     decisions = select_precision(model, tgt, pinned=pinned)
     return assign_specs(model, tgt, calib, decisions, per_channel=per_channel, pinned=pinned), calib
-
-
-__all__ = ["conv_model", "gemm_model", "gemm_reference", "feeds", "planned", "model_input_specs"]
 
 
 def gemm_model(rng: np.random.Generator) -> ir.Model:
