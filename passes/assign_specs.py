@@ -11,6 +11,10 @@ For every int8 node, the target's `OpRule` says which tensors are quantized:
   own values: scale_c = max|W_c| / qmax;
 - bias gets int32 with scale_c = s_input · s_weight_c, zero point 0 (a derived
   spec: it is what lets the runtime accumulate in int32 without rescaling).
+  Where |b_c| / scale_c would not fit in 2^30 (a channel whose weights are ~0,
+  as BatchNorm or bias folding of a dead channel leaves), s_weight_c is first
+  raised to |b_c| / (2^30 · s_input): otherwise the bias saturates and the
+  channel's output is lost; its near-zero weights lose nothing they had.
 
 A tensor between a compute op and the Relu/Clip the runtime fuses into it is
 not quantized.  Specs in a user plan override computed ones; a user spec with
@@ -41,7 +45,9 @@ from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
 from qcompile.quant_math import int_range, scale_zero_point
 from qcompile.targets.base import OpRule, Target
 
-__all__ = ["assign_specs"]
+__all__ = ["assign_specs", "BIAS_HEADROOM"]
+
+BIAS_HEADROOM = 2.0**30  # |int32 bias| stays below this, leaving room for the accumulated products
 
 
 def _input(node: ir.Node, index: int | None) -> ir.Value | None:
@@ -136,7 +142,7 @@ class _Assigner:
                 self._collect(node, rule, roles)
         self._assign_activations(model, roles.activations, roles.groups)
         self._assign_weights(model, roles.weights)
-        self._assign_biases(roles.biases)
+        self._assign_biases(model, roles.biases)
         self._apply_pins(model)
         self.plan.meta["per_channel"] = self.per_channel
         return self.plan
@@ -207,15 +213,31 @@ class _Assigner:
             self.plan.tensors[name] = QuantSpec(dtype, axis=axis, symmetric=True).with_params(scale, zp)
             self.plan.meta.setdefault("weight_qrange", [qrange.qmin, qrange.qmax])
 
-    def _assign_biases(self, biases: dict[str, tuple[str, str]]) -> None:
+    def _assign_biases(self, model: ir.Model, biases: dict[str, tuple[str, str]]) -> None:
         for name, (act, weight) in biases.items():
             a, w = self.plan.tensors.get(act), self.plan.tensors.get(weight)
             if a is None or w is None or a.is_float or w.is_float:
                 continue
+            w = self._widen_for_bias(weight, w, a, const_array(model.graph.initializers[name]))
             scale = a.scale_array().astype(np.float64) * w.scale_array().astype(np.float64)
             zp = np.zeros(np.shape(scale), np.int32)
             axis = 0 if w.per_channel else None
             self.plan.tensors[name] = QuantSpec("int32", axis=axis, symmetric=True).with_params(scale, zp)
+
+    def _widen_for_bias(self, name: str, w: QuantSpec, a: QuantSpec, bias: np.ndarray | None) -> QuantSpec:
+        """The weight spec with each s_w_c ≥ |b_c| / (2^30 · s_a), so that the int32 bias cannot saturate."""
+        if bias is None:
+            return w
+        needed = np.abs(bias.astype(np.float64)).reshape(-1) / (BIAS_HEADROOM * float(a.scale_array()))
+        current = w.scale_array().astype(np.float64)
+        widened = np.maximum(current, needed if w.per_channel else needed.max(initial=0.0))
+        if np.array_equal(widened, current):
+            return w
+        widened = np.nextafter(widened.astype(np.float32), np.float32(np.inf))  # stays ≥ after float32 rounding
+        spec = w.with_params(np.where(widened > current, widened, current), w.zero_point_array())
+        self.plan.tensors[name] = spec
+        self.plan.meta.setdefault("weights_widened_for_bias", []).append(name)
+        return spec
 
     def _apply_pins(self, model: ir.Model) -> None:
         known = values_by_name(model.graph)

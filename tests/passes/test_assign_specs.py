@@ -54,3 +54,35 @@ def test_unknown_tensor_in_user_plan(rng):
     model = conv_model(rng)
     with pytest.raises(QCompileError, match="plan names tensor 'ghost', which the model does not have"):
         planned(model, feeds(rng), pinned=QuantPlan(tensors={"ghost": QuantSpec("int8")}))
+
+
+def test_a_dead_channel_keeps_its_bias(rng):
+    """Weights ~0 in one channel (BatchNorm folding of a dead channel) with a bias of 3: the int32
+    bias would need 3 / (s_in · 1e-32) steps; the weight scale is widened so that it fits."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from qcompile.passes.fold_scales import FoldScales
+    from qcompile.passes.insert_qdq import InsertQDQ
+    from qcompile.runtime import make_session, run_session
+
+    w = rng.normal(size=(2, 3, 1, 1)).astype(np.float32)
+    w[1] = 1e-30
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([0.5, 3.0], np.float32), "b")]
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w", "b"], ["y"], "conv")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        inits,
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    samples = [{"x": rng.normal(size=(1, 3, 4, 4)).astype(np.float32)} for _ in range(4)]
+    plan, _ = planned(model, samples)
+    assert plan.meta["weights_widened_for_bias"] == ["w"]
+    want = run_session(make_session(model), samples[0])["y"]
+    InsertQDQ(plan)(model)
+    FoldScales(plan)(model)
+    got = run_session(make_session(model), samples[0])["y"]
+    np.testing.assert_allclose(got[0, 1], 3.0, atol=3 * plan.tensors["y"].scale[0])  # the dead channel is its bias
+    assert np.abs(got - want).max() < 4 * plan.tensors["y"].scale[0]
