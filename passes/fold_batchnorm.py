@@ -20,10 +20,10 @@ fresh one), because plans and user pins name nodes.
 
 from __future__ import annotations
 
-import onnx_ir as ir
-from onnx_ir.passes.common import RemoveUnusedNodesPass
 from onnxscript.rewriter import RewritePass
 from onnxscript.rewriter.rules.common import _fuse_batchnorm as upstream
+
+from qcompile.pipeline import RemovingUnused
 
 __all__ = ["fold_batchnorm_pass", "FOLD_BATCHNORM_RULES"]
 
@@ -50,6 +50,6 @@ class _IntoGemm(_KeepProducerName, upstream.FuseBatchNormIntoGemm):
 FOLD_BATCHNORM_RULES = (_IntoConv.rule(), _IntoConvTranspose.rule(), _IntoGemm.rule())
 
 
-def fold_batchnorm_pass() -> ir.passes.Sequential:
+def fold_batchnorm_pass() -> RemovingUnused:
     """The three fusion rules, then the statistics they leave unused are dropped."""
-    return ir.passes.Sequential(RewritePass(list(FOLD_BATCHNORM_RULES)), RemoveUnusedNodesPass())
+    return RemovingUnused(RewritePass(list(FOLD_BATCHNORM_RULES)))

@@ -8,9 +8,11 @@ build_card (qcompile.card)   → the quantization card
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -24,10 +26,11 @@ from qcompile.atomic import StagedFolder
 from qcompile.card import build_card, render_markdown
 from qcompile.config import CompileConfig
 from qcompile.data import HoldoutSplit, Sample, iter_samples
-from qcompile.errors import QCompileError
+from qcompile.errors import QCompileError, QCompileWarning
+from qcompile.float_check import FLOAT_TOLERANCE, float_drift, peek
 from qcompile.model_io import ModelSource, check_serialised, save_model, to_graphsurgeon
 from qcompile.plan import QuantPlan
-from qcompile.prepare import prepare
+from qcompile.prepare import Prepared, prepare
 from qcompile.quantize import quantize
 from qcompile.targets import Target, get_target
 from qcompile.verify import EvaluationSet, verify
@@ -82,6 +85,27 @@ class CompileResult:
         return self.files
 
 
+def _checked(prepared: Prepared, sample: Sample | None, source: ModelSource, config: CompileConfig) -> Prepared:
+    """`prepared`, with its float graph checked against the user's on the first calibration sample;
+    if the canonical stage changed what the model computes, prepared again without it."""
+    if sample is None or not prepared.changes:
+        return prepared
+    drift = float_drift(prepared, sample)
+    if drift <= FLOAT_TOLERANCE:
+        return dataclasses.replace(prepared, float_check={"sample": 0, "max_relative_difference": drift})
+    warnings.warn(
+        QCompileWarning(
+            f"the canonical float graph differs from the model by {drift:.2g} (relative) on calibration sample 0; "
+            "compiling without the canonical stage (this is a qcompile bug: please report it)"
+        ),
+        stacklevel=3,
+    )
+    plain = prepare(source, config.target, canonicalize=False)
+    return dataclasses.replace(
+        plain, float_check={"sample": 0, "max_relative_difference": drift, "canonical_stage": "skipped"}
+    )
+
+
 def compile(
     model: ModelSource,
     target: str | Target = "ort-cpu",
@@ -96,6 +120,7 @@ def compile(
     progress: bool | None = None,
     measure_latency: bool = True,
     executor: Executor | None = None,
+    canonicalize: bool = True,
 ) -> CompileResult:
     """Compile a float ONNX model to int8 for `target`, and verify it against the float model.
 
@@ -118,6 +143,9 @@ def compile(
         measure_latency: time both models (1 thread and ORT's default) for the card.
         executor: any `concurrent.futures.Executor` (process pool, a Dask client's
             `get_executor()`) to calibrate on; the output is the same byte for byte.
+        canonicalize: rewrite the float graph into its canonical form first (layout Transposes
+            cancelled, affine chains and BatchNorm folded into Conv/Gemm, decomposed activations
+            as single ops; see `qcompile.prepare`).  Off, only the clean-up passes run.
 
     Returns:
         A `CompileResult`: the int8 model (`.model`, `.to_proto()`, `.to_graphsurgeon()`), its
@@ -144,10 +172,12 @@ def compile(
         progress=progress,
         measure_latency=measure_latency,
         executor=executor,
+        canonicalize=canonicalize,
     )
-    prepared = prepare(model, config.target)
+    prepared = prepare(model, config.target, config.canonicalize)
+    first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))
+    prepared = _checked(prepared, first, model, config)
 
-    samples = iter_samples(calibration, list(prepared.inputs), what="calibration data")
     split = HoldoutSplit(samples) if evaluation is None else None
     quantized = quantize(prepared, split.calibration() if split else samples, config)
 

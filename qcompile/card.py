@@ -17,7 +17,7 @@ from qcompile.quantize import Quantized
 from qcompile.targets import Target
 from qcompile.verify import Verification
 
-__all__ = ["build_card", "render_markdown"]
+__all__ = ["build_card", "render_markdown", "format_changes"]
 
 
 def build_card(prepared: Prepared, quantized: Quantized, verification: Verification, target: Target) -> dict[str, Any]:
@@ -53,11 +53,39 @@ def build_card(prepared: Prepared, quantized: Quantized, verification: Verificat
         {
             "model": prepared.name,
             "opset": {"before": prepared.opset_before, "after": onnx_opset(quantized.model)},
-            "ops_before": list(prepared.ops_before),
+            "prepare": prepared.describe(),
             "evaluation": verification.evaluation.describe(),
         }
     )
     return card
+
+
+def format_changes(removed: dict[str, int], added: dict[str, int]) -> str:
+    return ", ".join([f"−{n} {op}" for op, n in removed.items()] + [f"+{n} {op}" for op, n in added.items()])
+
+
+def _prepare_lines(prep: dict | None) -> list[str]:
+    if not prep:
+        return []
+    lines = [
+        "## Float graph",
+        "",
+        f"{prep['nodes_before']} nodes in the given model, {prep['nodes_after']} after "
+        "prepare (outputs equal within float rounding; fidelity below is against the given model).",
+    ]
+    lines += [f"- {p['pass']}: {format_changes(p['removed'], p['added'])}" for p in prep["passes"]]
+    check = prep.get("float_check")
+    if check and check.get("canonical_stage") == "skipped":
+        lines.append(
+            f"- **canonical stage skipped**: it changed the outputs by {check['max_relative_difference']:.2g} "
+            "(relative) on calibration sample 0, a qcompile bug"
+        )
+    elif check:
+        lines.append(
+            f"- checked on calibration sample 0: outputs within {check['max_relative_difference']:.1g} "
+            "(relative) of the given model's"
+        )
+    return [*lines, ""]
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
@@ -119,6 +147,7 @@ def render_markdown(card: dict) -> str:
         f"ORT kernels after fusion: {card['ort_kernels']['integer']} integer, "
         f"{card['ort_kernels']['float']} float compute",
         "",
+        *_prepare_lines(card.get("prepare")),
         "## Fidelity",
         "",
         *_fidelity_lines(card),

@@ -12,9 +12,10 @@ import argparse
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
-from qcompile.errors import QCompileError, first_line
+from qcompile.errors import QCompileError, QCompileWarning, first_line
 from qcompile.workers import process_pool
 
 __all__ = ["main"]
@@ -65,6 +66,11 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     c.add_argument(
+        "--no-canonicalize",
+        action="store_true",
+        help="keep the float graph as exported: no Transpose, affine or pattern rewriting before quantizing",
+    )
+    c.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -98,6 +104,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             progress=args.progress,
             measure_latency=not args.no_latency,
             executor=executor,
+            canonicalize=not args.no_canonicalize,
         )
     files = result.save(args.output)
     sys.stdout.write(render_markdown(result.card))
@@ -106,8 +113,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from qcompile.card import format_changes
     from qcompile.ir_utils import onnx_opset, op_histogram
     from qcompile.model_io import load_model
+    from qcompile.prepare import prepare
     from qcompile.targets import TARGET_NAMES, get_target
 
     model = load_model(args.model)
@@ -122,13 +131,53 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         out.write(f"  {op:28s} {n}\n")
     for name in TARGET_NAMES:
         target = get_target(name)
-        nodes = target.quantizable_nodes(model)
-        ops = sorted({n.op_type for n in nodes})
-        out.write(f"{name}: {len(nodes)}/{len(model.graph)} nodes quantizable ({', '.join(ops) or 'none'})\n")
+        try:
+            prepared = prepare(args.model, target)
+        except QCompileError as e:  # the model's own facts above still stand
+            out.write(f"{name}: cannot prepare the model: {e}\n")
+            continue
+        summary = prepared.describe()
+        nodes = target.quantizable_nodes(prepared.model)
+        ops = ", ".join(sorted({n.op_type for n in nodes})) or "none"
+        out.write(
+            f"{name}: {summary['nodes_before']} nodes → {summary['nodes_after']} after prepare; "
+            f"{len(nodes)} quantizable ({ops})\n"
+        )
+        for change in summary["passes"]:
+            out.write(f"  {change['pass']}: {format_changes(change['removed'], change['added'])}\n")
     return 0
 
 
+def _interrupt_in(error: BaseException) -> KeyboardInterrupt | None:
+    """A Ctrl-C or SIGTERM behind `error` (onnxruntime's import turns one into an ImportError)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _interrupted(signal_error: KeyboardInterrupt) -> int:
+    terminated = isinstance(signal_error, Terminated)
+    print(f"qcompile: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+    return 143 if terminated else 130
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, QCompileWarning):
+        print(f"qcompile: warning: {message}", file=sys.stderr)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.showwarning = _show_warning
     parser = _build_parser()
     args = parser.parse_args(argv)
     handler = {"compile": _cmd_compile, "inspect": _cmd_inspect}[args.command]
@@ -142,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qcompile: error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
-        terminated = isinstance(e, Terminated)
-        print(f"qcompile: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-        return 143 if terminated else 130
-    except Exception as e:  # a bug, not bad input
+        return _interrupted(e)
+    except Exception as e:  # a bug, not bad input; or a signal a library turned into its own error
+        interrupt = _interrupt_in(e)
+        if interrupt is not None:
+            return _interrupted(interrupt)
         if args.debug:
             raise
         first = first_line(e, "")

@@ -29,6 +29,7 @@ class CompileConfig:
     progress: bool | None = None
     measure_latency: bool = True
     executor: Executor | None = None
+    canonicalize: bool = True
 
     def __post_init__(self) -> None:
         check_calibrator(self.calibrator)

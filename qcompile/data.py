@@ -57,7 +57,8 @@ def model_input_specs(model: ir.Model) -> list[InputSpec]:
         if v.name in initializers:
             continue
         dtype = np.dtype(v.dtype.numpy()) if v.dtype is not None else np.dtype(np.float32)
-        shape = None if v.shape is None else tuple(d if isinstance(d, int) else None for d in v.shape)
+        # a negative dim (some exporters write -1) is as unknown as a symbolic one
+        shape = None if v.shape is None else tuple(d if isinstance(d, int) and d >= 0 else None for d in v.shape)
         specs.append(InputSpec(name_of(v), dtype, shape))
     return specs
 

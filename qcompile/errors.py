@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-__all__ = ["QCompileError", "BAD_INPUT", "BELOW_BUDGET", "first_line"]
+__all__ = ["QCompileError", "QCompileWarning", "BAD_INPUT", "BELOW_BUDGET", "first_line"]
 
 BAD_INPUT = 2
 BELOW_BUDGET = 1
@@ -25,6 +25,11 @@ class QCompileError(Exception):
 
     def __reduce__(self):  # survives the trip back from a worker process
         return _rebuild, (str(self), self.exit_code)
+
+
+class QCompileWarning(UserWarning):
+    """A result the user should look at although the compile finished (the CLI prints it as
+    `qcompile: warning: ...`)."""
 
 
 def first_line(error: BaseException, default: str | None = None) -> str:

@@ -14,11 +14,26 @@ their one-line message, so `run_passes` re-raises it, chained to the pass error 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from qcompile.errors import QCompileError, first_line
+from qcompile.ir_utils import op_histogram
 
-__all__ = ["run_passes", "user_error_in", "root_cause", "ReadOnlyPass", "graph_signature"]
+__all__ = [
+    "run_passes",
+    "user_error_in",
+    "root_cause",
+    "ReadOnlyPass",
+    "graph_signature",
+    "Recorded",
+    "RemovingUnused",
+    "CHANGES_KEY",
+]
+
+CHANGES_KEY = "qcompile.changes"  # model.meta: pass name → {"removed": Counter, "added": Counter} of ops
 
 
 def user_error_in(error: BaseException) -> QCompileError | None:
@@ -60,6 +75,45 @@ def graph_signature(model: ir.Model) -> tuple:
     """Nodes (op, attributes, input names) and initializers: equal before and after a pass that only reads."""
     nodes = tuple((n.op_type, tuple(n.attributes), tuple(v.name if v else "" for v in n.inputs)) for n in model.graph)
     return nodes, tuple(model.graph.initializers), tuple(v.name for v in model.graph.outputs)
+
+
+class RemovingUnused(ir.passes.InPlacePass):
+    """Runs `inner`; when it changed the model, drops the nodes and initializers it left unused.
+
+    (A `Sequential` with `RemoveUnusedNodesPass` would report a change on every run of a model
+    that came with unused initializers, so a `PassManager` could never see a fixed point.)
+    """
+
+    def __init__(self, inner: ir.passes.PassBase):
+        super().__init__()
+        self.inner = inner
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        modified = self.inner(model).modified
+        if modified:
+            RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, modified)
+
+
+class Recorded(ir.passes.InPlacePass):
+    """Runs `inner` and adds the ops it removed and added to `model.meta[CHANGES_KEY][name]`
+    (nothing when its changes left the op counts as they were)."""
+
+    def __init__(self, name: str, inner: ir.passes.PassBase):
+        super().__init__()
+        self.name, self.inner = name, inner
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        before = op_histogram(model)
+        result = self.inner(model)
+        after = op_histogram(model) if result.modified else before
+        if after != before:
+            entry = model.meta.setdefault(CHANGES_KEY, {}).setdefault(
+                self.name, {"removed": Counter(), "added": Counter()}
+            )
+            entry["removed"].update(before - after)
+            entry["added"].update(after - before)
+        return ir.passes.PassResult(model, result.modified)
 
 
 class ReadOnlyPass(ir.passes.PassBase):

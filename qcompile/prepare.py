@@ -1,20 +1,30 @@
 """Stage 1, prepare: load the user's model, check it, and clean it into a float graph to quantize.
 
-Float in, float out.  The passes, composed with onnx-ir's `Sequential`:
+Float in, float out, equal to the user's model within float rounding.  The passes, composed
+with onnx-ir's `Sequential`:
 
     UpgradeOpset (21, else 13)              qcompile: tries the preferred opset on a copy first
     LiftConstantsToInitializersPass         onnx-ir: Constant-node weights become initializers
     CheckWeights                            qcompile: stored data matches each weight's type and shape
     FoldConstantsPass + RemoveUnusedNodes   onnxscript / onnx-ir
     InferShapes                             qcompile: onnx-ir's ShapeInferencePass, failure recorded
-    cleanup_passes                          no-op Dropout/Cast rules, Identity elimination
+    cleanup_passes                          no-op Dropout/Cast and Cast round trips, Identity elimination
     fold_batchnorm_pass                     onnxscript's BatchNorm fusion rules
-    NameFixPass                             onnx-ir: unique names for the plan to refer to
+    canonical_passes, to a fixed point:     the converter's residue, which costs int8 far more than float
+        PushTransposes                      layout Transposes moved down and cancelled
+        fold_batchnorm_pass                 again: a BatchNorm a moved Transpose kept from its Conv
+        FusePatterns                        decomposed HardSwish, GELU, LayerNorm... as one op, where the
+                                            target has a kernel for the op (`Target.has_kernel`)
+        fold_affine_pass                    Add/Sub/Mul/Div by per-channel constants into Conv/Gemm/MatMul
+    InferShapes, NameFixPass                fresh shapes; unique names for the plan to refer to
+
+The passes that change ops record what they removed and added (`Prepared.changes`, the card).
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +37,20 @@ from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_S
 
 from qcompile.data import InputSpec, model_input_specs
 from qcompile.errors import QCompileError, first_line
-from qcompile.ir_utils import const_array, onnx_opset
+from qcompile.ir_utils import const_array, onnx_opset, op_histogram
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
 from qcompile.passes.cleanup import cleanup_passes
+from qcompile.passes.fold_affine import fold_affine_pass
 from qcompile.passes.fold_batchnorm import fold_batchnorm_pass
+from qcompile.passes.fuse_patterns import FUSED_OPS, FusePatterns
 from qcompile.passes.infer_shapes import InferShapes
+from qcompile.passes.layout_transposes import PushTransposes
 from qcompile.passes.upgrade_opset import UpgradeOpset
-from qcompile.pipeline import ReadOnlyPass, run_passes
+from qcompile.pipeline import CHANGES_KEY, ReadOnlyPass, Recorded, run_passes
 from qcompile.runtime import SessionSource
 from qcompile.targets import Target
 
-__all__ = ["Prepared", "prepare", "prepare_passes", "FOLD_OUTPUT_LIMIT"]
+__all__ = ["Prepared", "prepare", "prepare_passes", "canonical_passes", "FOLD_OUTPUT_LIMIT"]
 
 FOLD_OUTPUT_LIMIT = 1 << 22  # never materialise a folded tensor over 4 M elements (a broadcast scalar, say)
 
@@ -55,26 +68,66 @@ class Prepared:
     name: str
     source: Path | None
     opset_before: int
-    ops_before: tuple[str, ...]
+    ops_before: Counter  # op histogram of the user's model
+    ops_after: Counter  # ... and of the prepared float graph
     inputs: tuple[InputSpec, ...]
+    changes: tuple[tuple[str, Counter, Counter], ...] = ()  # (pass, ops removed, ops added)
+    float_check: dict | None = None  # the check of the prepared graph against the user's (qcompile.float_check)
+
+    def model_proto(self) -> onnx.ModelProto:
+        return ir.to_proto(self.model)
+
+    def describe(self) -> dict:
+        """Op counts before and after, and what each pass removed and added (for the card)."""
+        return {
+            "nodes_before": sum(self.ops_before.values()),
+            "nodes_after": sum(self.ops_after.values()),
+            "ops_before": dict(sorted(self.ops_before.items())),
+            "ops_after": dict(sorted(self.ops_after.items())),
+            "float_check": self.float_check,
+            "passes": [
+                {"pass": p, "removed": dict(sorted(r.items())), "added": dict(sorted(a.items()))}
+                for p, r, a in self.changes
+            ],
+        }
 
 
-def prepare_passes(target: Target) -> ir.passes.Sequential:
-    """Float in, float out: the passes that clean a graph before quantizing it."""
+def prepare_passes(target: Target, canonicalize: bool = True) -> ir.passes.Sequential:
+    """Float in, float out: the passes that clean a graph before quantizing it (without
+    `canonical_passes` when `canonicalize` is off)."""
     return ir.passes.Sequential(
         UpgradeOpset(target.preferred_opset, target.min_opset),
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         CheckWeights(),
-        FoldConstantsPass(
-            shape_inference=False,
-            input_size_limit=DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
-            output_size_limit=FOLD_OUTPUT_LIMIT,
-        ),
-        RemoveUnusedNodesPass(),
+        Recorded("constant folding", ir.passes.Sequential(_fold_constants(), RemoveUnusedNodesPass())),
         InferShapes(),
-        cleanup_passes(),
-        fold_batchnorm_pass(),
+        Recorded("no-ops", cleanup_passes()),
+        Recorded("batchnorm folding", fold_batchnorm_pass()),
+        *([canonical_passes(target), InferShapes()] if canonicalize else []),
         NameFixPass(),
+    )
+
+
+def canonical_passes(target: Target, steps: int = 3) -> ir.passes.PassManager:
+    """The canonical float graph: one fold can open another (a Transpose moved off a Sub, the Sub
+    folded into its Conv), so the list runs until nothing changes, at most `steps` times."""
+    return ir.passes.PassManager(
+        [
+            Recorded("layout transposes", PushTransposes()),
+            Recorded("batchnorm folding", fold_batchnorm_pass()),
+            # before affine folding, which would otherwise take the constant Div of x·Clip(x + 3)/6
+            Recorded("pattern fusion", FusePatterns([f.op_type for f in FUSED_OPS if target.has_kernel(f.op_type)])),
+            Recorded("affine folding", fold_affine_pass()),
+        ],
+        steps=steps,
+    )
+
+
+def _fold_constants() -> FoldConstantsPass:
+    return FoldConstantsPass(
+        shape_inference=False,
+        input_size_limit=DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+        output_size_limit=FOLD_OUTPUT_LIMIT,
     )
 
 
@@ -89,19 +142,21 @@ class CheckWeights(ReadOnlyPass):
         return ir.passes.PassResult(model, False)
 
 
-def prepare(source: ModelSource, target: Target) -> Prepared:
+def prepare(source: ModelSource, target: Target, canonicalize: bool = True) -> Prepared:
     """Load `source` (never modified), check it, and run `prepare_passes(target)` on a private copy."""
     model = load_model(source)
     float_ref = _session_source(model)
     _check_input(source if isinstance(source, (str, os.PathLike)) else float_ref.model)
     float_bytes = model.meta.get(SOURCE_BYTES_KEY, len(float_ref.model))
     opset_before = onnx_opset(model)
-    ops_before = tuple(sorted({n.op_type for n in model.graph}))
+    ops_before = op_histogram(model)
     inputs = tuple(model_input_specs(model))
-    run_passes(prepare_passes(target), model)
+    run_passes(prepare_passes(target, canonicalize), model)
+    changes = tuple((name, c["removed"], c["added"]) for name, c in model.meta.pop(CHANGES_KEY, {}).items())
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    name = path.stem if path else "model"
     return Prepared(
-        model, float_ref, float_bytes, path.stem if path else "model", path, opset_before, ops_before, inputs
+        model, float_ref, float_bytes, name, path, opset_before, ops_before, op_histogram(model), inputs, changes
     )
 
 

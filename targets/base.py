@@ -70,6 +70,7 @@ class Target:
     weight_reduce_range: bool = False
     activation_symmetric: bool = False
     fusable_activations: tuple[str, ...] = ("Relu", "Clip")
+    float_kernels: tuple[str, ...] = ()  # ops it runs natively in float (decomposed forms are fused into them)
     allowed_qdq_dtypes: tuple[str, ...] = ("int8", "uint8", "int32")
     notes: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -78,6 +79,10 @@ class Target:
         if node.domain not in ("", "ai.onnx"):
             return None
         return self.ops.get(node.op_type)
+
+    def has_kernel(self, op_type: str) -> bool:
+        """The target runs `op_type` as one kernel, integer or float."""
+        return op_type in self.ops or op_type in self.float_kernels
 
     def quantizable_nodes(self, model: ir.Model) -> list[ir.Node]:
         return [n for n in model.graph if self.rule(n) is not None]

@@ -69,6 +69,9 @@ def make_target(cpu: CpuInfo | None = None, **options) -> Target:
         name="ort-cpu",
         description="ONNX Runtime CPU EP, QDQ fused into integer kernels",
         ops=OPS,
+        # decomposed forms rewritten into these single ops: one DQ→op→Q float island instead of a
+        # requantizing kernel per decomposed op (ORT runs HardSwish, an ONNX function, as HardSigmoid·x)
+        float_kernels=("HardSigmoid", "HardSwish", "Gelu", "LayerNormalization"),
         activation_dtype="uint8",
         weight_dtype="int8",
         weight_reduce_range=reduce,

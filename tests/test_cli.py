@@ -89,4 +89,45 @@ def test_inspect_lists_ops_and_quantizable_nodes():
     r = qc("inspect", MODEL)
     assert r.returncode == 0
     assert "opset 13" in r.stdout and "BatchNormalization" in r.stdout
-    assert "ort-cpu: 12/14 nodes quantizable" in r.stdout
+    assert "ort-cpu: 14 nodes → 12 after prepare; 12 quantizable" in r.stdout
+    assert "  batchnorm folding: −1 BatchNormalization" in r.stdout
+
+
+def test_inspect_and_the_card_show_what_canonicalization_changed(tmp_path):
+    from tests.support.residue import tf2onnx_blocks
+
+    model = tmp_path / "blocks.onnx"
+    model.write_bytes(tf2onnx_blocks(2).SerializeToString())
+    r = qc("inspect", model)
+    assert "  layout transposes: −2 Transpose" in r.stdout, r.stdout
+    assert "  affine folding: −2 Add, −2 Mul, −2 Sub" in r.stdout, r.stdout
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(0).standard_normal((8, 1, 8, 8, 8)).astype(np.float32))
+    args = ("compile", model, "--calib", tmp_path / "calib.npz", "--no-latency")
+    r = qc(*args, "-o", tmp_path / "out")
+    assert "## Float graph" in r.stdout and "- layout transposes: −2 Transpose" in r.stdout
+    plain = qc(*args, "--no-canonicalize", "-o", tmp_path / "plain")
+    assert plain.returncode == 0 and "layout transposes" not in plain.stdout
+
+
+def test_a_signal_wrapped_by_a_library_still_reads_as_an_interrupt(monkeypatch, capsys):
+    import qcompile.cli as cli
+
+    def import_interrupted(args):
+        try:
+            raise cli.Terminated()
+        except KeyboardInterrupt as e:  # onnxruntime's import turns a signal into this
+            raise ImportError("initialization failed") from e
+
+    monkeypatch.setattr(cli, "_cmd_compile", import_interrupted)
+    assert cli.main(["compile", str(MODEL), "--calib", str(CALIB), "-o", "unused"]) == 143
+    assert capsys.readouterr().err == "qcompile: terminated\n"
+
+
+def test_importing_the_cli_does_not_load_the_runtime():
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys, qcompile.cli; print('onnxruntime' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == "False"

@@ -38,7 +38,7 @@ def test_constants_shapes_and_no_ops_fold_away(rng):
     names = [n.name for n in prepared.model.graph]
     assert all(names) and len(set(names)) == len(names)
     assert prepared.opset_before == 13 and prepared.model.opset_imports[""] == 21
-    assert "Dropout" in prepared.ops_before and prepared.name == "model" and prepared.source is None
+    assert prepared.ops_before["Dropout"] == 1 and prepared.name == "model" and prepared.source is None
     assert [s.name for s in prepared.inputs] == ["x"]
 
 

