@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from qcompile.atomic import StagedFolder
+from qcompile.budget import Budget, parse_metric
 from qcompile.card import build_card, render_markdown
 from qcompile.config import CompileConfig
 from qcompile.data import HoldoutSplit, Sample, iter_samples
@@ -33,6 +34,7 @@ from qcompile.plan import QuantPlan
 from qcompile.prepare import Prepared, prepare
 from qcompile.quantize import quantize
 from qcompile.targets import Target, get_target
+from qcompile.verdict import problems
 from qcompile.verify import EvaluationSet, verify
 
 __all__ = ["compile", "CompileResult"]
@@ -85,6 +87,14 @@ class CompileResult:
         return self.files
 
 
+def _budget(metric: str | Callable[..., float] | None, floor: float | None, max_drop: float | None) -> Budget | None:
+    if floor is None and max_drop is None:
+        if metric is not None:
+            raise QCompileError("a metric needs a bound: give floor= (--floor) or max_drop= (--max-drop)")
+        return None
+    return Budget(parse_metric(metric, task=max_drop is not None), floor, max_drop)
+
+
 def _checked(prepared: Prepared, sample: Sample | None, source: ModelSource, config: CompileConfig) -> Prepared:
     """`prepared`, with its float graph checked against the user's on the first calibration sample;
     if the canonical stage changed what the model computes, prepared again without it."""
@@ -121,6 +131,9 @@ def compile(
     measure_latency: bool = True,
     executor: Executor | None = None,
     canonicalize: bool = True,
+    metric: str | Callable[..., float] | None = None,
+    floor: float | None = None,
+    max_drop: float | None = None,
 ) -> CompileResult:
     """Compile a float ONNX model to int8 for `target`, and verify it against the float model.
 
@@ -146,6 +159,13 @@ def compile(
         canonicalize: rewrite the float graph into its canonical form first (layout Transposes
             cancelled, affine chains and BatchNorm folded into Conv/Gemm, decomposed activations
             as single ops; see `qcompile.prepare`).  Off, only the clean-up passes run.
+        metric: what the budget is set on (`qcompile.budget`): a comparison metric of the
+            float and quantized outputs (`"fidelity"`, the default: the worst channel SQNR of
+            any output; `"sqnr"`, `"cosine"`, `"top1"`, `"max-rel-error"`, each optionally
+            `":OUTPUT"`), a task metric on labels (`"accuracy"`), `"file.py:function"`, or a
+            callable `f(float_outputs, quantized_outputs)` (with `max_drop`: `f(outputs, labels)`).
+        floor: the comparison metric must stay at or above this on the evaluation data.
+        max_drop: the task metric may fall at most this far below the float model's value.
 
     Returns:
         A `CompileResult`: the int8 model (`.model`, `.to_proto()`, `.to_graphsurgeon()`), its
@@ -173,6 +193,7 @@ def compile(
         measure_latency=measure_latency,
         executor=executor,
         canonicalize=canonicalize,
+        budget=_budget(metric, floor, max_drop),
     )
     prepared = prepare(model, config.target, config.canonicalize)
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))
@@ -188,9 +209,15 @@ def compile(
         evaluation_set,
         measure_latency=config.measure_latency,
         progress=config.progress_bar("verify"),
+        kinds=prepared.kinds,
+        budget=config.budget,
     )
 
-    card = build_card(prepared, quantized, verification, config.target)
+    card = build_card(prepared, quantized, verification, config.target, config.budget)
+    found = problems(card, quantized.plan)
+    card["verdict"] = [{"problem": p, "advice": a} for p, a in found]
+    for p, a in found:
+        warnings.warn(QCompileWarning(f"{p}; {a}"), stacklevel=2)
     return CompileResult(
         quantized.model, quantized.plan, card, config.target, prepared.name, prepared.source, scratch=quantized.scratch
     )

@@ -11,6 +11,7 @@ from typing import Any
 import onnx
 import onnxruntime as ort
 
+from qcompile.budget import Budget
 from qcompile.ir_utils import external_tensors, onnx_opset
 from qcompile.prepare import Prepared
 from qcompile.quantize import Quantized
@@ -20,7 +21,9 @@ from qcompile.verify import Verification
 __all__ = ["build_card", "render_markdown", "format_changes"]
 
 
-def build_card(prepared: Prepared, quantized: Quantized, verification: Verification, target: Target) -> dict[str, Any]:
+def build_card(
+    prepared: Prepared, quantized: Quantized, verification: Verification, target: Target, budget: Budget | None = None
+) -> dict[str, Any]:
     """The card, from the three stages' results: what was compiled, how, and how close it is to float."""
     plan, calib = quantized.plan, quantized.calibration
     q_size = len(quantized.session.model_bytes()) + sum(t.nbytes for t in external_tensors(quantized.model))
@@ -49,6 +52,8 @@ def build_card(prepared: Prepared, quantized: Quantized, verification: Verificat
     }
     if verification.latency_ms is not None:
         card["latency_ms"] = verification.latency_ms
+    if verification.budget is not None and budget is not None:
+        card["budget"] = verification.budget.describe(budget)
     card.update(
         {
             "model": prepared.name,
@@ -62,6 +67,14 @@ def build_card(prepared: Prepared, quantized: Quantized, verification: Verificat
 
 def format_changes(removed: dict[str, int], added: dict[str, int]) -> str:
     return ", ".join([f"−{n} {op}" for op, n in removed.items()] + [f"+{n} {op}" for op, n in added.items()])
+
+
+def _verdict_lines(verdict: list[dict] | None) -> list[str]:
+    if verdict is None:
+        return []
+    if not verdict:
+        return ["## Verdict", "", "No problem found: no output collapsed, integer kernels run, int8 is not slower.", ""]
+    return ["## Verdict", "", *(f"- **{v['problem']}**: {v['advice']}" for v in verdict), ""]
 
 
 def _prepare_lines(prep: dict | None) -> list[str]:
@@ -81,10 +94,9 @@ def _prepare_lines(prep: dict | None) -> list[str]:
             "(relative) on calibration sample 0, a qcompile bug"
         )
     elif check:
-        lines.append(
-            f"- checked on calibration sample 0: outputs within {check['max_relative_difference']:.1g} "
-            "(relative) of the given model's"
-        )
+        drift = check["max_relative_difference"]
+        within = "identical to" if drift == 0 else f"within {drift:.1g} (relative) of"
+        lines.append(f"- checked on calibration sample 0: outputs {within} the given model's")
     return [*lines, ""]
 
 
@@ -106,13 +118,28 @@ def _fidelity_lines(card: dict) -> list[str]:
     lines = [
         f"Evaluated on {fid['samples']} samples ({where}).",
         "",
-        "| output | SQNR (dB) | cosine | max abs err | top-1 agreement |",
-        "|---|---|---|---|---|",
+        "| output | SQNR (dB) | worst channel (dB) | cosine | max abs err | top-1 agreement |",
+        "|---|---|---|---|---|---|",
     ]
     for o in fid["outputs"]:
         agree = None if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.1f}%"
-        cells = [o["name"], _fmt(o["sqnr_db"]), _fmt(o["cosine"], 5), _fmt(o["max_abs_error"], 4), _fmt(agree)]
+        cells = [
+            o["name"],
+            _fmt(o["sqnr_db"]),
+            _fmt(o["channel_sqnr_db"]),
+            _fmt(o["cosine"], 5),
+            _fmt(o["max_abs_error"], 4),
+            _fmt(agree),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
+    budget = card.get("budget")
+    if budget:
+        bound = f"≥ {budget['floor']:g}" if "floor" in budget else f"within {budget['max_drop']:g} of float"
+        lines += [
+            "",
+            f"Budget: {budget['metric']} {bound}: {budget['value']:.4g} here, "
+            f"**{'met' if budget['met'] else 'not met'}**.",
+        ]
     if fid.get("float_accuracy") is not None:
         lines += [
             "",
@@ -147,6 +174,7 @@ def render_markdown(card: dict) -> str:
         f"ORT kernels after fusion: {card['ort_kernels']['integer']} integer, "
         f"{card['ort_kernels']['float']} float compute",
         "",
+        *_verdict_lines(card.get("verdict")),
         *_prepare_lines(card.get("prepare")),
         "## Fidelity",
         "",

@@ -1,6 +1,6 @@
 """Command line: `qcompile compile …` and `qcompile inspect …`.
 
-Exit codes: 0 success, 1 verification below the requested budget, 2 bad input,
+Exit codes: 0 success, 1 verification below the requested budget (the files are written), 2 bad input,
 3 internal error (a bug: please report it with the --debug traceback),
 130 interrupted by SIGINT, 143 terminated by SIGTERM.  An interrupted run
 leaves its output complete or absent, never partial (see `qcompile.atomic`).
@@ -15,7 +15,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from qcompile.errors import QCompileError, QCompileWarning, first_line
+from qcompile.errors import BELOW_BUDGET, QCompileError, QCompileWarning, first_line
 from qcompile.workers import process_pool
 
 __all__ = ["main"]
@@ -64,6 +64,22 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--jobs", type=int, default=1, metavar="N", help="calibrate in N worker processes (same output as N=1)"
     )
+    c.add_argument(
+        "--metric",
+        default=None,
+        help="what the budget is on: fidelity (default), sqnr, cosine, top1, max-rel-error "
+        "(each optionally :OUTPUT), accuracy (with labels), or file.py:function",
+    )
+    bound = c.add_mutually_exclusive_group()
+    bound.add_argument(
+        "--floor", type=float, default=None, help="the metric must stay at or above this (exit 1 if not)"
+    )
+    bound.add_argument(
+        "--max-drop",
+        type=float,
+        default=None,
+        help="a task metric may fall at most this far below float's (exit 1 if not)",
+    )
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     c.add_argument(
         "--no-canonicalize",
@@ -105,11 +121,15 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             measure_latency=not args.no_latency,
             executor=executor,
             canonicalize=not args.no_canonicalize,
+            metric=args.metric,
+            floor=args.floor,
+            max_drop=args.max_drop,
         )
     files = result.save(args.output)
     sys.stdout.write(render_markdown(result.card))
     sys.stdout.write("\nWrote " + ", ".join(str(p) for p in files.values()) + "\n")
-    return 0
+    budget = result.card.get("budget")
+    return BELOW_BUDGET if budget is not None and not budget["met"] else 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
+from qcompile.budget import Budget
 from qcompile.calibrators import check_calibrator
 from qcompile.passes.select_precision import check_policy
 from qcompile.plan import QuantPlan
@@ -30,6 +31,7 @@ class CompileConfig:
     measure_latency: bool = True
     executor: Executor | None = None
     canonicalize: bool = True
+    budget: Budget | None = None
 
     def __post_init__(self) -> None:
         check_calibrator(self.calibrator)

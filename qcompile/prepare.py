@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
@@ -38,6 +38,7 @@ from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_S
 from qcompile.data import InputSpec, model_input_specs
 from qcompile.errors import QCompileError, first_line
 from qcompile.ir_utils import const_array, onnx_opset, op_histogram
+from qcompile.metrics import OutputKind, output_kinds
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
 from qcompile.passes.cleanup import cleanup_passes
 from qcompile.passes.fold_affine import fold_affine_pass
@@ -73,6 +74,7 @@ class Prepared:
     inputs: tuple[InputSpec, ...]
     changes: tuple[tuple[str, Counter, Counter], ...] = ()  # (pass, ops removed, ops added)
     float_check: dict | None = None  # the check of the prepared graph against the user's (qcompile.float_check)
+    kinds: dict[str, OutputKind] = field(default_factory=dict)  # what each output holds (qcompile.metrics)
 
     def model_proto(self) -> onnx.ModelProto:
         return ir.to_proto(self.model)
@@ -156,7 +158,17 @@ def prepare(source: ModelSource, target: Target, canonicalize: bool = True) -> P
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     name = path.stem if path else "model"
     return Prepared(
-        model, float_ref, float_bytes, name, path, opset_before, ops_before, op_histogram(model), inputs, changes
+        model,
+        float_ref,
+        float_bytes,
+        name,
+        path,
+        opset_before,
+        ops_before,
+        op_histogram(model),
+        inputs,
+        changes,
+        kinds=output_kinds(model),
     )
 
 

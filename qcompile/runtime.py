@@ -153,15 +153,22 @@ _INTEGER_OPS = (
     "MatMulIntegerToFloat",
     "QLinearConvTranspose",
 )
-_FLOAT_COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
+_FLOAT_COMPUTE = (
+    "Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul", "NhwcFusedConv",
+    "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention",
+)  # fmt: skip
 
 
 def fused_op_counts(optimized: Iterable[onnx.NodeProto]) -> dict[str, int]:
-    """Integer vs float compute kernels in ORT's optimized graph."""
+    """Integer vs float compute kernels in ORT's optimized graph, inside If/Loop/Scan bodies too."""
     counts = {"integer": 0, "float": 0}
     for n in optimized:
-        if n.op_type in _INTEGER_OPS:
+        if n.op_type in _INTEGER_OPS or n.op_type == "DynamicQuantizeLSTM":
             counts["integer"] += 1
         elif n.op_type in _FLOAT_COMPUTE:
             counts["float"] += 1
+        for attr in n.attribute:
+            for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                for kind, count in fused_op_counts(body.node).items():
+                    counts[kind] += count
     return counts

@@ -1,21 +1,16 @@
 """Stage 3, verify: run the compiled model next to its float original on real data.
 
-Per output, over all evaluation samples together:
-
-    SQNR   = 10·log10(Σ ref² / Σ (ref − q)²)   (dB)
-    cosine = ⟨ref, q⟩ / (‖ref‖·‖q‖)
-    top-1 agreement = share of samples whose argmax over the last axis agrees
-                      (for outputs shaped [N, C] with C > 1)
-
-and, when the data carries `labels`, the top-1 accuracy of each model.  `verify` adds
-the median latency of both models and the count of integer vs float compute kernels in
-the graph ONNX Runtime runs after its own fusions.
+Per output, over all evaluation samples together, the figures of `qcompile.metrics` (SQNR,
+worst-channel SQNR, cosine, max errors, top-1 agreement for class and sequence scores), and,
+when the data carries `labels` and the first output holds class scores, the top-1 accuracy
+of each model.  `verify` adds the median latency of both models and the count of integer vs
+float compute kernels in the graph ONNX Runtime runs after its own fusions.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,49 +18,27 @@ from typing import Any
 import numpy as np
 import onnx
 
+from qcompile.budget import Budget, BudgetResult, stacked
 from qcompile.data import LABELS_KEY, HoldoutSplit, InputSpec, Sample, iter_samples
-from qcompile.quant_math import sqnr_db
+from qcompile.metrics import OutputFigures, OutputKind, output_figures
 from qcompile.runtime import SessionSource, fused_op_counts, make_session, median_latency_ms, run_session
 
 __all__ = [
-    "OutputMetrics",
     "Fidelity",
     "compare",
-    "cosine",
     "EvaluationSet",
     "Verification",
     "verify",
     "integer_kernels",
     "measure_latencies",
+    "run_outputs",
 ]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a.ravel().astype(np.float64)
-    b = b.ravel().astype(np.float64)
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return float(np.dot(a, b) / (na * nb))
-
-
-def _classifier_like(arr: np.ndarray) -> bool:
-    return arr.ndim == 2 and arr.shape[0] == 1 and arr.shape[1] > 1
-
-
-@dataclass
-class OutputMetrics:
-    name: str
-    sqnr_db: float
-    cosine: float
-    max_abs_error: float
-    top1_agreement: float | None = None
 
 
 @dataclass
 class Fidelity:
     samples: int
-    outputs: list[OutputMetrics]
+    outputs: list[OutputFigures]
     float_accuracy: float | None = None
     quant_accuracy: float | None = None
 
@@ -73,14 +46,14 @@ class Fidelity:
         return asdict(self)
 
 
-def _outputs_of(model, samples: Sequence[Sample], progress) -> dict[str, list[np.ndarray]]:
+def run_outputs(model: Any, samples: Sequence[Sample], progress=None) -> dict[str, list[np.ndarray]]:
     """Every output of `model` on every sample; the session is gone when this returns."""
     session = make_session(model)
     names = [o.name for o in session.get_outputs()]
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for sample in progress(samples):
+    for sample in (progress or (lambda it: it))(samples):
         for n, arr in run_session(session, sample, names).items():
-            out[n].append(np.asarray(arr, dtype=np.float64))
+            out[n].append(np.asarray(arr))
     return out
 
 
@@ -89,34 +62,33 @@ def compare(
     quant_model: Any,
     samples: Sequence[Sample],
     progress: Callable[[Iterable], Iterable] | None = None,
-) -> Fidelity:
+    kinds: Mapping[str, OutputKind] | None = None,
+    budget: Budget | None = None,
+) -> tuple[Fidelity, BudgetResult | None]:
     """Run the float model, then the quantized one (anything `make_session` takes), on `samples`.
 
     One session exists at a time, so peak memory holds one model's weights, not both.
     """
-    progress = progress or (lambda it: it)
-    ref = _outputs_of(float_model, samples, progress)
-    got = _outputs_of(quant_model, samples, progress)
-    names = list(ref)
-    count = len(samples)
+    kinds = kinds or {}
+    ref = run_outputs(float_model, samples, progress)
+    got = run_outputs(quant_model, samples, progress)
+    outputs = [
+        output_figures(n, ref[n], got[n], kinds.get(n, OutputKind()))
+        for n in ref
+        if ref[n] and np.asarray(ref[n][0]).dtype.kind == "f"
+    ]
+    fid = Fidelity(len(samples), outputs)
     labels = [np.ravel(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
-    outputs = []
-    for n in names:
-        r = np.concatenate([x.ravel() for x in ref[n]])
-        q = np.concatenate([x.ravel() for x in got[n]])
-        agree = None
-        if ref[n] and all(_classifier_like(x) for x in ref[n]):
-            agree = float(np.mean([np.argmax(a) == np.argmax(b) for a, b in zip(ref[n], got[n], strict=True)]))
-        outputs.append(
-            OutputMetrics(n, sqnr_db(r, q), cosine(r, q), float(np.max(np.abs(r - q))) if r.size else 0.0, agree)
-        )
-    fid = Fidelity(count, outputs)
-    first = names[0]
-    if labels and len(labels) == count and all(_classifier_like(x) for x in ref[first]):
+    first = next(iter(ref), None)
+    if first is not None and labels and len(labels) == len(samples) and kinds.get(first, OutputKind()).scores:
         y = np.concatenate(labels)
         fid.float_accuracy = float(np.mean([np.argmax(x) for x in ref[first]] == y))
         fid.quant_accuracy = float(np.mean([np.argmax(x) for x in got[first]] == y))
-    return fid
+    if budget is None:
+        return fid, None
+    label_array = np.concatenate(labels) if labels and len(labels) == len(samples) else None
+    ref_stacked = {n: stacked(v) for n, v in ref.items()}
+    return fid, budget.evaluate(ref_stacked, {n: stacked(v) for n, v in got.items()}, kinds, label_array)
 
 
 @dataclass(frozen=True)
@@ -146,6 +118,7 @@ class Verification:
     evaluation: EvaluationSet
     ort_kernels: dict[str, int]
     latency_ms: dict[str, dict[str, float]] | None = None
+    budget: BudgetResult | None = None
 
 
 def verify(
@@ -155,14 +128,16 @@ def verify(
     *,
     measure_latency: bool = True,
     progress: Callable[[Iterable], Iterable] | None = None,
+    kinds: Mapping[str, OutputKind] | None = None,
+    budget: Budget | None = None,
 ) -> Verification:
     """Fidelity on `evaluation`, ORT's kernel choice, and (optionally) the latency of both models."""
     kernels = integer_kernels(quant_ref)
-    fidelity = compare(float_ref, quant_ref, evaluation.samples, progress)
+    fidelity, budget_result = compare(float_ref, quant_ref, evaluation.samples, progress, kinds, budget)
     latency = None
     if measure_latency and evaluation.samples:
         latency = measure_latencies(float_ref, quant_ref, evaluation.samples[0])
-    return Verification(fidelity, evaluation, kernels, latency)
+    return Verification(fidelity, evaluation, kernels, latency, budget_result)
 
 
 def integer_kernels(quant: SessionSource) -> dict[str, int]:

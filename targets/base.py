@@ -25,6 +25,7 @@ from typing import Any
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
+from qcompile.ir_utils import is_float_value
 
 __all__ = ["OpRule", "Target", "WeightAxis", "OUTPUT_MODES", "LegalityError"]
 
@@ -85,7 +86,8 @@ class Target:
         return op_type in self.ops or op_type in self.float_kernels
 
     def quantizable_nodes(self, model: ir.Model) -> list[ir.Node]:
-        return [n for n in model.graph if self.rule(n) is not None]
+        """Nodes with an integer rule that carry float data (not the int64 arithmetic of shape computations)."""
+        return [n for n in model.graph if self.rule(n) is not None and any(is_float_value(v) for v in n.outputs)]
 
     def describe(self) -> dict[str, Any]:
         return {

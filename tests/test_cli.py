@@ -131,3 +131,17 @@ def test_importing_the_cli_does_not_load_the_runtime():
         check=True,
     )
     assert out.stdout.strip() == "False"
+
+
+def test_a_budget_that_is_not_met_exits_1_with_the_files_written(tmp_path):
+    args = ("compile", MODEL, "--calib", CALIB, "--eval", SAMPLES / "digits_test.npz", "--no-latency")
+    met = qc(*args, "--floor", "20", "-o", tmp_path / "met")
+    assert met.returncode == 0 and "Budget: fidelity ≥ 20: " in met.stdout and "**met**" in met.stdout
+    missed = qc(*args, "--metric", "sqnr", "--floor", "60", "-o", tmp_path / "missed")
+    assert missed.returncode == 1, missed.stderr
+    assert "qcompile: warning: budget not met: sqnr is" in missed.stderr and "below the floor 60" in missed.stderr
+    assert (tmp_path / "missed" / "card.json").exists()
+    task = qc(*args, "--metric", "accuracy", "--max-drop", "0.01", "-o", tmp_path / "task")
+    assert task.returncode == 0 and json.loads((tmp_path / "task" / "card.json").read_text())["budget"]["met"]
+    lone = qc(*args, "--metric", "sqnr", "-o", tmp_path / "lone")
+    assert lone.returncode == 2 and "a metric needs a bound" in lone.stderr

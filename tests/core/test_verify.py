@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from qcompile.data import HoldoutSplit
+from qcompile.metrics import OutputKind
 from qcompile.runtime import SessionSource
 from qcompile.verify import EvaluationSet, integer_kernels, verify
 from tests.helpers import parse
@@ -20,7 +21,13 @@ def _source(k: float) -> SessionSource:
 def test_figures_match_numpy(rng):
     xs = [rng.normal(size=(1, 4)).astype(np.float32) for _ in range(6)]
     samples = [{"x": x, "labels": np.array([int(np.argmax(x))])} for x in xs]
-    result = verify(_source(2.0), _source(2.1), EvaluationSet(samples, True, "test"), measure_latency=True)
+    result = verify(
+        _source(2.0),
+        _source(2.1),
+        EvaluationSet(samples, True, "test"),
+        measure_latency=True,
+        kinds={"y": OutputKind(scores=True)},
+    )
     ref = np.concatenate([2.0 * x for x in xs]).astype(np.float64)
     got = np.concatenate([np.float32(2.1) * x for x in xs]).astype(np.float64)
     y = result.fidelity.outputs[0]

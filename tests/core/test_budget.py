@@ -1,0 +1,77 @@
+"""Budgets: metrics by name, from a file, as callables; bounds; every error message."""
+
+import numpy as np
+import pytest
+
+from qcompile.budget import Budget, parse_metric
+from qcompile.errors import QCompileError
+from qcompile.metrics import OutputKind
+
+REF = {"y": np.array([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])}
+GOT = {"y": np.array([[1.1, 2.0, 3.0], [3.0, 2.0, 0.9]])}
+KINDS = {"y": OutputKind(scores=True)}
+
+
+def test_floor_on_a_builtin_metric_against_numpy():
+    budget = Budget(parse_metric("sqnr:y"), floor=20.0)
+    want = 10 * np.log10(np.sum(REF["y"] ** 2) / np.sum((REF["y"] - GOT["y"]) ** 2))
+    result = budget.evaluate(REF, GOT, KINDS, None)
+    assert result.value == pytest.approx(want) and result.met
+    assert not budget.evaluate(REF, GOT, KINDS, None, margin=want - 19).met  # the margin is kept
+
+
+def test_max_drop_on_accuracy_and_a_user_callable():
+    labels = np.array([2, 1])
+    result = Budget(parse_metric(None, task=True), max_drop=0.5).evaluate(REF, GOT, KINDS, labels)
+    assert (result.float_value, result.value, result.met) == (0.5, 0.5, True)
+    mean_error = Budget(parse_metric(lambda f, q: -float(np.mean(np.abs(f["y"] - q["y"])))), floor=-0.1)
+    assert mean_error.evaluate(REF, GOT, KINDS, None).value == pytest.approx(-0.2 / 6)
+
+
+def test_a_metric_from_a_file(tmp_path):
+    (tmp_path / "m.py").write_text(
+        "import numpy as np\ndef close(f, q):\n    return -float(np.abs(f['y'] - q['y']).max())\n"
+    )
+    budget = Budget(parse_metric(f"{tmp_path / 'm.py'}:close"), floor=-0.05)
+    result = budget.evaluate(REF, GOT, KINDS, None)
+    assert result.value == pytest.approx(-0.1) and not result.met
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: parse_metric("psnr"), "unknown metric 'psnr'; known: fidelity, sqnr, cosine, top1, max-rel-error"),
+        (lambda p: parse_metric("sqnr", task=True), "--max-drop needs a task metric: 'accuracy' or file.py:function"),
+        (lambda p: parse_metric(f"{p}/none.py:f"), "metric file .*none.py does not exist"),
+        (lambda p: parse_metric(f"{p}/m.py:nope"), "metric file .*m.py has no function 'nope'"),
+        (lambda p: parse_metric(f"{p}/bad.py:f"), "metric file .*bad.py failed to load: ZeroDivisionError"),
+        (lambda p: Budget(parse_metric("sqnr"), floor=1, max_drop=1), "either a floor or a max drop, not both"),
+        (lambda p: Budget(parse_metric("sqnr"), max_drop=1), "--max-drop needs a task metric"),
+        (lambda p: Budget(parse_metric(None, task=True), floor=1), "--floor needs a comparison metric"),
+        (
+            lambda p: Budget(parse_metric("sqnr:z"), floor=1).evaluate(REF, GOT, KINDS, None),
+            "metric 'sqnr:z' names output 'z'; the model's outputs: y",
+        ),
+        (
+            lambda p: Budget(parse_metric(None, task=True), max_drop=1).evaluate(REF, GOT, KINDS, None),
+            "metric 'accuracy' needs labels in the evaluation data",
+        ),
+        (
+            lambda p: Budget(parse_metric(lambda f, q: "good"), floor=1).evaluate(REF, GOT, KINDS, None),
+            "metric '<lambda>' returned 'good'; it must return a number",
+        ),
+        (
+            lambda p: Budget(parse_metric(lambda f, q: f["nope"]), floor=1).evaluate(REF, GOT, KINDS, None),
+            "metric '<lambda>' raised KeyError",
+        ),
+        (
+            lambda p: Budget(parse_metric(None, task=True), max_drop=1).evaluate(REF, GOT, {}, np.array([0, 1])),
+            "metric 'accuracy' needs an output of class scores; the model has none",
+        ),
+    ],
+)
+def test_error_messages(tmp_path, make, message):
+    (tmp_path / "m.py").write_text("def f(a, b):\n    return 1.0\n")
+    (tmp_path / "bad.py").write_text("1 / 0\n")
+    with pytest.raises(QCompileError, match=message):
+        make(tmp_path)

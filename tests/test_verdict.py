@@ -1,0 +1,50 @@
+"""A bad result reads as bad: warnings on stderr and in the card, kernel counts inside branches."""
+
+import numpy as np
+import onnx
+import pytest
+
+import qcompile
+from qcompile.card import render_markdown
+from qcompile.errors import QCompileWarning
+from qcompile.plan import QuantPlan, QuantSpec
+from qcompile.runtime import fused_op_counts
+from tests.helpers import parse
+
+
+def _samples(rng, n=8):
+    return [{"x": rng.normal(size=(1, 4)).astype(np.float32)} for _ in range(n)]
+
+
+def test_a_collapsed_output_is_named_with_what_to_do(rng):
+    model = parse("""<ir_version: 10, opset_import: ["": 21]>
+g (float[1, 4] x) => (float[1, 4] y) <float[4, 4] w = {1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1}> {
+    m = MatMul(x, w)
+    y = Relu(m)
+}""")
+    coarse = QuantPlan(tensors={"x": QuantSpec("uint8", scale=(1.0,), zero_point=(128,))})  # steps of 1 on ±3
+    expected = r"output 'y' collapsed: SQNR .* dB \(below 10\); keep the sensitive nodes in float"
+    with pytest.warns(QCompileWarning, match=expected):
+        result = qcompile.compile(model, calibration=_samples(rng), plan=coarse, measure_latency=False)
+    assert any("collapsed" in v["problem"] for v in result.card["verdict"])
+    assert "- **output 'y' collapsed" in render_markdown(result.card)
+
+
+def test_a_model_with_nothing_to_quantize_says_so(rng):
+    proto = onnx.parser.parse_model("""<ir_version: 10, opset_import: ["": 21]>
+g (float[1, 4] x) => (float[1, 4] y) { e = Exp(x)
+ y = Neg(e) }""")
+    with pytest.warns(QCompileWarning, match="nothing runs in integer: 0 integer and 0 float compute kernels"):
+        result = qcompile.compile(proto, calibration=_samples(rng), measure_latency=False)
+    assert result.card["verdict"][0]["advice"].startswith("see which ops the target quantizes")
+
+
+def test_kernels_inside_branches_and_recurrent_ops_are_counted():
+    model = onnx.parser.parse_model("""<ir_version: 10, opset_import: ["": 21]>
+g (float[1, 3, 8, 8] x, bool c, float[1, 1, 4] s, float[1, 16, 4] wl, float[1, 16, 4] rl) => (float[1, 3, 8, 8] y,
+  float[1, 1, 1, 4] h) <float[3, 3, 1, 1] w = {1, 0, 0, 0, 1, 0, 0, 0, 1}> {
+    y = If(c) <then_branch = g1 () => (float[1, 3, 8, 8] a) { a = Conv(x, w) },
+               else_branch = g2 () => (float[1, 3, 8, 8] b) { b = Conv(x, w) }>
+    h, hn, cn = LSTM <hidden_size = 4> (s, wl, rl)
+}""")
+    assert fused_op_counts(model.graph.node) == {"integer": 0, "float": 3}
