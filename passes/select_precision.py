@@ -2,7 +2,8 @@
 
 Policy `naive`: every node whose op the target can run in int8 gets int8; the
 rest stay float.  A decision pinned in a user plan (`--plan`) wins over the
-policy.  Hybrid and selective policies plug in here.
+policy.  The `hybrid` policy starts from these decisions and keeps the groups its
+search finds most sensitive in float (`qcompile.search`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from qcompile.targets.base import Target
 
 __all__ = ["select_precision", "check_policy", "POLICIES"]
 
-POLICIES = ("naive",)
+POLICIES = ("naive", "hybrid")
 
 
 def check_policy(policy: str) -> None:
@@ -41,5 +42,5 @@ def select_precision(
         elif target.rule(node) is None:
             decisions[name] = NodeDecision("float", f"{target.name} has no int8 {node.op_type}")
         else:
-            decisions[name] = NodeDecision("int8", f"{policy}: int8 wherever the target allows")
+            decisions[name] = NodeDecision("int8", "naive: int8 wherever the target allows")
     return decisions

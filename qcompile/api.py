@@ -134,6 +134,7 @@ def compile(
     metric: str | Callable[..., float] | None = None,
     floor: float | None = None,
     max_drop: float | None = None,
+    margin: float | None = None,
 ) -> CompileResult:
     """Compile a float ONNX model to int8 for `target`, and verify it against the float model.
 
@@ -166,6 +167,8 @@ def compile(
             callable `f(float_outputs, quantized_outputs)` (with `max_drop`: `f(outputs, labels)`).
         floor: the comparison metric must stay at or above this on the evaluation data.
         max_drop: the task metric may fall at most this far below the float model's value.
+        margin: what the precision search keeps in reserve above the budget on its own
+            samples, for data it did not see (default: 1 for dB metrics, 0.01 for others).
 
     Returns:
         A `CompileResult`: the int8 model (`.model`, `.to_proto()`, `.to_graphsurgeon()`), its
@@ -194,6 +197,7 @@ def compile(
         executor=executor,
         canonicalize=canonicalize,
         budget=_budget(metric, floor, max_drop),
+        margin=margin,
     )
     prepared = prepare(model, config.target, config.canonicalize)
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))

@@ -52,6 +52,8 @@ def build_card(
     }
     if verification.latency_ms is not None:
         card["latency_ms"] = verification.latency_ms
+    if quantized.search is not None:
+        card["search"] = quantized.search.describe()
     if verification.budget is not None and budget is not None:
         card["budget"] = verification.budget.describe(budget)
     card.update(
@@ -67,6 +69,33 @@ def build_card(
 
 def format_changes(removed: dict[str, int], added: dict[str, int]) -> str:
     return ", ".join([f"−{n} {op}" for op, n in removed.items()] + [f"+{n} {op}" for op, n in added.items()])
+
+
+def _search_lines(search: dict | None) -> list[str]:
+    if not search:
+        return []
+    bound = (
+        f"≥ {search['bound']['floor']:g}" if "floor" in search["bound"] else f"drop ≤ {search['bound']['max_drop']:g}"
+    )
+    lines = [
+        "## Precision search (hybrid)",
+        "",
+        f"Budget {search['metric']} {bound}, kept with a margin of {search['margin']:g} on {search['search_samples']} "
+        f"calibration samples: all int8 gives {_fmt(search['all_int8'], 3)}; with {len(search['float_groups'])} "
+        f"group(s) in float, {_fmt(search['chosen'], 3)} ({'met' if search['met'] else '**not met**'}; "
+        f"{search['evaluations']} evaluations).",
+        "",
+        "| rank | candidate | ops | MACs | local SQNR (dB) | only it int8 | all but it int8 | gain | precision |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    floats = set(search["float_groups"])
+    for k, s in enumerate(search["table"], 1):
+        lines.append(
+            f"| {k} | {s['candidate']} | {'+'.join(s['ops'])} | {s['macs']:,} | {_fmt(s['local_sqnr_db'])} | "
+            f"{_fmt(s['only'], 3)} | {_fmt(s['without'], 3)} | {_fmt(s['gain'], 3)} | "
+            f"{'float' if set(s['groups']) <= floats else 'int8'} |"
+        )
+    return [*lines, ""]
 
 
 def _verdict_lines(verdict: list[dict] | None) -> list[str]:
@@ -179,6 +208,8 @@ def render_markdown(card: dict) -> str:
         "## Fidelity",
         "",
         *_fidelity_lines(card),
+        "",
+        *_search_lines(card.get("search")),
     ]
     lat = card.get("latency_ms")
     if lat:

@@ -80,6 +80,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a task metric may fall at most this far below float's (exit 1 if not)",
     )
+    c.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="what --policy hybrid keeps above the budget on its search samples (default 1 dB / 0.01)",
+    )
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     c.add_argument(
         "--no-canonicalize",
@@ -124,6 +130,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             metric=args.metric,
             floor=args.floor,
             max_drop=args.max_drop,
+            margin=args.margin,
         )
     files = result.save(args.output)
     sys.stdout.write(render_markdown(result.card))

@@ -32,6 +32,7 @@ class CompileConfig:
     executor: Executor | None = None
     canonicalize: bool = True
     budget: Budget | None = None
+    margin: float | None = None  # kept in reserve by the precision search (qcompile.search.default_margin)
 
     def __post_init__(self) -> None:
         check_calibrator(self.calibrator)

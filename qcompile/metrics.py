@@ -4,8 +4,9 @@ Outputs come stacked over the evaluation samples, `[N, *output_shape]`, or as on
 sample when shapes vary; figures are taken over all samples together.  Per output:
 
     SQNR            10·log10(Σ ref² / Σ (ref − q)²)  over the whole tensor (dB)
-    channel SQNR    the same per channel of the last axis, over samples and positions; the
-                    worst channel with any signal.  A detection head that concatenates boxes
+    channel SQNR    the same per channel (the last axis; axis 1 of an [N, C, H, W] map), over
+                    samples and positions; the worst channel with any signal.  A detection
+                    head that concatenates boxes
                     (0..320) and class probabilities (0..1) on that axis, or logits whose
                     small classes vanish, hide behind a good whole-tensor SQNR; the worst
                     channel does not.  Probabilities (a Softmax/Sigmoid output) are compared
@@ -73,8 +74,10 @@ Outputs = np.ndarray | Sequence[np.ndarray]  # stacked [N, ...], or one array pe
 
 
 def _rows(arrays: Outputs) -> np.ndarray:
-    """All samples as rows of the last axis: [M, last] (float64); a scalar output is one column."""
+    """All samples as rows of the channel axis: [M, channels] (float64).  The channel axis is the
+    last one, but axis 1 of an image-like output [N, C, H, W...]; a scalar output is one column."""
     parts = [np.asarray(a, np.float64) for a in (arrays if isinstance(arrays, (list, tuple)) else [arrays])]
+    parts = [np.moveaxis(p, 1, -1) if p.ndim >= 4 else p for p in parts]
     rows = [p.reshape(-1, p.shape[-1] if p.ndim else 1) for p in parts if p.size]
     return np.concatenate(rows) if rows else np.zeros((0, 1))
 

@@ -11,7 +11,7 @@ CheckLegality        read-only pass: the target's rules, before anything is writ
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -29,9 +29,12 @@ from qcompile.pipeline import run_passes
 from qcompile.plan import QuantPlan
 from qcompile.prepare import Prepared
 from qcompile.runtime import SessionSource
+from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
 from qcompile.targets.legality import CheckLegality
 
-__all__ = ["Quantized", "quantize"]
+__all__ = ["Quantized", "quantize", "SEARCH_SAMPLES"]
+
+SEARCH_SAMPLES = 8  # calibration samples the precision search evaluates on
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,16 @@ class Quantized:
     calibration: CalibrationResult
     session: SessionSource
     scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # holds spilled weights
+    search: SearchReport | None = None  # the hybrid policy's search
 
 
 def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfig) -> Quantized:
     """Quantize `prepared.model` in place for `config.target`, calibrating on `samples`."""
     model, target = prepared.model, config.target
+    kept = _FirstSamples(samples, SEARCH_SAMPLES)
     calib = calibrate(
         model,
-        samples,
+        kept,
         calibrator=config.calibrator,
         progress=config.progress_bar("calibrate"),
         executor=config.executor,
@@ -58,6 +63,15 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     run_passes(ApplyObservedShapes(calib), model)
     decisions = select_precision(model, target, config.policy, config.plan)
     specs = assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)
+    search = None
+    if config.policy == "hybrid":
+        budget = config.budget or DEFAULT_BUDGET
+        margin = default_margin(budget) if config.margin is None else config.margin
+        pins = set(config.plan.nodes) if config.plan else set()
+        decisions, search = hybrid_search(
+            model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, config.progress_bar("search")
+        )
+        specs = assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)
     meta = {
         "target": target.name,
         "calibrator": config.calibrator,
@@ -65,13 +79,29 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         **specs.meta,
         "opset": onnx_opset(model),
     }
+    if search is not None:
+        meta["search"] = {k: v for k, v in search.describe().items() if k != "table"}
     plan = QuantPlan(specs.tensors, specs.nodes, meta)
     run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), CheckLegality(plan, target)), model)
     scratch = _spill_weights(model)
     session = SessionSource.of(model)
     if session.data_folder is None:  # else the checker runs on the written file, in save()
         check_serialised(session.model_bytes())
-    return Quantized(model, plan, calib, session, scratch)
+    return Quantized(model, plan, calib, session, scratch, search)
+
+
+class _FirstSamples:
+    """Iterates `samples` once, keeping the first `count` of them (the precision search's samples)."""
+
+    def __init__(self, samples: Iterable[Sample], count: int):
+        self._samples, self.count = samples, count
+        self.samples: list[Sample] = []
+
+    def __iter__(self) -> Iterator[Sample]:
+        for sample in self._samples:
+            if len(self.samples) < self.count:
+                self.samples.append(sample)
+            yield sample
 
 
 def _spill_weights(model: ir.Model) -> tempfile.TemporaryDirectory | None:

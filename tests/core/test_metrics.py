@@ -55,9 +55,9 @@ def test_probabilities_are_compared_as_logs(rng):
 
 
 def test_sequence_agreement_is_per_position(rng):
-    ref = rng.normal(size=(3, 1, 20, 12))
+    ref = rng.normal(size=(3, 20, 12))  # three samples of [1, T=20, C=12], concatenated
     got = ref.copy()
-    got[0, 0, :5] = -ref[0, 0, :5]  # five positions of one sample disagree
+    got[0, :5] = -ref[0, :5]  # five positions of one sample disagree
     figures = output_figures("seq", ref, got, OutputKind(scores=True))
     assert figures.top1_agreement == pytest.approx(1 - 5 / 60)
 
@@ -70,3 +70,11 @@ def test_builtin_metrics_and_dynamic_shapes(rng):
     assert BUILTIN_METRICS["fidelity"](ref, got, kinds, output="a") > BUILTIN_METRICS["fidelity"](ref, got, kinds)
     assert BUILTIN_METRICS["max-rel-error"](ref, got, kinds, output="b") == pytest.approx(-0.1 / 1.0)
     assert BUILTIN_METRICS["top1"](ref, got, kinds) == math.inf  # no output holds scores
+
+
+def test_image_maps_take_their_channels_on_axis_1(rng):
+    ref = rng.uniform(0, 1, size=(2, 3, 8, 8))
+    got = ref.copy()
+    got[:, 2] += 0.1  # one channel of the map off
+    want = 10 * np.log10(np.sum(ref[:, 2] ** 2) / np.sum(0.1**2 * np.ones((2, 8, 8))))
+    assert channel_sqnr_db(ref, got) == pytest.approx(want)

@@ -1,0 +1,132 @@
+"""The hybrid policy: int8 everywhere but the groups that hurt the budget most, kept in float.
+
+On the search samples (the first calibration samples; never the held-out evaluation data):
+
+1. rank the naive plan's groups by sensitivity (`qcompile.passes.sensitivity`);
+2. try groups in rank order (the largest gain first; among equal gains, the fewest MACs),
+   keeping each in float only if that improves the metric, until the budget holds with
+   `margin` to spare;
+3. give back to int8, last chosen first, each float group the budget can do without.
+
+The margin is what the budget keeps in reserve for data the search did not see: verification
+then measures the budget on held-out data, and the card reports both values.  Without a
+budget the search aims at `DEFAULT_BUDGET` (worst-channel SQNR ≥ 20 dB).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import onnx_ir as ir
+
+from qcompile.budget import Budget, parse_metric
+from qcompile.data import Sample
+from qcompile.metrics import OutputKind
+from qcompile.passes.quant_groups import QuantGroup, quant_groups
+from qcompile.passes.sensitivity import Evaluator, Sensitivity, rank_groups
+from qcompile.plan import NodeDecision, QuantPlan
+from qcompile.targets.base import Target
+
+__all__ = ["DEFAULT_BUDGET", "SearchReport", "hybrid_search", "default_margin"]
+
+DEFAULT_BUDGET = Budget(parse_metric("fidelity"), floor=20.0)
+_DB_METRICS = ("fidelity", "sqnr")
+
+
+def default_margin(budget: Budget) -> float:
+    """1 dB for metrics in dB, 0.01 for the others (cosine, agreement, accuracy, user metrics)."""
+    return 1.0 if budget.metric.name.split(":")[0] in _DB_METRICS else 0.01
+
+
+@dataclass
+class SearchReport:
+    metric: str
+    bound: dict
+    margin: float
+    search_samples: int
+    all_int8: float
+    chosen: float
+    met: bool
+    float_groups: list[str] = field(default_factory=list)
+    evaluations: int = 0
+    table: list[Sensitivity] = field(default_factory=list)
+
+    def describe(self, top: int = 15) -> dict:
+        data = asdict(self)
+        data["table"] = [s.to_dict() for s in self.table[:top]]
+        return data
+
+
+def hybrid_search(
+    model: ir.Model,
+    plan: QuantPlan,
+    target: Target,
+    samples: Sequence[Sample],
+    kinds: dict[str, OutputKind],
+    budget: Budget,
+    margin: float,
+    pinned: set[str] = frozenset(),  # type: ignore[assignment]
+    progress: Callable | None = None,
+) -> tuple[dict[str, NodeDecision], SearchReport]:
+    """Node decisions for `plan`'s model under `budget`, and how the search got there."""
+    groups = [g for g in quant_groups(model, plan, target) if not pinned.intersection(g.nodes)]
+    evaluator = Evaluator(model, plan, groups, samples, kinds, budget)
+    all_int8, table = rank_groups(evaluator, progress)
+    chosen: list[Sensitivity] = []
+    result = evaluator.score(set(), margin)
+    evaluations = 2 * len(table) + 2
+    floats = lambda picks: {g for p in picks for g in p.groups}  # noqa: E731
+    for entry in table:
+        if result.met:
+            break
+        if set(entry.groups) <= floats(chosen):
+            continue
+        trial = evaluator.score(floats([*chosen, entry]), margin)
+        evaluations += 1
+        if trial.value > result.value:  # errors can cancel: a candidate whose float costs the metric stays int8
+            chosen.append(entry)
+            result = trial
+    if result.met:  # give back what the budget can do without, last chosen first
+        for entry in reversed(list(chosen)):
+            trial = evaluator.score(floats([c for c in chosen if c is not entry]), margin)
+            evaluations += 1
+            if trial.met:
+                chosen.remove(entry)
+                result = trial
+    bound = {"floor": budget.floor} if budget.floor is not None else {"max_drop": budget.max_drop}
+    float_groups = sorted(floats(chosen))
+    report = SearchReport(
+        budget.metric.name,
+        bound,
+        margin,
+        len(samples),
+        all_int8,
+        result.value,
+        result.met,
+        float_groups,
+        evaluations,
+        table,
+    )
+    return _decisions(plan, groups, table, set(float_groups), budget.metric.name), report
+
+
+def _decisions(
+    plan: QuantPlan, groups: list[QuantGroup], table: list[Sensitivity], floats: set[str], metric: str
+) -> dict[str, NodeDecision]:
+    rank: dict[str, tuple[int, float]] = {}
+    for i, s in enumerate(table):  # a group's rank: its best candidate's
+        for g in s.groups:
+            rank.setdefault(g, (i + 1, s.gain))
+    decisions = dict(plan.nodes)
+    for group in groups:
+        k, gain = rank[group.name]
+        if group.name in floats:
+            reason = f"hybrid: float, sensitivity rank {k} of {len(table)} ({metric} +{gain:.3g} when float)"
+            precision = "float"
+        else:
+            reason = f"hybrid: int8, sensitivity rank {k} of {len(table)}"
+            precision = plan.nodes[group.nodes[0]].precision
+        for node in group.nodes:
+            decisions[node] = NodeDecision(precision, reason, float(gain))
+    return decisions

@@ -1,0 +1,91 @@
+"""Quantization groups, the switchable fake-quant model and the sensitivity ranking."""
+
+import numpy as np
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from qcompile.budget import Budget, parse_metric
+from qcompile.metrics import OutputKind
+from qcompile.passes.infer_shapes import InferShapes
+from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.passes.quant_groups import quant_groups, quantized_tensors_when
+from qcompile.passes.sensitivity import Evaluator, rank_groups, switchable_model
+from qcompile.runtime import make_session, run_session
+from qcompile.targets import get_target
+from tests.helpers import copy
+from tests.support.quant_models import conv_model, feeds, planned
+
+
+def test_groups_fuse_activations_and_count_macs(rng):
+    model = conv_model(rng)
+    plan, _ = planned(model, feeds(rng))
+    groups = {g.name: g for g in quant_groups(model, plan, get_target("ort-cpu"))}
+    assert groups["conv"].nodes == ("conv", "relu") and groups["conv"].output == "r"
+    assert groups["conv"].macs == 4 * 4 * 4 * (2 * 3 * 3)  # |output| · C_in · kh · kw
+    assert groups["fc"].macs == 5 * 16 and groups["pool"].macs == 0
+    assert set(groups) == {"conv", "pool", "flatten", "fc", "sigmoid"}
+    # the pool's tensors stay quantized while its int8 neighbours need them
+    everything = quantized_tensors_when(groups.values(), set())
+    assert quantized_tensors_when(groups.values(), {"pool"}) == everything
+
+
+def test_switches_off_is_float_and_on_is_the_fake_quant_model(rng):
+    model = conv_model(rng)
+    samples = feeds(rng)
+    plan, _ = planned(model, samples)
+    switchable, switches = switchable_model(model, plan)
+    off = {s: np.array(False) for s in switches.values()}
+    on = {s: np.array(True) for s in switches.values()}
+    fake = copy(model)
+    InsertQDQ(plan)(fake)
+    for sample in samples[:3]:
+        # Q/DQ simulated in float on both sides (optimized, ORT would run the fake model's integer kernels)
+        want_float, want_quant = (
+            run_session(make_session(model), sample),
+            run_session(make_session(fake, optimize=False), sample),
+        )
+        got_off = run_session(make_session(switchable), {**sample, **off})
+        got_on = run_session(make_session(switchable, optimize=False), {**sample, **on})
+        for name in ("y", "s"):
+            np.testing.assert_allclose(got_off[name], want_float[name], rtol=1e-6, atol=1e-6)
+            # float noise can tip a value across a rounding boundary: at most one step apart
+            np.testing.assert_allclose(got_on[name], want_quant[name], atol=1.01 * plan.tensors[name].scale[0])
+
+
+def planted_chain(rng, width=16):
+    """x → MatMul → Relu → MatMul → Relu → MatMul → y, where the middle output has one channel
+    1000× larger than the rest (and the last weight scales it back): one per-tensor scale then
+    wipes out every other channel of that tensor."""
+    a = rng.normal(size=(width, width)).astype(np.float32) / 4
+    b = rng.normal(size=(width, width)).astype(np.float32) / 4
+    c = rng.normal(size=(width, width)).astype(np.float32) / 4
+    b[:, 0] *= 1000
+    c[0, :] /= 1000
+    nodes = [
+        helper.make_node("MatMul", ["x", "a"], ["h1"], "fc_a"),
+        helper.make_node("Relu", ["h1"], ["r1"], "relu_a"),
+        helper.make_node("MatMul", ["r1", "b"], ["h2"], "fc_b"),
+        helper.make_node("Relu", ["h2"], ["r2"], "relu_b"),
+        helper.make_node("MatMul", ["r2", "c"], ["y"], "fc_c"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "planted",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+        [numpy_helper.from_array(v, k) for k, v in {"a": a, "b": b, "c": c}.items()],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    InferShapes()(model)
+    return model
+
+
+def test_the_ranking_finds_the_planted_node(rng):
+    model = planted_chain(rng)
+    samples = [{"x": np.abs(rng.normal(size=(1, 16))).astype(np.float32)} for _ in range(16)]
+    plan, _ = planned(model, samples)
+    groups = quant_groups(model, plan, get_target("ort-cpu"))
+    evaluator = Evaluator(model, plan, groups, samples, {"y": OutputKind()}, Budget(parse_metric("sqnr"), floor=30))
+    all_int8, table = rank_groups(evaluator)
+    assert table[0].candidate == "tensor r2" and table[0].groups == ("fc_b", "fc_c")  # the 1000× tensor
+    assert table[0].gain > 10 and all_int8 < 20

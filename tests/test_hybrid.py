@@ -1,0 +1,71 @@
+"""The hybrid policy end to end: the planted sensitive tensor is kept float, the budget holds on
+held-out data, pins stay pinned, the card and plan say why, and the result is deterministic."""
+
+import numpy as np
+import pytest
+
+import qcompile
+from qcompile.card import render_markdown
+from qcompile.plan import NodeDecision, QuantPlan
+from tests.helpers import SAMPLES
+from tests.passes.test_sensitivity import planted_chain
+
+
+def _data(rng, n):
+    return [{"x": np.abs(rng.normal(size=(1, 16))).astype(np.float32)} for _ in range(n)]
+
+
+def test_hybrid_keeps_the_planted_tensor_float_and_meets_the_budget(rng):
+    calib, held = _data(rng, 24), _data(rng, 12)
+    naive = qcompile.compile(
+        planted_chain(rng), calibration=calib, evaluation=held, metric="sqnr", floor=30, measure_latency=False
+    )
+    assert not naive.card["budget"]["met"]
+    result = qcompile.compile(
+        planted_chain(np.random.default_rng(1234)),
+        calibration=calib,
+        evaluation=held,
+        policy="hybrid",
+        metric="sqnr",
+        floor=30,
+        measure_latency=False,
+    )
+    assert result.card["budget"]["met"], result.card["budget"]
+    assert {"fc_b", "fc_c"} <= set(result.card["search"]["float_groups"])
+    decision = result.plan.nodes["fc_b"]
+    assert decision.precision == "float" and decision.reason.startswith("hybrid: float, sensitivity rank 1")
+    assert result.plan.meta["search"]["met"] and "## Precision search (hybrid)" in render_markdown(result.card)
+
+
+def test_pins_stay_pinned_and_the_result_is_deterministic(rng):
+    def compile_once():
+        pins = QuantPlan(nodes={"fc_a": NodeDecision("float")})
+        return qcompile.compile(
+            planted_chain(np.random.default_rng(7)),
+            calibration=_data(np.random.default_rng(3), 16),
+            policy="hybrid",
+            metric="sqnr",
+            floor=30,
+            plan=pins,
+            measure_latency=False,
+        )
+
+    first, second = compile_once(), compile_once()
+    assert first.plan.nodes["fc_a"].reason == "pinned by the user plan"
+    assert "fc_a" not in {s["candidate"] for s in first.card["search"]["table"]}
+    assert first.plan.to_json() == second.plan.to_json()
+
+
+@pytest.mark.slow
+def test_hybrid_on_the_sample_keeps_its_budget_on_held_out_digits():
+    result = qcompile.compile(
+        SAMPLES / "digits_cnn.onnx",
+        calibration=SAMPLES / "digits_calib.npz",
+        evaluation=SAMPLES / "digits_test.npz",
+        policy="hybrid",
+        floor=36,
+        measure_latency=False,
+    )
+    search = result.card["search"]
+    assert result.card["budget"]["met"] and search["chosen"] > search["all_int8"] and search["float_groups"]
+    assert result.card["fidelity"]["quant_accuracy"] >= result.card["fidelity"]["float_accuracy"] - 0.005
