@@ -45,8 +45,9 @@ __all__ = ["switchable_model", "Evaluator", "Sensitivity", "rank_groups", "MAX_T
 MAX_TENSOR_CANDIDATES = 12
 
 
-def switchable_model(model: ir.Model, plan: QuantPlan) -> tuple[ir.Model, dict[str, str]]:
-    """A copy of float `model` whose quantized tensors each read through a switch; tensor → switch input."""
+def switchable_model(model: ir.Model, plan: QuantPlan) -> tuple[ir.Model, dict[str, tuple[str, str]]]:
+    """A copy of float `model` whose quantized tensors each read through a switch:
+    tensor → (its switch input, the value its readers now see)."""
     copy = ir.from_proto(ir.to_proto(model))
     graph = copy.graph
     values, fresh = values_by_name(graph), FreshNames(graph)
@@ -60,7 +61,7 @@ def switchable_model(model: ir.Model, plan: QuantPlan) -> tuple[ir.Model, dict[s
     return copy, switches
 
 
-def _insert_switch(graph: ir.Graph, value: ir.Value, spec, fresh: FreshNames) -> str:
+def _insert_switch(graph: ir.Graph, value: ir.Value, spec, fresh: FreshNames) -> tuple[str, str]:
     name = value.name or ""
     scale, zp, attrs = qdq_params(graph, name, spec, fresh)
     readers, was_output = list(value.uses()), value.is_graph_output()
@@ -84,7 +85,7 @@ def _insert_switch(graph: ir.Graph, value: ir.Value, spec, fresh: FreshNames) ->
     if was_output:
         graph.outputs[list(graph.outputs).index(value)] = chosen
         value.name, chosen.name = fresh(f"{name}_float"), name
-    return switch.name or ""
+    return switch.name or "", chosen.name or ""
 
 
 @dataclass(frozen=True)
@@ -116,25 +117,27 @@ class Evaluator:
         samples: Sequence[Sample],
         kinds: Mapping[str, OutputKind],
         budget: Budget,
+        where: str = "the search samples",
     ):
         switchable, self.switches = switchable_model(model, plan)
+        self.where = where
         self.plan, self.groups, self.kinds, self.budget = plan, list(groups), kinds, budget
         self.samples = [{k: v for k, v in s.items() if k != LABELS_KEY} for s in samples]
         labels = [np.ravel(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
         self.labels = np.concatenate(labels) if labels and len(labels) == len(samples) else None
         self.outputs = [v.name or "" for v in model.graph.outputs]
-        self.probes = list(
-            dict.fromkeys(
-                [g.output for g in self.groups]
-                + [t for g in self.groups for t in g.tensors if t not in model.graph.initializers]
-            )
-        )
+        tensors = [g.output for g in self.groups] + [t for g in self.groups for t in g.tensors]
+        self.probes = list(dict.fromkeys(self.seen(t) for t in tensors if t not in model.graph.initializers))
         self.session = make_session(SessionSource.of(switchable, extra_outputs=self.probes), threads=1)
         self.reference = self.run(on=set(), probes=self.probes)
 
+    def seen(self, tensor: str) -> str:
+        """The value readers of `tensor` see: its quantized version when its switch is on."""
+        return self.switches[tensor][1] if tensor in self.switches else tensor
+
     def run(self, on: set[str], probes: Sequence[str] = ()) -> dict[str, list[np.ndarray]]:
         """Model outputs (and the intermediate `probes`) on every sample, with the tensors in `on` quantized."""
-        flags = {switch: np.array(tensor in on) for tensor, switch in self.switches.items()}
+        flags = {switch: np.array(tensor in on) for tensor, (switch, _) in self.switches.items()}
         names = self.outputs + [p for p in probes if p not in self.outputs]
         out: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for sample in self.samples:
@@ -148,7 +151,8 @@ class Evaluator:
 
     def judge(self, got: Mapping[str, list[np.ndarray]], margin: float = 0.0) -> BudgetResult:
         ref = {n: stacked(self.reference[n]) for n in self.outputs}
-        return self.budget.evaluate(ref, {n: stacked(got[n]) for n in self.outputs}, self.kinds, self.labels, margin)
+        got_stacked = {n: stacked(got[n]) for n in self.outputs}
+        return self.budget.evaluate(ref, got_stacked, self.kinds, self.labels, margin, where=self.where)
 
 
 def _own_sqnr_db(values: list[np.ndarray], spec) -> float:
@@ -168,20 +172,28 @@ def _candidates(evaluator: Evaluator, plan: QuantPlan) -> list[tuple[str, tuple[
     for g in evaluator.groups:
         for t in g.tensors:
             touching.setdefault(t, []).append(g)
-    shared = [t for t, around in touching.items() if len(around) > 1 and t in evaluator.reference]
-    worst = sorted(shared, key=lambda t: (_own_sqnr_db(evaluator.reference[t], plan.tensors[t]), t))
+    reference = {
+        t: evaluator.reference[evaluator.seen(t)] for t in touching if evaluator.seen(t) in evaluator.reference
+    }
+    shared = [t for t, around in touching.items() if len(around) > 1 and t in reference]
+    worst = sorted(shared, key=lambda t: (_own_sqnr_db(reference[t], plan.tensors[t]), t))
     found += [(f"tensor {t}", tuple(touching[t]), t) for t in worst[:MAX_TENSOR_CANDIDATES]]
     return found
 
 
-def rank_groups(evaluator: Evaluator, progress: Callable | None = None) -> tuple[float, list[Sensitivity]]:
-    """The metric with every group quantized, and each candidate's sensitivity, most sensitive first."""
+def rank_groups(
+    evaluator: Evaluator, progress: Callable | None = None, exclude: frozenset[str] | set[str] = frozenset()
+) -> tuple[float, list[Sensitivity]]:
+    """The metric with every group quantized, and each candidate's sensitivity, most sensitive first
+    (candidates holding a group named in `exclude` are measured as context only: never listed)."""
     all_quantized = evaluator.score(set()).value
     table = []
-    for name, around, probe in (progress or (lambda it: it))(_candidates(evaluator, evaluator.plan)):
-        alone = evaluator.run({t for g in around for t in g.tensors}, probes=[probe])
-        ref = np.concatenate([a.ravel() for a in evaluator.reference[probe]])
-        local = sqnr_db(ref, np.concatenate([a.ravel() for a in alone[probe]]))
+    candidates = [c for c in _candidates(evaluator, evaluator.plan) if not exclude.intersection(g.name for g in c[1])]
+    for name, around, probe in (progress or (lambda it: it))(candidates):
+        seen = evaluator.seen(probe)
+        alone = evaluator.run({t for g in around for t in g.tensors}, probes=[seen])
+        ref = np.concatenate([a.ravel() for a in evaluator.reference[seen]])
+        local = sqnr_db(ref, np.concatenate([a.ravel() for a in alone[seen]]))
         without = evaluator.score({g.name for g in around}).value
         ops = tuple(op for g in around for op in g.ops)
         table.append(

@@ -30,7 +30,7 @@ from qcompile.data import HoldoutSplit, Sample, iter_samples
 from qcompile.errors import QCompileError, QCompileWarning
 from qcompile.float_check import FLOAT_TOLERANCE, float_drift, peek
 from qcompile.model_io import ModelSource, check_serialised, save_model, to_graphsurgeon
-from qcompile.plan import QuantPlan
+from qcompile.plan import QuantPlan, json_safe
 from qcompile.prepare import Prepared, prepare
 from qcompile.quantize import quantize
 from qcompile.targets import Target, get_target
@@ -69,7 +69,7 @@ class CompileResult:
             raise QCompileError(f"refusing to overwrite the input model {self.source}")
         texts = {
             "plan.json": self.plan.to_json() + "\n",
-            "card.json": json.dumps(self.card, indent=1, default=str) + "\n",
+            "card.json": json.dumps(json_safe(self.card), indent=1, default=str, allow_nan=False) + "\n",
             "card.md": render_markdown(self.card),
         }
         with StagedFolder(out) as stage:
@@ -219,9 +219,9 @@ def compile(
 
     card = build_card(prepared, quantized, verification, config.target, config.budget)
     found = problems(card, quantized.plan)
-    card["verdict"] = [{"problem": p, "advice": a} for p, a in found]
-    for p, a in found:
-        warnings.warn(QCompileWarning(f"{p}; {a}"), stacklevel=2)
+    card["verdict"] = [{"problem": p.text, "advice": p.advice, "fails": p.fails} for p in found]
+    for p in found:
+        warnings.warn(QCompileWarning(f"{p.text}; {p.advice}"), stacklevel=2)
     return CompileResult(
         quantized.model, quantized.plan, card, config.target, prepared.name, prepared.source, scratch=quantized.scratch
     )

@@ -86,7 +86,8 @@ def parse_metric(spec: str | Callable[..., float] | None, *, task: bool = False)
 
 
 def stacked(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
-    """[N, *shape] when every sample's output has one shape, else the list."""
+    """The samples' outputs concatenated on their batch axis ([N, *shape] for batch-1 outputs) when
+    they share one shape, else the list."""
     shapes = {np.shape(a) for a in arrays}
     return np.concatenate(arrays) if len(shapes) == 1 and arrays and np.ndim(arrays[0]) else arrays
 
@@ -125,7 +126,13 @@ class Budget:
             raise QCompileError(f"--floor needs a comparison metric; {self.metric.name!r} is a task metric")
 
     def evaluate(
-        self, ref: dict, got: dict, kinds: Mapping[str, OutputKind], labels: np.ndarray | None, margin: float = 0.0
+        self,
+        ref: dict,
+        got: dict,
+        kinds: Mapping[str, OutputKind],
+        labels: np.ndarray | None,
+        margin: float = 0.0,
+        where: str = "the evaluation data",
     ) -> BudgetResult:
         """The metric on these outputs, and whether it keeps the bound with `margin` to spare."""
         if self.metric.output is not None and self.metric.output not in ref:
@@ -135,7 +142,7 @@ class Budget:
             )
         if self.metric.task:
             if labels is None:
-                raise QCompileError(f"metric {self.metric.name!r} needs labels in the evaluation data")
+                raise QCompileError(f"metric {self.metric.name!r} needs labels in {where}")
             float_value = self._call(ref, labels, kinds)
             value = self._call(got, labels, kinds)
             assert self.max_drop is not None
@@ -151,6 +158,6 @@ class Budget:
             raise
         except Exception as e:  # the user's code
             raise QCompileError(f"metric {self.metric.name!r} raised {type(e).__name__}: {e}") from e
-        if not isinstance(result, (int, float, np.floating, np.integer)) or math.isnan(float(result)):
+        if not isinstance(result, (int, float, np.floating, np.integer)):
             raise QCompileError(f"metric {self.metric.name!r} returned {result!r}; it must return a number")
-        return float(result)
+        return -math.inf if math.isnan(float(result)) else float(result)  # NaN outputs: as bad as can be

@@ -15,7 +15,7 @@ import threading
 import warnings
 from pathlib import Path
 
-from qcompile.errors import BELOW_BUDGET, QCompileError, QCompileWarning, first_line
+from qcompile.errors import FAILED_CHECK, QCompileError, QCompileWarning, first_line
 from qcompile.workers import process_pool
 
 __all__ = ["main"]
@@ -135,8 +135,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     files = result.save(args.output)
     sys.stdout.write(render_markdown(result.card))
     sys.stdout.write("\nWrote " + ", ".join(str(p) for p in files.values()) + "\n")
-    budget = result.card.get("budget")
-    return BELOW_BUDGET if budget is not None and not budget["met"] else 0
+    return FAILED_CHECK if any(v["fails"] for v in result.card["verdict"]) else 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -204,7 +203,13 @@ _python_showwarning = warnings.showwarning
 
 
 def main(argv: list[str] | None = None) -> int:
-    warnings.showwarning = _show_warning
+    with warnings.catch_warnings():  # every warning of this run shown, each as one line; restored after
+        warnings.simplefilter("always", QCompileWarning)
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
     handler = {"compile": _cmd_compile, "inspect": _cmd_inspect}[args.command]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 
 from qcompile.budget import Budget
 from qcompile.calibrators import check_calibrator
+from qcompile.errors import QCompileError
 from qcompile.passes.select_precision import check_policy
 from qcompile.plan import QuantPlan
 from qcompile.targets import Target
@@ -37,6 +39,11 @@ class CompileConfig:
     def __post_init__(self) -> None:
         check_calibrator(self.calibrator)
         check_policy(self.policy)
+        if self.margin is not None:
+            if self.policy != "hybrid":
+                raise QCompileError(f"a margin only applies to the search of --policy hybrid, not {self.policy}")
+            if not math.isfinite(self.margin) or self.margin < 0:
+                raise QCompileError(f"the margin must be a finite number ≥ 0, got {self.margin}")
 
     def progress_bar(self, desc: str) -> Progress:
         """A tqdm wrapper when progress is on (by default: when stderr is a terminal), else the identity."""

@@ -1,15 +1,15 @@
 """The one exception type qcompile raises for problems the user can fix.
 
 `QCompileError` carries an exit code for the CLI: 2 for bad input (the default),
-1 for a verification result below the requested budget.
+1 for a result that fails its checks (`qcompile.verdict`).
 """
 
 from __future__ import annotations
 
-__all__ = ["QCompileError", "QCompileWarning", "BAD_INPUT", "BELOW_BUDGET", "first_line"]
+__all__ = ["QCompileError", "QCompileWarning", "BAD_INPUT", "FAILED_CHECK", "first_line"]
 
 BAD_INPUT = 2
-BELOW_BUDGET = 1
+FAILED_CHECK = 1  # a result that collapsed, quantized nothing or missed its budget
 
 
 class QCompileError(Exception):

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.errors import QCompileError
 from qcompile.quant_math import sqnr_db
 
 __all__ = ["OutputKind", "output_kinds", "OutputFigures", "output_figures", "channel_sqnr_db", "fidelity_db",
@@ -73,18 +74,19 @@ def output_kinds(model: ir.Model) -> dict[str, OutputKind]:
 Outputs = np.ndarray | Sequence[np.ndarray]  # stacked [N, ...], or one array per sample (dynamic shapes)
 
 
-def _rows(arrays: Outputs) -> np.ndarray:
+def _rows(arrays: Outputs, image_like: bool = True) -> np.ndarray:
     """All samples as rows of the channel axis: [M, channels] (float64).  The channel axis is the
-    last one, but axis 1 of an image-like output [N, C, H, W...]; a scalar output is one column."""
+    last one, but axis 1 of an image-like output [N, C, H, W...] (not of scores, whose classes are
+    last); a scalar output is one column."""
     parts = [np.asarray(a, np.float64) for a in (arrays if isinstance(arrays, (list, tuple)) else [arrays])]
-    parts = [np.moveaxis(p, 1, -1) if p.ndim >= 4 else p for p in parts]
+    parts = [np.moveaxis(p, 1, -1) if image_like and p.ndim >= 4 else p for p in parts]
     rows = [p.reshape(-1, p.shape[-1] if p.ndim else 1) for p in parts if p.size]
     return np.concatenate(rows) if rows else np.zeros((0, 1))
 
 
 def channel_sqnr_db(ref: Outputs, got: Outputs, kind: OutputKind = OutputKind()) -> float:
     """The worst per-channel SQNR over the last axis (see the module docstring)."""
-    ref2, got2 = _rows(ref), _rows(got)
+    ref2, got2 = _rows(ref, not kind.scores), _rows(got, not kind.scores)
     if kind.probabilities:
         ref2, got2 = np.log(np.clip(ref2, 1e-6, None)), np.log(np.clip(got2, 1e-6, None))
     if ref2.size == 0:
@@ -116,7 +118,7 @@ class OutputFigures:
 
 
 def output_figures(name: str, ref: Outputs, got: Outputs, kind: OutputKind) -> OutputFigures:
-    r, g = _rows(ref), _rows(got)
+    r, g = _rows(ref, not kind.scores), _rows(got, not kind.scores)
     diff = float(np.max(np.abs(r - g))) if r.size else 0.0
     peak = float(np.max(np.abs(r))) if r.size else 0.0
     agree = _agreement(r, g) if kind.scores and r.shape[-1] > 1 else None
@@ -140,7 +142,9 @@ def _is_float(arrays: Outputs) -> bool:
 def fidelity_db(ref: Mapping[str, Outputs], got: Mapping[str, Outputs], kinds: Mapping[str, OutputKind]) -> float:
     """The default budget metric: the smallest channel SQNR over all float outputs (dB)."""
     values = [channel_sqnr_db(ref[n], got[n], kinds.get(n, OutputKind())) for n in ref if _is_float(ref[n])]
-    return min(values, default=math.inf)
+    if not values:
+        raise QCompileError("metric 'fidelity' has nothing to measure: no float output")
+    return min(values)
 
 
 def _per_output(figure: str):
@@ -148,6 +152,9 @@ def _per_output(figure: str):
         names = [output] if output else [n for n in ref if _is_float(ref[n])]
         values = [getattr(output_figures(n, ref[n], got[n], kinds.get(n, OutputKind())), figure) for n in names]
         values = [v for v in values if v is not None]
+        if not values:
+            what = "no output of class scores" if figure == "top1_agreement" else "no float output"
+            raise QCompileError(f"metric {figure!r} has nothing to measure: {what}")
         if figure == "max_rel_error":
             return -max(values, default=0.0)  # higher is better
         return min(values, default=math.inf)

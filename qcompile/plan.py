@@ -25,12 +25,24 @@ from qcompile.atomic import atomic_write
 from qcompile.errors import QCompileError
 from qcompile.quant_math import INT_RANGES
 
-__all__ = ["QuantSpec", "NodeDecision", "QuantPlan", "FLOAT_DTYPES", "QUANT_DTYPES", "PLAN_VERSION"]
+__all__ = ["json_safe", "QuantSpec", "NodeDecision", "QuantPlan", "FLOAT_DTYPES", "QUANT_DTYPES", "PLAN_VERSION"]
 
 PLAN_VERSION = 1
 QUANT_DTYPES = tuple(d for d in INT_RANGES if d != "int32") + ("int32",)
 FLOAT_DTYPES = ("float32", "float16", "bfloat16")
 PRECISIONS = ("int8", "int16", "float")
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float as the string "inf", "-inf" or "nan": strict JSON has no
+    Infinity (an SQNR of identical outputs is one)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _is_int(v: Any) -> bool:
@@ -187,7 +199,7 @@ class QuantPlan:
     def to_json(self) -> str:
         data = {
             "version": PLAN_VERSION,
-            "meta": self.meta,
+            "meta": json_safe(self.meta),
             "nodes": {k: asdict(v) for k, v in sorted(self.nodes.items())},
             "tensors": {k: v.to_dict() for k, v in sorted(self.tensors.items())},
         }

@@ -160,10 +160,11 @@ _FLOAT_COMPUTE = (
 
 
 def fused_op_counts(optimized: Iterable[onnx.NodeProto]) -> dict[str, int]:
-    """Integer vs float compute kernels in ORT's optimized graph, inside If/Loop/Scan bodies too."""
+    """Integer kernels (QLinear*, integer MatMul/Conv) and float compute kernels (Conv, Gemm,
+    MatMul, recurrent ops) in ORT's optimized graph, inside If/Loop/Scan bodies too."""
     counts = {"integer": 0, "float": 0}
     for n in optimized:
-        if n.op_type in _INTEGER_OPS or n.op_type == "DynamicQuantizeLSTM":
+        if n.op_type in _INTEGER_OPS or n.op_type.startswith("QLinear") or n.op_type == "DynamicQuantizeLSTM":
             counts["integer"] += 1
         elif n.op_type in _FLOAT_COMPUTE:
             counts["float"] += 1

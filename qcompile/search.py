@@ -15,8 +15,10 @@ budget the search aims at `DEFAULT_BUDGET` (worst-channel SQNR ≥ 20 dB).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import onnx_ir as ir
 
@@ -35,7 +37,11 @@ _DB_METRICS = ("fidelity", "sqnr")
 
 
 def default_margin(budget: Budget) -> float:
-    """1 dB for metrics in dB, 0.01 for the others (cosine, agreement, accuracy, user metrics)."""
+    """1 dB for metrics in dB, 0.01 for the others (cosine, agreement, user metrics), and for a
+    task budget at most half the allowed drop (a margin as large as the drop would ask int8 to
+    beat float)."""
+    if budget.max_drop is not None:
+        return min(0.01, budget.max_drop / 2)
     return 1.0 if budget.metric.name.split(":")[0] in _DB_METRICS else 0.01
 
 
@@ -66,36 +72,19 @@ def hybrid_search(
     kinds: dict[str, OutputKind],
     budget: Budget,
     margin: float,
-    pinned: set[str] = frozenset(),  # type: ignore[assignment]
+    pinned: frozenset[str] | set[str] = frozenset(),
     progress: Callable | None = None,
 ) -> tuple[dict[str, NodeDecision], SearchReport]:
-    """Node decisions for `plan`'s model under `budget`, and how the search got there."""
-    groups = [g for g in quant_groups(model, plan, target) if not pinned.intersection(g.nodes)]
-    evaluator = Evaluator(model, plan, groups, samples, kinds, budget)
-    all_int8, table = rank_groups(evaluator, progress)
-    chosen: list[Sensitivity] = []
-    result = evaluator.score(set(), margin)
-    evaluations = 2 * len(table) + 2
-    floats = lambda picks: {g for p in picks for g in p.groups}  # noqa: E731
-    for entry in table:
-        if result.met:
-            break
-        if set(entry.groups) <= floats(chosen):
-            continue
-        trial = evaluator.score(floats([*chosen, entry]), margin)
-        evaluations += 1
-        if trial.value > result.value:  # errors can cancel: a candidate whose float costs the metric stays int8
-            chosen.append(entry)
-            result = trial
-    if result.met:  # give back what the budget can do without, last chosen first
-        for entry in reversed(list(chosen)):
-            trial = evaluator.score(floats([c for c in chosen if c is not entry]), margin)
-            evaluations += 1
-            if trial.met:
-                chosen.remove(entry)
-                result = trial
+    """Node decisions for `plan`'s model under `budget`, and how the search got there.
+
+    Groups with a pinned node are measured as the pin has them but are never candidates."""
+    groups = quant_groups(model, plan, target)
+    fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
+    evaluator = Evaluator(model, plan, groups, samples, kinds, budget, where="the calibration data")
+    all_int8, table = rank_groups(evaluator, progress, exclude=fixed)
+    chosen, result, evaluations = _greedy(evaluator, table, margin)
     bound = {"floor": budget.floor} if budget.floor is not None else {"max_drop": budget.max_drop}
-    float_groups = sorted(floats(chosen))
+    float_groups = sorted(_floats(chosen))
     report = SearchReport(
         budget.metric.name,
         bound,
@@ -105,10 +94,40 @@ def hybrid_search(
         result.value,
         result.met,
         float_groups,
-        evaluations,
+        evaluations + 2 * len(table) + 1,
         table,
     )
-    return _decisions(plan, groups, table, set(float_groups), budget.metric.name), report
+    return _decisions(
+        plan, [g for g in groups if g.name not in fixed], table, set(float_groups), budget.metric.name
+    ), report
+
+
+def _floats(picks: Sequence[Sensitivity]) -> set[str]:
+    return {g for p in picks for g in p.groups}
+
+
+def _greedy(evaluator: Evaluator, table: list[Sensitivity], margin: float) -> tuple[list[Sensitivity], Any, int]:
+    """Candidates in rank order, each kept float unless that makes the metric worse, until the
+    budget holds; then each given back to int8, last first, if the budget still holds."""
+    chosen: list[Sensitivity] = []
+    result, evaluations = evaluator.score(set(), margin), 1
+    for entry in table:
+        if result.met:
+            break
+        if set(entry.groups) <= _floats(chosen):
+            continue
+        trial = evaluator.score(_floats([*chosen, entry]), margin)
+        evaluations += 1
+        if trial.value >= result.value:  # errors can cancel: a candidate whose float costs the metric stays int8
+            chosen.append(entry)
+            result = trial
+    for entry in reversed(list(chosen)):  # give back what the budget (or, unmet, the metric) can do without
+        trial = evaluator.score(_floats([c for c in chosen if c is not entry]), margin)
+        evaluations += 1
+        if trial.met if result.met else trial.value >= result.value:
+            chosen.remove(entry)
+            result = trial
+    return chosen, result, evaluations
 
 
 def _decisions(
@@ -122,11 +141,11 @@ def _decisions(
     for group in groups:
         k, gain = rank[group.name]
         if group.name in floats:
-            reason = f"hybrid: float, sensitivity rank {k} of {len(table)} ({metric} +{gain:.3g} when float)"
+            reason = f"hybrid: float, sensitivity rank {k} of {len(table)} ({metric} {gain:+.3g} when float)"
             precision = "float"
         else:
             reason = f"hybrid: int8, sensitivity rank {k} of {len(table)}"
             precision = plan.nodes[group.nodes[0]].precision
-        for node in group.nodes:
-            decisions[node] = NodeDecision(precision, reason, float(gain))
+        for node in group.nodes:  # a non-finite score would not be valid JSON
+            decisions[node] = NodeDecision(precision, reason, float(gain) if math.isfinite(gain) else None)
     return decisions

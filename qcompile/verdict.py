@@ -9,24 +9,33 @@ Problems found in a finished card (no budget needed):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from qcompile.metrics import COLLAPSE
 from qcompile.plan import QuantPlan
 
-__all__ = ["problems", "ADVICE"]
+SLOWER = 1.1  # int8 slower than float by more than timing noise on a small model
+
+__all__ = ["Problem", "problems", "ADVICE", "SLOWER"]
 
 ADVICE = {
     "collapsed": "keep the sensitive nodes in float: try --policy hybrid",
     "nothing": "see which ops the target quantizes: qcompile inspect MODEL",
     "slower": "this CPU's int8 kernels do not pay off for this model",
+    "search": "set a lower budget, or expect it to be missed",
 }
 
 
+class Problem(NamedTuple):
+    text: str
+    advice: str
+    fails: bool
+
+
 def _collapse(output: dict[str, Any]) -> str | None:
-    if output["sqnr_db"] < COLLAPSE["sqnr_db"]:
+    if not output["sqnr_db"] >= COLLAPSE["sqnr_db"]:  # NaN too
         return f"SQNR {output['sqnr_db']:.1f} dB (below {COLLAPSE['sqnr_db']:g})"
-    if output["cosine"] < COLLAPSE["cosine"]:
+    if not output["cosine"] >= COLLAPSE["cosine"]:
         return f"cosine {output['cosine']:.3f} (below {COLLAPSE['cosine']:g})"
     agree = output["top1_agreement"]
     if agree is not None and agree < COLLAPSE["agreement"]:
@@ -42,21 +51,33 @@ def _budget_line(budget: dict[str, Any]) -> str:
     return f"{budget['metric']} fell by {drop:.4g} from float's {budget['float_value']:.4g} (allowed {allowed:g})"
 
 
-def problems(card: dict[str, Any], plan: QuantPlan) -> list[tuple[str, str]]:
-    """(problem, what to do about it) for each problem of the compile."""
+def _bound(bound: dict[str, float]) -> str:
+    return f"≥ {bound['floor']:g}" if "floor" in bound else f"within {bound['max_drop']:g} of float"
+
+
+def problems(card: dict[str, Any], plan: QuantPlan) -> list[Problem]:
+    """Each problem of the compile, what to do about it, and whether it fails the compile."""
     found = []
     for output in card["fidelity"]["outputs"]:
         if (why := _collapse(output)) is not None:
-            found.append((f"output {output['name']!r} collapsed: {why}", ADVICE["collapsed"]))
+            found.append(Problem(f"output {output['name']!r} collapsed: {why}", ADVICE["collapsed"], True))
     budget = card.get("budget")
     if budget and not budget["met"]:
-        found.append((f"budget not met: {_budget_line(budget)}", ADVICE["collapsed"]))
+        found.append(Problem(f"budget not met: {_budget_line(budget)}", ADVICE["collapsed"], True))
     kernels = card["ort_kernels"]
     if not any(d.precision != "float" for d in plan.nodes.values()) or kernels["integer"] == 0:
         what = f"{kernels['integer']} integer and {kernels['float']} float compute kernels after ORT's fusions"
-        found.append((f"nothing runs in integer: {what}", ADVICE["nothing"]))
+        found.append(Problem(f"nothing runs in integer: {what}", ADVICE["nothing"], True))
+    search = card.get("search")
+    if search and not search["met"]:
+        short = (
+            f"the precision search did not reach {search['metric']} {_bound(search['bound'])} with its "
+            f"margin {search['margin']:.3g} on its samples (best {search['chosen']:.4g})"
+        )
+        found.append(Problem(short, ADVICE["search"], False))
     latency = card.get("latency_ms")
-    if latency and latency["quantized"]["1"] > latency["float"]["1"]:
+    if latency and latency["quantized"]["1"] > SLOWER * latency["float"]["1"]:
         ratio = latency["quantized"]["1"] / latency["float"]["1"]
-        found.append((f"the int8 model is slower than float at 1 thread ({ratio:.2f}× its latency)", ADVICE["slower"]))
+        slower = f"the int8 model is slower than float at 1 thread ({ratio:.2f}× its latency)"
+        found.append(Problem(slower, ADVICE["slower"], False))
     return found

@@ -145,3 +145,21 @@ def test_a_budget_that_is_not_met_exits_1_with_the_files_written(tmp_path):
     assert task.returncode == 0 and json.loads((tmp_path / "task" / "card.json").read_text())["budget"]["met"]
     lone = qc(*args, "--metric", "sqnr", "-o", tmp_path / "lone")
     assert lone.returncode == 2 and "a metric needs a bound" in lone.stderr
+
+
+def test_a_hybrid_search_that_cannot_reach_its_budget_exits_1_and_a_stray_margin_exits_2(tmp_path, rng):
+    import onnx_ir as ir
+
+    from tests.passes.test_sensitivity import planted_chain
+
+    ir.save(planted_chain(rng), tmp_path / "planted.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.abs(rng.normal(size=(16, 1, 16))).astype(np.float32))
+    args = ("compile", tmp_path / "planted.onnx", "--calib", tmp_path / "calib.npz", "--no-latency")
+    # float's own max-rel-error is 0: a floor above it cannot be reached, not even with every node float
+    missed = qc(*args, "--policy", "hybrid", "--metric", "max-rel-error", "--floor", "0.5", "-o", tmp_path / "out")
+    assert missed.returncode == 1, missed.stderr
+    assert "warning: the precision search did not reach max-rel-error ≥ 0.5 with its margin 0.01" in missed.stderr
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert plan["meta"]["search"]["met"] is False
+    stray = qc(*args, "--margin", "2", "-o", tmp_path / "stray")
+    assert stray.returncode == 2 and "a margin only applies to the search of --policy hybrid" in stray.stderr

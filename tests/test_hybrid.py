@@ -6,6 +6,7 @@ import pytest
 
 import qcompile
 from qcompile.card import render_markdown
+from qcompile.errors import QCompileError
 from qcompile.plan import NodeDecision, QuantPlan
 from tests.helpers import SAMPLES
 from tests.passes.test_sensitivity import planted_chain
@@ -69,3 +70,10 @@ def test_hybrid_on_the_sample_keeps_its_budget_on_held_out_digits():
     search = result.card["search"]
     assert result.card["budget"]["met"] and search["chosen"] > search["all_int8"] and search["float_groups"]
     assert result.card["fidelity"]["quant_accuracy"] >= result.card["fidelity"]["float_accuracy"] - 0.005
+
+
+def test_a_task_budget_needs_labels_in_the_calibration_data(rng):
+    with pytest.raises(QCompileError, match="metric 'accuracy' needs labels in the calibration data"):
+        qcompile.compile(
+            planted_chain(rng), calibration=_data(rng, 8), policy="hybrid", max_drop=0.01, measure_latency=False
+        )

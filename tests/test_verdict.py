@@ -1,5 +1,7 @@
 """A bad result reads as bad: warnings on stderr and in the card, kernel counts inside branches."""
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -7,8 +9,9 @@ import pytest
 import qcompile
 from qcompile.card import render_markdown
 from qcompile.errors import QCompileWarning
-from qcompile.plan import QuantPlan, QuantSpec
+from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
 from qcompile.runtime import fused_op_counts
+from qcompile.verdict import SLOWER, problems
 from tests.helpers import parse
 
 
@@ -26,7 +29,7 @@ g (float[1, 4] x) => (float[1, 4] y) <float[4, 4] w = {1, 0, 0, 0, 0, 1, 0, 0, 0
     expected = r"output 'y' collapsed: SQNR .* dB \(below 10\); keep the sensitive nodes in float"
     with pytest.warns(QCompileWarning, match=expected):
         result = qcompile.compile(model, calibration=_samples(rng), plan=coarse, measure_latency=False)
-    assert any("collapsed" in v["problem"] for v in result.card["verdict"])
+    assert any("collapsed" in v["problem"] and v["fails"] for v in result.card["verdict"])
     assert "- **output 'y' collapsed" in render_markdown(result.card)
 
 
@@ -48,3 +51,35 @@ g (float[1, 3, 8, 8] x, bool c, float[1, 1, 4] s, float[1, 16, 4] wl, float[1, 1
     h, hn, cn = LSTM <hidden_size = 4> (s, wl, rl)
 }""")
     assert fused_op_counts(model.graph.node) == {"integer": 0, "float": 3}
+
+
+def _card(**parts):
+    output = {"name": "y", "sqnr_db": 40.0, "cosine": 1.0, "top1_agreement": None}
+    card = {"fidelity": {"outputs": [output]}, "ort_kernels": {"integer": 2, "float": 0}}
+    return {**card, **parts}
+
+
+def test_nan_outputs_a_slower_model_and_a_missed_search_are_problems():
+    plan = QuantPlan(nodes={"fc": NodeDecision("int8")})
+    assert problems(_card(), plan) == []
+    nan = _card(fidelity={"outputs": [{"name": "y", "sqnr_db": math.nan, "cosine": math.nan, "top1_agreement": None}]})
+    assert problems(nan, plan)[0][0] == "output 'y' collapsed: SQNR nan dB (below 10)"
+    latency = {"float": {"1": 1.0}, "quantized": {"1": 1.5}}
+    assert (
+        problems(_card(latency_ms=latency), plan)[0][0]
+        == "the int8 model is slower than float at 1 thread (1.50× its latency)"
+    )
+    noise = {"float": {"1": 1.0}, "quantized": {"1": 0.99 * SLOWER}}
+    assert problems(_card(latency_ms=noise), plan) == []
+    search = {"met": False, "metric": "accuracy", "bound": {"max_drop": 0.01}, "margin": 0.005, "chosen": 0.9}
+    ((problem, advice, fails),) = problems(_card(search=search), plan)
+    assert problem == (
+        "the precision search did not reach accuracy within 0.01 of float with its margin 0.005 "
+        "on its samples (best 0.9)"
+    )
+    assert advice == "set a lower budget, or expect it to be missed" and not fails
+
+
+def test_qlinear_kernels_count_as_integer():
+    nodes = [onnx.helper.make_node(op, [], []) for op in ("QLinearAdd", "QLinearSigmoid", "MatMul", "Relu")]
+    assert fused_op_counts(nodes) == {"integer": 2, "float": 1}

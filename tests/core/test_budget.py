@@ -1,5 +1,7 @@
 """Budgets: metrics by name, from a file, as callables; bounds; every error message."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -45,6 +47,7 @@ def test_a_metric_from_a_file(tmp_path):
         (lambda p: parse_metric(f"{p}/none.py:f"), "metric file .*none.py does not exist"),
         (lambda p: parse_metric(f"{p}/m.py:nope"), "metric file .*m.py has no function 'nope'"),
         (lambda p: parse_metric(f"{p}/bad.py:f"), "metric file .*bad.py failed to load: ZeroDivisionError"),
+        (lambda p: parse_metric(f"{p}/m.py:x:f"), "metric file .*m.py:x is not a Python module"),
         (lambda p: Budget(parse_metric("sqnr"), floor=1, max_drop=1), "either a floor or a max drop, not both"),
         (lambda p: Budget(parse_metric("sqnr"), max_drop=1), "--max-drop needs a task metric"),
         (lambda p: Budget(parse_metric(None, task=True), floor=1), "--floor needs a comparison metric"),
@@ -73,5 +76,11 @@ def test_a_metric_from_a_file(tmp_path):
 def test_error_messages(tmp_path, make, message):
     (tmp_path / "m.py").write_text("def f(a, b):\n    return 1.0\n")
     (tmp_path / "bad.py").write_text("1 / 0\n")
+    (tmp_path / "m.py:x").write_text("def f(a, b):\n    return 1.0\n")
     with pytest.raises(QCompileError, match=message):
         make(tmp_path)
+
+
+def test_a_metric_of_nan_outputs_is_as_bad_as_can_be():
+    result = Budget(parse_metric(lambda f, q: float("nan")), floor=-1e9).evaluate(REF, GOT, KINDS, None)
+    assert result.value == -math.inf and not result.met

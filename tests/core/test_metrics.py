@@ -1,10 +1,9 @@
 """Metrics against independent numpy figures, and the output kinds read off small graphs."""
 
-import math
-
 import numpy as np
 import pytest
 
+from qcompile.errors import QCompileError
 from qcompile.metrics import BUILTIN_METRICS, OutputKind, channel_sqnr_db, fidelity_db, output_figures, output_kinds
 from tests.helpers import parse
 
@@ -69,7 +68,11 @@ def test_builtin_metrics_and_dynamic_shapes(rng):
     assert BUILTIN_METRICS["fidelity"](ref, got, kinds) == pytest.approx(fidelity_db(ref, got, kinds))
     assert BUILTIN_METRICS["fidelity"](ref, got, kinds, output="a") > BUILTIN_METRICS["fidelity"](ref, got, kinds)
     assert BUILTIN_METRICS["max-rel-error"](ref, got, kinds, output="b") == pytest.approx(-0.1 / 1.0)
-    assert BUILTIN_METRICS["top1"](ref, got, kinds) == math.inf  # no output holds scores
+    with pytest.raises(QCompileError, match="'top1_agreement' has nothing to measure: no output of class scores"):
+        BUILTIN_METRICS["top1"](ref, got, kinds)
+    ints = {"n": [np.ones((1, 3), np.int64)]}
+    with pytest.raises(QCompileError, match="'fidelity' has nothing to measure: no float output"):
+        BUILTIN_METRICS["fidelity"](ints, ints, kinds)
 
 
 def test_image_maps_take_their_channels_on_axis_1(rng):

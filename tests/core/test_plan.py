@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -114,3 +115,9 @@ def test_spec_without_scale_is_a_request():
     assert (
         not spec.is_resolved and json.loads(QuantPlan(tensors={"t": spec}).to_json())["tensors"]["t"]["scale"] is None
     )
+
+
+def test_non_finite_meta_is_written_as_strict_json():
+    plan = QuantPlan(meta={"search": {"all_int8": math.inf, "table": [{"gain": -math.inf, "only": math.nan}]}})
+    data = json.loads(plan.to_json(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert data["meta"]["search"] == {"all_int8": "inf", "table": [{"gain": "-inf", "only": "nan"}]}

@@ -52,5 +52,10 @@ def test_pinned_plan_and_illegal_plan():
 def test_config_rejects_unknown_names_before_any_work():
     with pytest.raises(QCompileError, match="unknown calibrator 'kl'; known: minmax, ema, percentile"):
         CompileConfig(get_target("ort-cpu"), calibrator="kl")
-    with pytest.raises(QCompileError, match="unknown policy 'clever'; known: naive"):
+    with pytest.raises(QCompileError, match="unknown policy 'clever'; known: naive, hybrid"):
         CompileConfig(get_target("ort-cpu"), policy="clever")
+    with pytest.raises(QCompileError, match="a margin only applies to the search of --policy hybrid"):
+        CompileConfig(get_target("ort-cpu"), margin=1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(QCompileError, match="the margin must be a finite number ≥ 0"):
+            CompileConfig(get_target("ort-cpu"), policy="hybrid", margin=bad)

@@ -34,8 +34,8 @@ def test_switches_off_is_float_and_on_is_the_fake_quant_model(rng):
     samples = feeds(rng)
     plan, _ = planned(model, samples)
     switchable, switches = switchable_model(model, plan)
-    off = {s: np.array(False) for s in switches.values()}
-    on = {s: np.array(True) for s in switches.values()}
+    off = {s: np.array(False) for s, _ in switches.values()}
+    on = {s: np.array(True) for s, _ in switches.values()}
     fake = copy(model)
     InsertQDQ(plan)(fake)
     for sample in samples[:3]:

@@ -31,7 +31,9 @@ def _run(tmp_path, model_path, calib=CALIB, capsys=None, extra=()):
     )
     err = capsys.readouterr().err if capsys else ""
     OUTCOMES[code] += 1
-    assert code in (0, 2), f"exit {code}: {err}"
+    assert code in (0, 1, 2), f"exit {code}: {err}"
+    if code == 1 and capsys:  # the files are written, but the result fails its checks: said on stderr
+        assert "qcompile: warning: " in err and "Traceback" not in err, err
     if code == 2:
         assert err.count("\n") == 1 and err.startswith("qcompile: error: "), err
     else:

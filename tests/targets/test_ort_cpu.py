@@ -31,8 +31,8 @@ def test_ort_fuses_conv_and_gemm_into_integer_kernels(rng, tmp_path):
 
     make_session(ir.to_proto(model), optimized_model_path=tmp_path / "opt.onnx")
     optimized = onnx.load(str(tmp_path / "opt.onnx")).graph.node
-    assert fused_op_counts(optimized) == {"integer": 2, "float": 0}
-    assert {"QLinearConv", "QGemm"} <= {n.op_type for n in optimized}
+    assert {"QLinearConv", "QGemm", "QLinearSigmoid"} <= {n.op_type for n in optimized}
+    assert fused_op_counts(optimized) == {"integer": 3, "float": 0}  # those three
 
 
 def test_integer_kernels_agree_with_the_qdq_reference(rng):
