@@ -64,7 +64,9 @@ def weight_macs(node: ir.Node) -> int:
         return size * math.prod(w[1:])
     if node.op_type == "ConvTranspose":  # each input element meets M/group · Π kernel weights
         return math.prod(_shape(node.inputs[0]) or (0,)) * math.prod(w[1:])
-    trans_b = node.op_type == "Gemm" and "transB" in node.attributes and node.attributes["transB"].as_int() == 1
+    if node.op_type == "MatMul":  # [.., K, N] weights (batched too), or a [K] vector
+        return size * (w[-2] if len(w) >= 2 else w[0])
+    trans_b = "transB" in node.attributes and node.attributes["transB"].as_int() == 1
     return size * (w[1] if trans_b else w[0])
 
 

@@ -64,6 +64,27 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--jobs", type=int, default=1, metavar="N", help="calibrate in N worker processes (same output as N=1)"
     )
+    _add_budget_options(c)
+    c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    c.add_argument(
+        "--no-canonicalize",
+        action="store_true",
+        help="keep the float graph as exported: no Transpose, affine or pattern rewriting before quantizing",
+    )
+    c.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: on when stderr is a terminal)",
+    )
+    c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+
+    i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
+    i.add_argument("model", type=Path)
+    return parser
+
+
+def _add_budget_options(c: argparse.ArgumentParser) -> None:
     c.add_argument(
         "--metric",
         default=None,
@@ -86,23 +107,6 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="what --policy hybrid keeps above the budget on its search samples (default 1 dB / 0.01)",
     )
-    c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    c.add_argument(
-        "--no-canonicalize",
-        action="store_true",
-        help="keep the float graph as exported: no Transpose, affine or pattern rewriting before quantizing",
-    )
-    c.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bars (default: on when stderr is a terminal)",
-    )
-    c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
-
-    i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
-    i.add_argument("model", type=Path)
-    return parser
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:

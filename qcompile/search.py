@@ -11,6 +11,11 @@ On the search samples (the first calibration samples; never the held-out evaluat
 The margin is what the budget keeps in reserve for data the search did not see: verification
 then measures the budget on held-out data, and the card reports both values.  Without a
 budget the search aims at `DEFAULT_BUDGET` (worst-channel SQNR ≥ 20 dB).
+
+Every trial runs on the naive plan's scales.  The final plan is assigned again with the chosen
+precisions, and a scale tied across a node's inputs (Concat's, say) may widen or narrow once a
+neighbour is float: the search's figure is an estimate of the compiled model's, which
+verification measures.
 """
 
 from __future__ import annotations

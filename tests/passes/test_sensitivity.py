@@ -8,7 +8,7 @@ from qcompile.budget import Budget, parse_metric
 from qcompile.metrics import OutputKind
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.insert_qdq import InsertQDQ
-from qcompile.passes.quant_groups import quant_groups, quantized_tensors_when
+from qcompile.passes.quant_groups import quant_groups, quantized_tensors_when, weight_macs
 from qcompile.passes.sensitivity import Evaluator, rank_groups, switchable_model
 from qcompile.runtime import make_session, run_session
 from qcompile.targets import get_target
@@ -89,3 +89,27 @@ def test_the_ranking_finds_the_planted_node(rng):
     all_int8, table = rank_groups(evaluator)
     assert table[0].candidate == "tensor r2" and table[0].groups == ("fc_b", "fc_c")  # the 1000× tensor
     assert table[0].gain > 10 and all_int8 < 20
+
+
+def test_weight_macs_of_each_weighted_op():
+    weights = {"wb": (2, 6, 7), "wk": (6,), "wt": (9, 6), "wu": (3, 2, 3, 3)}
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "wb"], ["b"]),
+            helper.make_node("MatMul", ["x", "wk"], ["k"]),
+            helper.make_node("Gemm", ["v", "wt"], ["t"], transB=1),
+            helper.make_node("ConvTranspose", ["i", "wu"], ["u"]),
+        ],
+        "macs",
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+            for n, s in {"x": [2, 5, 6], "v": [4, 6], "i": [1, 3, 8, 8]}.items()
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "bktu"],
+        [numpy_helper.from_array(np.zeros(s, np.float32), n) for n, s in weights.items()],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    InferShapes()(model)
+    macs = {n.outputs[0].name: weight_macs(n) for n in model.graph}
+    # |output| · K for the products; |input| · M · kh · kw for the transposed convolution
+    assert macs == {"b": 2 * 5 * 7 * 6, "k": 2 * 5 * 6, "t": 4 * 9 * 6, "u": 3 * 8 * 8 * 2 * 3 * 3}
