@@ -1,4 +1,4 @@
-"""naive vs hybrid on the real models (ORT CPU, default budget: worst-channel SQNR ≥ 20 dB).
+"""naive vs hybrid vs selective on the real models (ORT CPU, default budget: worst-channel SQNR ≥ 20 dB).
 
 For each model and policy, on held-out real data: the budget metric, the task metric of
 `bench.real_fidelity`, the share of weight MACs the plan puts in int8 (ORT's kernel counts
@@ -6,6 +6,9 @@ confirm the fusion), latency of int8 over float at one thread, and the compile's
 (for hybrid, mostly the search).  Writes bench/results/policies.json with the machine.
 
     python -m bench.policies [MODEL ...]
+
+Models named on the command line replace their entries in an existing results file (each
+entry notes its machine); the others are kept.
 """
 
 from __future__ import annotations
@@ -64,14 +67,23 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
         "ort_kernels": result.card["ort_kernels"],
         "latency_int8_over_float_1thread": latency["quantized"]["1"] / latency["float"]["1"],
         "compile_seconds": seconds,
-        "search": {k: search[k] for k in ("all_int8", "chosen", "met", "float_groups", "evaluations") if k in search},
+        "search": {
+            k: search[k]
+            for k in ("all_int8", "chosen", "met", "float_groups", "evaluations", "calibrator", "calibrators")
+            if k in search
+        },
         "verdict": [v["problem"] for v in result.card["verdict"]],
     }
 
 
+POLICIES = ("naive", "hybrid", "selective")
+
+
 def main(names: list[str]) -> None:
-    report = {"machine": cpu_info().summary(), "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__}
-    report["models"] = {}
+    out = HERE / "results" / "policies.json"
+    machine = cpu_info().summary()
+    report = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__}
+    report["models"] = json.loads(out.read_text())["models"] if out.exists() else {}
     for name in names:
         path = fetch(name)
         samples = [
@@ -79,10 +91,11 @@ def main(names: list[str]) -> None:
             for s in real_data.SAMPLE_BUILDERS[name](path)
         ]
         calib, held = real_data.split(samples)
-        report["models"][name] = {p: _run(name, path, calib, held, p) for p in ("naive", "hybrid")}
-        print(name, json.dumps(report["models"][name]), file=sys.stderr, flush=True)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "policies.json").write_text(json.dumps(report, indent=1) + "\n")
+        runs = {p: _run(name, path, calib, held, p) for p in POLICIES}
+        report["models"][name] = {"machine": machine, "date": report["date"], **runs}
+        print(name, json.dumps(runs), file=sys.stderr, flush=True)
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(report, indent=1) + "\n")  # after each model: a long run keeps what it measured
 
 
 if __name__ == "__main__":

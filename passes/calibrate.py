@@ -28,9 +28,10 @@ from itertools import islice
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.calibrators import check_calibrator
+from qcompile.calibrators import HISTOGRAM_CALIBRATORS, check_calibrator
 from qcompile.config import Progress
 from qcompile.data import Sample
+from qcompile.errors import QCompileError
 from qcompile.ir_utils import values_by_name
 from qcompile.observe import CALIBRATION_THREADS, ChunkObservation, observe_chunk, observe_samples, release_sessions
 from qcompile.runtime import SessionSource, make_session
@@ -47,6 +48,8 @@ class CalibrationResult:
     dtypes: Mapping[str, str] = field(default_factory=dict)
     shapes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     num_samples: int = 0
+    # calibrator → tensor → range, for every histogram calibrator (when asked for: the selective policy)
+    alternatives: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
 
 
 def observable_tensors(model: ir.Model) -> list[str]:
@@ -65,13 +68,22 @@ def calibrate(
     executor: Executor | None = None,
     chunk_size: int = 8,
     max_in_flight: int = 4,
+    alternatives: bool = False,
 ) -> CalibrationResult:
     """Run `samples` through the float `model` and return the range of every float tensor.
 
     The model is only read.  `calibrator` names the statistic (see `qcompile.calibrators`);
     `executor` runs chunks of `chunk_size` samples, with at most `max_in_flight` pending.
+    With `alternatives`, every tensor keeps one histogram and the result holds the range
+    of each of `HISTOGRAM_CALIBRATORS` too (`calibrator` must be one of them).
     """
     check_calibrator(calibrator)  # before any model runs
+    if alternatives and calibrator not in HISTOGRAM_CALIBRATORS:
+        raise QCompileError(
+            f"the selective policy chooses among the calibrators {', '.join(HISTOGRAM_CALIBRATORS)}; "
+            f"{calibrator!r} is not one of them"
+        )
+    observed = "entropy" if alternatives else calibrator  # its statistic is the finer histogram
     names = observable_tensors(model)
     source = SessionSource.of(model, extra_outputs=names)
     chunks = _chunks(iter((progress or (lambda it: it))(samples)), chunk_size)
@@ -80,13 +92,15 @@ def calibrate(
         if executor is not None:
             source = source.spill(tmp)  # workers read the model from a file, not from every task
         try:
-            for obs in _observations(source, names, calibrator, chunks, executor, max_in_flight):
+            for obs in _observations(source, names, observed, chunks, executor, max_in_flight):
                 total.merge(obs)
         finally:
             release_sessions()
-    return CalibrationResult(
-        calibrator, {k: s.range() for k, s in total.stats.items()}, total.dtypes, total.shapes, total.num_samples
-    )
+    others: dict[str, dict[str, tuple[float, float]]] = {}
+    if alternatives:
+        others = {c: {k: s.range_by(c) for k, s in total.stats.items()} for c in HISTOGRAM_CALIBRATORS}  # type: ignore[attr-defined]
+    ranges = others[calibrator] if alternatives else {k: s.range() for k, s in total.stats.items()}
+    return CalibrationResult(calibrator, ranges, total.dtypes, total.shapes, total.num_samples, others)
 
 
 def _chunks(samples: Iterator[Sample], size: int) -> Iterator[tuple[int, list[Sample]]]:

@@ -3,7 +3,8 @@
 Policy `naive`: every node whose op the target can run in int8 gets int8; the
 rest stay float.  A decision pinned in a user plan (`--plan`) wins over the
 policy.  The `hybrid` policy starts from these decisions and keeps the groups its
-search finds most sensitive in float (`qcompile.search`).
+search finds most sensitive in float (`qcompile.search`); `selective` also chooses each
+tensor's calibrator (`qcompile.selective`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from qcompile.targets.base import Target
 
 __all__ = ["select_precision", "check_policy", "POLICIES"]
 
-POLICIES = ("naive", "hybrid")
+POLICIES = ("naive", "hybrid", "selective")
 
 
 def check_policy(policy: str) -> None:

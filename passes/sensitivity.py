@@ -22,6 +22,7 @@ defines it; the chosen plan is then compiled for real and verified on ORT's inte
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -36,45 +37,67 @@ from qcompile.ir_utils import FreshNames, values_by_name
 from qcompile.metrics import OutputKind
 from qcompile.passes.insert_qdq import qdq_params
 from qcompile.passes.quant_groups import QuantGroup, quantized_tensors_when
-from qcompile.plan import QuantPlan
+from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.quant_math import INT_RANGES, dequantize, quantize, sqnr_db
 from qcompile.runtime import SessionSource, make_session, run_session
 
-__all__ = ["switchable_model", "Evaluator", "Sensitivity", "rank_groups", "MAX_TENSOR_CANDIDATES"]
+__all__ = [
+    "switchable_model",
+    "Switches",
+    "BASE",
+    "Evaluator",
+    "own_sqnr_db",
+    "Sensitivity",
+    "rank_groups",
+    "MAX_TENSOR_CANDIDATES",
+]
 
 MAX_TENSOR_CANDIDATES = 12
 
 
-def switchable_model(model: ir.Model, plan: QuantPlan) -> tuple[ir.Model, dict[str, tuple[str, str]]]:
-    """A copy of float `model` whose quantized tensors each read through a switch:
-    tensor → (its switch input, the value its readers now see)."""
-    copy = ir.from_proto(ir.to_proto(model))
-    graph = copy.graph
+Switches = dict[str, tuple[dict[str, str], str]]  # tensor → ({variant: its switch input}, the value readers see)
+BASE = ""  # the variant of the plan's own spec
+
+
+def switchable_model(
+    model: ir.Model, plan: QuantPlan, variants: Mapping[str, Mapping[str, QuantSpec]] | None = None
+) -> tuple[ir.Model, Switches]:
+    """A copy of float `model` whose quantized tensors each read through switches, one per variant:
+    the plan's spec (`BASE`) and any other spec `variants` names for the tensor (a calibrator's)."""
+    switchable = ir.from_proto(ir.to_proto(model))
+    graph = switchable.graph
     values, fresh = values_by_name(graph), FreshNames(graph)
     switches = {}
     for name, spec in sorted(plan.quantized_tensors().items()):
         value = values.get(name)
         if spec.dtype == "int32" or value is None or not spec.is_resolved:
             continue
-        switches[name] = _insert_switch(graph, value, spec, fresh)
-    TopologicalSortPass()(copy)
-    return copy, switches
+        options = {BASE: spec, **dict(sorted((variants or {}).get(name, {}).items()))}
+        switches[name] = _insert_switches(graph, value, options, fresh)
+    TopologicalSortPass()(switchable)
+    return switchable, switches
 
 
-def _insert_switch(graph: ir.Graph, value: ir.Value, spec, fresh: FreshNames) -> tuple[str, str]:
+def _insert_switches(
+    graph: ir.Graph, value: ir.Value, options: Mapping[str, QuantSpec], fresh: FreshNames
+) -> tuple[dict[str, str], str]:
+    """value → Where(on_1, QDQ_1(value), Where(on_2, QDQ_2(value), ... value)), one switch per option."""
     name = value.name or ""
-    scale, zp, attrs = qdq_params(graph, name, spec, fresh)
     readers, was_output = list(value.uses()), value.is_graph_output()
-    q_out = ir.Value(name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]))
-    dq_out = ir.Value(name=fresh(f"{name}_dq"), type=value.type, shape=value.shape)
-    switch = ir.Value(name=fresh(f"switch_{name}"), type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
-    chosen = ir.Value(name=fresh(f"{name}_switched"), type=value.type, shape=value.shape)
-    nodes = [
-        ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out]),
-        ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out]),
-        ir.Node("", "Where", [switch, dq_out, value], outputs=[chosen]),
-    ]
-    graph.inputs.append(switch)
+    nodes, by_variant, chosen = [], {}, value
+    for variant, spec in reversed(list(options.items())):
+        scale, zp, attrs = qdq_params(graph, name, spec, fresh)
+        q_out = ir.Value(name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]))
+        dq_out = ir.Value(name=fresh(f"{name}_dq"), type=value.type, shape=value.shape)
+        switch = ir.Value(name=fresh(f"switch_{name}"), type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
+        picked = ir.Value(name=fresh(f"{name}_switched"), type=value.type, shape=value.shape)
+        nodes += [
+            ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out]),
+            ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out]),
+            ir.Node("", "Where", [switch, dq_out, chosen], outputs=[picked]),
+        ]
+        graph.inputs.append(switch)
+        by_variant[variant], chosen = switch.name or "", picked
     producer = value.producer()
     if producer is None:
         graph.insert_before(graph.node(0), nodes) if len(graph) else graph.extend(nodes)
@@ -85,7 +108,7 @@ def _insert_switch(graph: ir.Graph, value: ir.Value, spec, fresh: FreshNames) ->
     if was_output:
         graph.outputs[list(graph.outputs).index(value)] = chosen
         value.name, chosen.name = fresh(f"{name}_float"), name
-    return switch.name or "", chosen.name or ""
+    return by_variant, chosen.name or ""
 
 
 @dataclass(frozen=True)
@@ -118,8 +141,10 @@ class Evaluator:
         kinds: Mapping[str, OutputKind],
         budget: Budget,
         where: str = "the search samples",
+        variants: Mapping[str, Mapping[str, QuantSpec]] | None = None,
     ):
-        switchable, self.switches = switchable_model(model, plan)
+        switchable, self.switches = switchable_model(model, plan, variants)
+        self.choice: Mapping[str, str] = {}  # tensor → variant used when it is quantized (default BASE)
         self.where = where
         self.plan, self.groups, self.kinds, self.budget = plan, list(groups), kinds, budget
         self.samples = [{k: v for k, v in s.items() if k != LABELS_KEY} for s in samples]
@@ -135,9 +160,19 @@ class Evaluator:
         """The value readers of `tensor` see: its quantized version when its switch is on."""
         return self.switches[tensor][1] if tensor in self.switches else tensor
 
+    def choosing(self, choice: Mapping[str, str]) -> Evaluator:
+        """This evaluator (same session and reference), quantizing each tensor of `choice` with its variant."""
+        other = copy.copy(self)
+        other.choice = dict(choice)
+        return other
+
     def run(self, on: set[str], probes: Sequence[str] = ()) -> dict[str, list[np.ndarray]]:
         """Model outputs (and the intermediate `probes`) on every sample, with the tensors in `on` quantized."""
-        flags = {switch: np.array(tensor in on) for tensor, (switch, _) in self.switches.items()}
+        flags = {
+            switch: np.array(tensor in on and self.choice.get(tensor, BASE) == variant)
+            for tensor, (by_variant, _) in self.switches.items()
+            for variant, switch in by_variant.items()
+        }
         names = self.outputs + [p for p in probes if p not in self.outputs]
         out: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for sample in self.samples:
@@ -155,7 +190,7 @@ class Evaluator:
         return self.budget.evaluate(ref, got_stacked, self.kinds, self.labels, margin, where=self.where)
 
 
-def _own_sqnr_db(values: list[np.ndarray], spec) -> float:
+def own_sqnr_db(values: list[np.ndarray], spec) -> float:
     """SQNR of a tensor quantized alone with its spec: its own rounding and clipping error."""
     x = np.concatenate([np.asarray(v, np.float32).ravel() for v in values])
     if spec.per_channel or spec.block_size is not None:
@@ -176,7 +211,7 @@ def _candidates(evaluator: Evaluator, plan: QuantPlan) -> list[tuple[str, tuple[
         t: evaluator.reference[evaluator.seen(t)] for t in touching if evaluator.seen(t) in evaluator.reference
     }
     shared = [t for t, around in touching.items() if len(around) > 1 and t in reference]
-    worst = sorted(shared, key=lambda t: (_own_sqnr_db(reference[t], plan.tensors[t]), t))
+    worst = sorted(shared, key=lambda t: (own_sqnr_db(reference[t], plan.tensors[t]), t))
     found += [(f"tensor {t}", tuple(touching[t]), t) for t in worst[:MAX_TENSOR_CANDIDATES]]
     return found
 

@@ -150,8 +150,11 @@ def compile(
         plan: a `QuantPlan` (or the path of a `plan.json`) whose node decisions and tensor
             specs override the policy: pins.
         per_channel: per-channel weight scales where the target supports them (else per tensor).
-        calibrator: `"minmax"`, `"ema"` or `"percentile"` (`qcompile.calibrators`).
-        policy: how precision is chosen per node (`qcompile.passes.select_precision.POLICIES`).
+        calibrator: `"minmax"`, `"ema"`, `"percentile"`, `"mse"` or `"entropy"` (`qcompile.calibrators`);
+            under the selective policy, the one its search starts from (not ema).
+        policy: `"naive"` (int8 wherever the target can), `"hybrid"` (int8 but the most sensitive
+            groups in float, `qcompile.search`) or `"selective"` (also a calibrator per tensor,
+            float only where calibration cannot meet the budget, `qcompile.selective`).
         target_options: options for the target's factory (e.g. `{"reduce_range": True}` for ort-cpu).
         progress: progress bars on stderr; None shows them when stderr is a terminal.
         measure_latency: time both models (1 thread and ORT's default) for the card.

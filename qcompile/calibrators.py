@@ -15,6 +15,10 @@ different workers combine, in chunk order, into one deterministic result.
   range is the (100-p)th and p-th percentile, each within one bin width.
   Two histograms merge exactly: the finer one is coarsened to the other's
   width, then the counts are added on the common window.
+- `mse` and `entropy`: the same histogram, read as the clipping range of least
+  quantization error or of least KL divergence (`qcompile.clip_ranges`).
+  `HistogramStat.range_by(name)` reads any of minmax, percentile, mse and
+  entropy off one histogram: the selective policy's per-tensor choice.
 
 Hand-written because merging is the point: ONNX Runtime's calibrators cannot
 merge statistics computed on different workers in a fixed order, and its
@@ -29,9 +33,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from qcompile.clip_ranges import entropy_range, mse_range
 from qcompile.errors import QCompileError
 
-__all__ = ["check_calibrator", "RangeStat", "MinMaxStat", "EmaMinMaxStat", "HistogramStat", "CALIBRATORS", "make_stat"]
+__all__ = ["check_calibrator", "RangeStat", "MinMaxStat", "EmaMinMaxStat", "HistogramStat", "MseStat", "EntropyStat",
+           "CALIBRATORS", "HISTOGRAM_CALIBRATORS", "make_stat"]  # fmt: skip
 
 
 class RangeStat(Protocol):
@@ -194,9 +200,37 @@ class HistogramStat:
         exact_lo, exact_hi = self.exact.range()
         return max(lo, exact_lo), min(hi, exact_hi)
 
+    def range_by(self, calibrator: str) -> tuple[float, float]:
+        """The range `calibrator` (one of `HISTOGRAM_CALIBRATORS`) reads off this histogram."""
+        if calibrator == "percentile":
+            return HistogramStat.range(self)
+        lo, hi = self.exact.range()
+        if calibrator == "minmax":
+            return lo, hi
+        choose = {"mse": mse_range, "entropy": entropy_range}[calibrator]
+        return choose(self.counts, self.origin, self.width, lo, hi)
 
-_FACTORIES = {"minmax": MinMaxStat, "ema": EmaMinMaxStat, "percentile": HistogramStat}
+
+class MseStat(HistogramStat):
+    """A finer histogram (8192 bins, 64 KiB per tensor): clipping searches need the bulk resolved
+    when a rare outlier sets the span."""
+
+    def __init__(self, percentile: float = 99.99, bins: int = 8192) -> None:
+        super().__init__(percentile, bins)
+
+    def range(self) -> tuple[float, float]:
+        return self.range_by("mse")
+
+
+class EntropyStat(MseStat):
+    def range(self) -> tuple[float, float]:
+        return self.range_by("entropy")
+
+
+_FACTORIES = {"minmax": MinMaxStat, "ema": EmaMinMaxStat, "percentile": HistogramStat, "mse": MseStat,
+              "entropy": EntropyStat}  # fmt: skip
 CALIBRATORS = tuple(_FACTORIES)
+HISTOGRAM_CALIBRATORS = ("minmax", "percentile", "mse", "entropy")  # all read off one HistogramStat
 
 
 def check_calibrator(calibrator: str) -> None:

@@ -77,15 +77,25 @@ def _search_lines(search: dict | None) -> list[str]:
     bound = (
         f"≥ {search['bound']['floor']:g}" if "floor" in search["bound"] else f"drop ≤ {search['bound']['max_drop']:g}"
     )
+    where = "samples set aside from calibration" if search.get("unseen") else "calibration samples"
     lines = [
-        "## Precision search (hybrid)",
+        f"## Precision search ({search.get('policy', 'hybrid')})",
         "",
         f"Budget {search['metric']} {bound}, kept with a margin of {search['margin']:g} on {search['search_samples']} "
-        f"calibration samples: all int8 gives {_fmt(search['all_int8'], 3)}; with {len(search['float_groups'])} "
+        f"{where}: all int8 gives {_fmt(search['all_int8'], 3)}; with {len(search['float_groups'])} "
         f"group(s) in float, {_fmt(search['chosen'], 3)} ({'met' if search['met'] else '**not met**'}; "
         f"{search['evaluations']} evaluations).",
         "",
     ]
+    if search.get("calibrator"):
+        own = search.get("calibrators") or {}
+        lines += [
+            f"Calibrator **{search['calibrator']}** for every tensor"
+            + (f" but {len(own)}: " + ", ".join(f"{t} ({c})" for t, c in list(own.items())[:8]) if own else "")
+            + ("…" if len(own) > 8 else "")
+            + ".",
+            "",
+        ]
     if not search["table"]:
         return [*lines, "Nothing ranked: the budget holds with every group in int8.", ""]
     lines += [

@@ -105,7 +105,7 @@ def _add_budget_options(c: argparse.ArgumentParser) -> None:
         "--margin",
         type=float,
         default=None,
-        help="what --policy hybrid keeps above the budget on its search samples (default 1 dB / 0.01)",
+        help="what --policy hybrid or selective keeps above the budget on its search samples (default 1 dB / 0.01)",
     )
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from qcompile.budget import Budget
-from qcompile.calibrators import check_calibrator
+from qcompile.calibrators import HISTOGRAM_CALIBRATORS, check_calibrator
 from qcompile.errors import QCompileError
 from qcompile.passes.select_precision import check_policy
 from qcompile.plan import QuantPlan
@@ -39,9 +39,14 @@ class CompileConfig:
     def __post_init__(self) -> None:
         check_calibrator(self.calibrator)
         check_policy(self.policy)
+        if self.policy == "selective" and self.calibrator not in HISTOGRAM_CALIBRATORS:
+            raise QCompileError(
+                f"the selective policy chooses among the calibrators {', '.join(HISTOGRAM_CALIBRATORS)}; "
+                f"{self.calibrator!r} is not one of them"
+            )
         if self.margin is not None:
-            if self.policy != "hybrid":
-                raise QCompileError(f"a margin only applies to the search of --policy hybrid, not {self.policy}")
+            if self.policy == "naive":
+                raise QCompileError("a margin only applies to the search of --policy hybrid or selective, not naive")
             if not math.isfinite(self.margin) or self.margin < 0:
                 raise QCompileError(f"the margin must be a finite number ≥ 0, got {self.margin}")
 

@@ -11,7 +11,7 @@ CheckLegality        read-only pass: the target's rules, before anything is writ
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -26,15 +26,16 @@ from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.passes.select_precision import select_precision
 from qcompile.pipeline import run_passes
-from qcompile.plan import QuantPlan
+from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.prepare import Prepared
 from qcompile.runtime import SessionSource
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
+from qcompile.selective import selective_search
 from qcompile.targets.legality import CheckLegality
 
 __all__ = ["Quantized", "quantize", "SEARCH_SAMPLES"]
 
-SEARCH_SAMPLES = 8  # calibration samples the precision search evaluates on
+SEARCH_SAMPLES = 8  # calibration samples the precision search evaluates on (set aside from calibration)
 
 
 @dataclass(frozen=True)
@@ -46,35 +47,53 @@ class Quantized:
     calibration: CalibrationResult
     session: SessionSource
     scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # holds spilled weights
-    search: SearchReport | None = None  # the hybrid policy's search
+    search: SearchReport | None = None  # the hybrid or selective policy's search
 
 
 def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfig) -> Quantized:
     """Quantize `prepared.model` in place for `config.target`, calibrating on `samples`."""
     model, target = prepared.model, config.target
-    kept = _FirstSamples(samples, SEARCH_SAMPLES)
-    calib = calibrate(
-        model,
-        kept,
-        calibrator=config.calibrator,
-        progress=config.progress_bar("calibrate"),
-        executor=config.executor,
-    )
+    kept = _SearchSplit(samples, SEARCH_SAMPLES if config.policy != "naive" else 0)
+
+    def calibrated(data: Iterable[Sample]) -> CalibrationResult:
+        return calibrate(
+            model,
+            data,
+            calibrator=config.calibrator,
+            progress=config.progress_bar("calibrate"),
+            executor=config.executor,
+            alternatives=config.policy == "selective",
+        )
+
+    calib = calibrated(kept)
+    if kept.too_few:  # nothing to spare: calibrate on every sample, the search's too
+        calib = calibrated(kept.samples + kept.rest)
     run_passes(ApplyObservedShapes(calib), model)
     decisions = select_precision(model, target, config.policy, config.plan)
-    specs = assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)
+
+    def assign(calib: CalibrationResult, decisions: Mapping[str, NodeDecision]) -> QuantPlan:
+        return assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)
+
+    specs = assign(calib, decisions)
     search = None
-    if config.policy == "hybrid":
+    if config.policy != "naive":
         budget = config.budget or DEFAULT_BUDGET
         margin = default_margin(budget) if config.margin is None else config.margin
         pins = set(config.plan.nodes) if config.plan else set()
-        decisions, search = hybrid_search(
-            model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, config.progress_bar("search")
-        )
-        specs = assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)
+        bar = config.progress_bar("search")
+        if config.policy == "hybrid":
+            decisions, search = hybrid_search(
+                model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar
+            )
+        else:
+            decisions, calib, search = selective_search(
+                model, calib, decisions, target, kept.samples, prepared.kinds, budget, margin, assign, pins, bar
+            )
+        search.unseen = not kept.too_few
+        specs = assign(calib, decisions)
     meta = {
         "target": target.name,
-        "calibrator": config.calibrator,
+        "calibrator": calib.calibrator,
         "policy": config.policy,
         **specs.meta,
         "opset": onnx_opset(model),
@@ -90,18 +109,31 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     return Quantized(model, plan, calib, session, scratch, search)
 
 
-class _FirstSamples:
-    """Iterates `samples` once, keeping the first `count` of them (the precision search's samples)."""
+class _SearchSplit:
+    """Sets the first `count` samples aside for the precision search and yields the others, to
+    calibrate on: the search then judges ranges on data calibration did not see, as the held-out
+    check will.  With fewer than 2·`count` samples in all there is too little to spare
+    (`too_few`): `samples` + `rest` are then every sample, to calibrate on them all."""
 
     def __init__(self, samples: Iterable[Sample], count: int):
         self._samples, self.count = samples, count
-        self.samples: list[Sample] = []
+        self.samples: list[Sample] = []  # the search's
+        self.rest: list[Sample] = []  # the first `count` of the others
+        self.calibrated = 0
 
     def __iter__(self) -> Iterator[Sample]:
         for sample in self._samples:
             if len(self.samples) < self.count:
                 self.samples.append(sample)
+                continue
+            if len(self.rest) < self.count:
+                self.rest.append(sample)
+            self.calibrated += 1
             yield sample
+
+    @property
+    def too_few(self) -> bool:
+        return 0 < self.count and self.calibrated < self.count
 
 
 def _spill_weights(model: ir.Model) -> tempfile.TemporaryDirectory | None:

@@ -35,7 +35,7 @@ from qcompile.passes.sensitivity import Evaluator, Sensitivity, rank_groups
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.targets.base import Target
 
-__all__ = ["DEFAULT_BUDGET", "SearchReport", "hybrid_search", "default_margin"]
+__all__ = ["DEFAULT_BUDGET", "SearchReport", "hybrid_search", "default_margin", "float_search", "FloatSearch"]
 
 DEFAULT_BUDGET = Budget(parse_metric("fidelity"), floor=20.0)
 _DB_METRICS = ("fidelity", "sqnr")
@@ -62,6 +62,10 @@ class SearchReport:
     float_groups: list[str] = field(default_factory=list)
     evaluations: int = 0
     table: list[Sensitivity] = field(default_factory=list)
+    policy: str = "hybrid"
+    unseen: bool = False  # the search samples were set aside from calibration
+    calibrator: str | None = None  # selective: the calibrator of every tensor not listed below
+    calibrators: dict[str, str] = field(default_factory=dict)  # selective: tensor → its own calibrator
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)
@@ -84,34 +88,65 @@ def hybrid_search(
 
     Groups with a pinned node are measured as the pin has them but are never candidates."""
     groups = quant_groups(model, plan, target)
-    fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
     evaluator = Evaluator(model, plan, groups, samples, kinds, budget, where="the calibration data")
+    found = float_search(evaluator, pinned, margin, progress)
+    report = found.report(budget, margin, len(samples), "hybrid")
+    return found.decisions(plan, "hybrid"), report
+
+
+@dataclass
+class FloatSearch:
+    """What `float_search` found: the ranking, the groups kept float and the metric with them."""
+
+    groups: list[QuantGroup]
+    fixed: set[str]
+    all_int8: float
+    table: list[Sensitivity]
+    chosen: list[Sensitivity]
+    result: Any
+    evaluations: int
+    metric: str
+
+    @property
+    def float_macs(self) -> int:
+        floats = _floats(self.chosen)
+        return sum(g.macs for g in self.groups if g.name in floats)
+
+    def report(self, budget: Budget, margin: float, samples: int, policy: str) -> SearchReport:
+        bound = {"floor": budget.floor} if budget.floor is not None else {"max_drop": budget.max_drop}
+        return SearchReport(
+            budget.metric.name,
+            bound,
+            margin,
+            samples,
+            self.all_int8,
+            self.result.value,
+            self.result.met,
+            sorted(_floats(self.chosen)),
+            self.evaluations,
+            self.table,
+            policy,
+        )
+
+    def decisions(self, plan: QuantPlan, policy: str) -> dict[str, NodeDecision]:
+        free = [g for g in self.groups if g.name not in self.fixed]
+        return _decisions(plan, free, self.table, _floats(self.chosen), self.metric, policy)
+
+
+def float_search(
+    evaluator: Evaluator, pinned: frozenset[str] | set[str], margin: float, progress: Callable | None = None
+) -> FloatSearch:
+    """Rank `evaluator`'s groups (unless all int8 already meets the budget with `margin`), then
+    keep the fewest in float that meet it (see the module docstring)."""
+    fixed = {g.name for g in evaluator.groups if pinned.intersection(g.nodes)}
+    metric = evaluator.budget.metric.name
     everything = evaluator.score(set(), margin)
-    table: list[Sensitivity] = []
-    chosen: list[Sensitivity] = []
     if everything.met:  # every group int8 keeps the budget with its margin: nothing to rank
-        all_int8, result, evaluations = everything.value, everything, 1
-    else:
-        all_int8, table = rank_groups(evaluator, progress, exclude=fixed)
-        chosen, result, evaluations = _greedy(evaluator, table, margin)
-        evaluations += 2 * len(table) + 2
-    bound = {"floor": budget.floor} if budget.floor is not None else {"max_drop": budget.max_drop}
-    float_groups = sorted(_floats(chosen))
-    report = SearchReport(
-        budget.metric.name,
-        bound,
-        margin,
-        len(samples),
-        all_int8,
-        result.value,
-        result.met,
-        float_groups,
-        evaluations,
-        table,
-    )
-    return _decisions(
-        plan, [g for g in groups if g.name not in fixed], table, set(float_groups), budget.metric.name
-    ), report
+        return FloatSearch(evaluator.groups, fixed, everything.value, [], [], everything, 1, metric)
+    all_int8, table = rank_groups(evaluator, progress, exclude=fixed)
+    chosen, result, evaluations = _greedy(evaluator, table, margin)
+    evaluations += 2 * len(table) + 2
+    return FloatSearch(evaluator.groups, fixed, all_int8, table, chosen, result, evaluations, metric)
 
 
 def _floats(picks: Sequence[Sensitivity]) -> set[str]:
@@ -143,7 +178,7 @@ def _greedy(evaluator: Evaluator, table: list[Sensitivity], margin: float) -> tu
 
 
 def _decisions(
-    plan: QuantPlan, groups: list[QuantGroup], table: list[Sensitivity], floats: set[str], metric: str
+    plan: QuantPlan, groups: list[QuantGroup], table: list[Sensitivity], floats: set[str], metric: str, policy: str
 ) -> dict[str, NodeDecision]:
     rank: dict[str, tuple[int, float]] = {}
     for i, s in enumerate(table):  # a group's rank: its best candidate's
@@ -153,14 +188,16 @@ def _decisions(
     for group in groups:
         if not table:  # nothing was ranked: every group int8 keeps the budget
             for node in group.nodes:
-                decisions[node] = NodeDecision(plan.nodes[node].precision, f"hybrid: int8, {metric} met with all int8")
+                decisions[node] = NodeDecision(
+                    plan.nodes[node].precision, f"{policy}: int8, {metric} met with all int8"
+                )
             continue
         k, gain = rank[group.name]
         if group.name in floats:
-            reason = f"hybrid: float, sensitivity rank {k} of {len(table)} ({metric} {gain:+.3g} when float)"
+            reason = f"{policy}: float, sensitivity rank {k} of {len(table)} ({metric} {gain:+.3g} when float)"
             precision = "float"
         else:
-            reason = f"hybrid: int8, sensitivity rank {k} of {len(table)}"
+            reason = f"{policy}: int8, sensitivity rank {k} of {len(table)}"
             precision = plan.nodes[group.nodes[0]].precision
         for node in group.nodes:  # a non-finite score would not be valid JSON
             decisions[node] = NodeDecision(precision, reason, float(gain) if math.isfinite(gain) else None)

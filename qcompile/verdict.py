@@ -19,7 +19,7 @@ SLOWER = 1.1  # int8 slower than float by more than timing noise on a small mode
 __all__ = ["Problem", "problems", "ADVICE", "SLOWER"]
 
 ADVICE = {
-    "collapsed": "keep the sensitive nodes in float: try --policy hybrid",
+    "collapsed": "let a search choose calibrators and float nodes: try --policy selective",
     "nothing": "see which ops the target quantizes: qcompile inspect MODEL",
     "slower": "this CPU's int8 kernels do not pay off for this model",
     "search": "set a lower budget, or expect it to be missed",

@@ -162,4 +162,4 @@ def test_a_hybrid_search_that_cannot_reach_its_budget_exits_1_and_a_stray_margin
     plan = json.loads((tmp_path / "out" / "plan.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert plan["meta"]["search"]["met"] is False
     stray = qc(*args, "--margin", "2", "-o", tmp_path / "stray")
-    assert stray.returncode == 2 and "a margin only applies to the search of --policy hybrid" in stray.stderr
+    assert stray.returncode == 2 and "margin only applies to the search of --policy hybrid or selective" in stray.stderr

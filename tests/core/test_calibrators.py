@@ -64,8 +64,8 @@ def test_constant_tensor_has_a_valid_range():
 
 
 def test_unknown_calibrator():
-    with pytest.raises(ValueError, match="unknown calibrator 'entropy'; known: minmax, ema, percentile"):
-        make_stat("entropy")
+    with pytest.raises(ValueError, match="unknown calibrator 'kl'; known: minmax, ema, percentile, mse, entropy"):
+        make_stat("kl")
     with pytest.raises(ValueError, match="percentile must be in"):
         HistogramStat(30.0)
 

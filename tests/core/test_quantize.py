@@ -54,7 +54,9 @@ def test_config_rejects_unknown_names_before_any_work():
         CompileConfig(get_target("ort-cpu"), calibrator="kl")
     with pytest.raises(QCompileError, match="unknown policy 'clever'; known: naive, hybrid"):
         CompileConfig(get_target("ort-cpu"), policy="clever")
-    with pytest.raises(QCompileError, match="a margin only applies to the search of --policy hybrid"):
+    with pytest.raises(
+        QCompileError, match="margin only applies to the search of --policy hybrid or selective, not naive"
+    ):
         CompileConfig(get_target("ort-cpu"), margin=1.0)
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(QCompileError, match="the margin must be a finite number ≥ 0"):

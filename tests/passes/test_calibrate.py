@@ -72,3 +72,17 @@ def test_unknown_calibrator_rejected_before_running():
 
     with pytest.raises(QCompileError, match="unknown calibrator 'kl'; known: minmax, ema, percentile"):
         calibrate(parse(TEXT), never(), calibrator="kl")
+
+
+def test_alternatives_hold_each_histogram_calibrators_range(rng):
+    xs = [{"x": rng.standard_t(3, size=(1, 4)).astype(np.float32)} for _ in range(40)]
+    both = calibrate(parse(TEXT), xs, calibrator="mse", alternatives=True)
+    assert both.ranges == both.alternatives["mse"]
+    for name in ("minmax", "mse", "entropy"):
+        assert both.alternatives[name] == calibrate(parse(TEXT), xs, calibrator=name).ranges
+    assert set(both.alternatives) == {"minmax", "percentile", "mse", "entropy"}
+
+
+def test_alternatives_need_a_histogram_calibrator(rng):
+    with pytest.raises(QCompileError, match="chooses among the calibrators minmax, percentile, mse, entropy; 'ema'"):
+        calibrate(parse(TEXT), [{"x": np.ones((1, 4), np.float32)}], calibrator="ema", alternatives=True)

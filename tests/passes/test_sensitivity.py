@@ -9,7 +9,7 @@ from qcompile.metrics import OutputKind
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.passes.quant_groups import quant_groups, quantized_tensors_when, weight_macs
-from qcompile.passes.sensitivity import Evaluator, rank_groups, switchable_model
+from qcompile.passes.sensitivity import BASE, Evaluator, rank_groups, switchable_model
 from qcompile.runtime import make_session, run_session
 from qcompile.targets import get_target
 from tests.helpers import copy
@@ -34,8 +34,8 @@ def test_switches_off_is_float_and_on_is_the_fake_quant_model(rng):
     samples = feeds(rng)
     plan, _ = planned(model, samples)
     switchable, switches = switchable_model(model, plan)
-    off = {s: np.array(False) for s, _ in switches.values()}
-    on = {s: np.array(True) for s, _ in switches.values()}
+    off = {s[BASE]: np.array(False) for s, _ in switches.values()}
+    on = {s[BASE]: np.array(True) for s, _ in switches.values()}
     fake = copy(model)
     InsertQDQ(plan)(fake)
     for sample in samples[:3]:

@@ -1,0 +1,148 @@
+"""The selective policy: per tensor a calibrator, per group int8 or float, under the budget,
+with as much of the compute (weight MACs) in the target's integer kernels as it allows.
+
+Calibration keeps one histogram per tensor, so every tensor has four candidate ranges
+(`HISTOGRAM_CALIBRATORS`: min/max, percentile, MSE, entropy) at no extra pass over the data.
+A calibrator choice costs no integer compute; a float group does.  So, on the search samples:
+
+1. one calibrator for every tensor: each is tried, the best metric wins (ties: the
+   `--calibrator` given, then the order above);
+2. per tensor: the `REFINED_TENSORS` activations whose own quantization error (SQNR of the
+   tensor quantized alone, from the cached float activations) differs most between
+   calibrators try each other calibrator end to end; a change is kept when the metric
+   improves;
+3. only if the budget (with its margin) still fails: groups kept in float, ranked and chosen
+   as the hybrid policy does (`qcompile.search.float_search`), on top of those calibrators;
+   if that falls short too, the same float search from the given calibrator alone, and the
+   better of the two wins (met, then fewer float MACs, then the metric): selective never
+   ends below what hybrid finds.
+
+Every trial is one run of a switchable fake-quant model (`qcompile.passes.sensitivity`) whose
+tensors each carry a Q/DQ per distinct candidate spec.  The plan is then assigned again from
+the chosen ranges (a scale tied across a Concat's inputs takes the union of its members'
+chosen ranges) and verification measures the compiled model on held-out data.  The search is
+sequential and its ties are broken by fixed orders: same inputs, same plan.
+
+int16 activations and per-tensor weights are not candidates on ORT CPU: int16 runs there as
+DQ → float op → Q (float compute), and per-channel weights are never less accurate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import onnx_ir as ir
+
+from qcompile.budget import Budget
+from qcompile.calibrators import HISTOGRAM_CALIBRATORS
+from qcompile.data import Sample
+from qcompile.metrics import OutputKind
+from qcompile.passes.calibrate import CalibrationResult
+from qcompile.passes.quant_groups import quant_groups
+from qcompile.passes.sensitivity import BASE, Evaluator, own_sqnr_db
+from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
+from qcompile.search import FloatSearch, SearchReport, float_search
+from qcompile.targets.base import Target
+
+__all__ = ["selective_search", "REFINED_TENSORS"]
+
+REFINED_TENSORS = 16
+
+
+def _variants(plans: Mapping[str, QuantPlan], base: str) -> dict[str, dict[str, QuantSpec]]:
+    """Per activation tensor of the `base` plan, the specs the other calibrators give it, where different."""
+    found: dict[str, dict[str, QuantSpec]] = {}
+    for tensor, spec in plans[base].tensors.items():
+        if spec.is_float or spec.per_channel or spec.dtype == "int32":
+            continue
+        for name, plan in plans.items():
+            other = plan.tensors.get(tensor)
+            if name != base and other is not None and other != spec:
+                found.setdefault(tensor, {})[name] = other
+    return found
+
+
+def _order(base: str) -> list[str]:
+    return [base, *(c for c in HISTOGRAM_CALIBRATORS if c != base)]
+
+
+def selective_search(
+    model: ir.Model,
+    calib: CalibrationResult,
+    decisions: Mapping[str, NodeDecision],
+    target: Target,
+    samples: Sequence[Sample],
+    kinds: dict[str, OutputKind],
+    budget: Budget,
+    margin: float,
+    assign: Callable[[CalibrationResult, Mapping[str, NodeDecision]], QuantPlan],
+    pinned: frozenset[str] | set[str] = frozenset(),
+    progress: Callable | None = None,
+) -> tuple[dict[str, NodeDecision], CalibrationResult, SearchReport]:
+    """Node decisions, the calibration with each tensor's chosen range, and the search's report.
+
+    `assign(calib, decisions)` is `assign_specs` with the compile's options."""
+    base = calib.calibrator
+    plans = {c: assign(_using(calib, {c: calib.alternatives[c]}, c), decisions) for c in _order(base)}
+    variants = _variants(plans, base)
+    groups = quant_groups(model, plans[base], target)
+    evaluator = Evaluator(model, plans[base], groups, samples, kinds, budget, "the calibration data", variants)
+    uniform = {c: {t: c for t, v in variants.items() if c in v} for c in _order(base)}
+    scores = {c: evaluator.choosing(choice).score(set(), margin) for c, choice in uniform.items()}
+    best = max(_order(base), key=lambda c: (scores[c].value, -_order(base).index(c)))
+    choice, result, evaluations = dict(uniform[best]), scores[best], len(scores)
+    if not result.met:
+        choice, result, tried = _refine(evaluator, variants, choice, result, margin)
+        evaluations += tried
+    found = float_search(evaluator.choosing(choice), pinned, margin, progress)
+    if not found.result.met and choice:  # short of the budget: the float search from the given calibrator too
+        plain = float_search(evaluator, pinned, margin, progress)
+        evaluations += found.evaluations
+        if _rank(plain) > _rank(found):
+            found, choice, best = plain, {}, base
+        else:
+            evaluations += plain.evaluations - found.evaluations
+    # BASE ("") is the given calibrator; a tensor without a `best` variant has the same spec under both
+    chosen = {t: base if choice.get(t) == BASE else choice.get(t, best) for t in variants}
+    report = found.report(budget, margin, len(samples), "selective")
+    report.evaluations += evaluations
+    report.calibrator = best
+    report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
+    ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
+    return found.decisions(plans[base], "selective"), _using(calib, {best: ranges}, best), report
+
+
+def _rank(found: FloatSearch) -> tuple:
+    """Met first, then the fewest weight MACs in float, then the metric."""
+    return found.result.met, -found.float_macs, found.result.value
+
+
+def _using(calib: CalibrationResult, ranges: Mapping[str, Mapping[str, tuple]], name: str) -> CalibrationResult:
+    return replace(calib, calibrator=name, ranges=dict(ranges[name]))
+
+
+def _refine(evaluator: Evaluator, variants: dict[str, dict[str, QuantSpec]], choice: dict[str, str], result, margin):
+    """Per tensor, the other calibrators end to end, for the tensors whose own error varies most."""
+    spread = {}
+    for tensor, options in variants.items():
+        seen = evaluator.seen(tensor)
+        if seen not in evaluator.reference:
+            continue
+        values = evaluator.reference[seen]
+        own = {c: own_sqnr_db(values, spec) for c, spec in options.items()}
+        own[BASE] = own_sqnr_db(values, evaluator.plan.tensors[tensor])
+        current = own.get(choice.get(tensor, BASE), own[BASE])
+        spread[tensor] = max(own.values()) - current
+    tensors = sorted((t for t in spread if spread[t] > 0), key=lambda t: (-spread[t], t))[:REFINED_TENSORS]
+    tried = 0
+    for tensor in tensors:
+        for option in [BASE, *variants[tensor]]:
+            if option == choice.get(tensor, BASE) or result.met:
+                continue
+            trial_choice = {**choice, tensor: option}
+            trial = evaluator.choosing(trial_choice).score(set(), margin)
+            tried += 1
+            if trial.value > result.value:
+                choice, result = trial_choice, trial
+    return choice, result, tried
