@@ -159,7 +159,8 @@ def compile(
         progress: progress bars on stderr; None shows them when stderr is a terminal.
         measure_latency: time both models (1 thread and ORT's default) for the card.
         executor: any `concurrent.futures.Executor` (process pool, a Dask client's
-            `get_executor()`) to calibrate on; the output is the same byte for byte.
+            `get_executor()`) to calibrate on and to rank the precision search's candidates on;
+            the output is the same byte for byte.
         canonicalize: rewrite the float graph into its canonical form first (layout Transposes
             cancelled, affine chains and BatchNorm folded into Conv/Gemm, decomposed activations
             as single ops; see `qcompile.prepare`).  Off, only the clean-up passes run.

@@ -62,7 +62,11 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calibrator", default="minmax", choices=CALIBRATORS)
     c.add_argument("--policy", default="naive", choices=POLICIES)
     c.add_argument(
-        "--jobs", type=int, default=1, metavar="N", help="calibrate in N worker processes (same output as N=1)"
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="calibrate, and rank the precision search's candidates, in N worker processes (same output as N=1)",
     )
     _add_budget_options(c)
     c.add_argument("--no-latency", action="store_true", help="skip the latency measurement")

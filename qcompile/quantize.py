@@ -83,11 +83,22 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         bar = config.progress_bar("search")
         if config.policy == "hybrid":
             decisions, search = hybrid_search(
-                model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar
+                model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar, config.executor
             )
         else:
             decisions, calib, search = selective_search(
-                model, calib, decisions, target, kept.samples, prepared.kinds, budget, margin, assign, pins, bar
+                model,
+                calib,
+                decisions,
+                target,
+                kept.samples,
+                prepared.kinds,
+                budget,
+                margin,
+                assign,
+                pins,
+                bar,
+                config.executor,
             )
         search.unseen = not kept.too_few
         specs = assign(calib, decisions)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +32,8 @@ from qcompile.budget import Budget, parse_metric
 from qcompile.data import Sample
 from qcompile.metrics import OutputKind
 from qcompile.passes.quant_groups import QuantGroup, quant_groups
-from qcompile.passes.sensitivity import Evaluator, Sensitivity, rank_groups
+from qcompile.passes.sensitivity import Sensitivity, rank_groups
+from qcompile.passes.switchable import Evaluator
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.targets.base import Target
 
@@ -83,12 +85,14 @@ def hybrid_search(
     margin: float,
     pinned: frozenset[str] | set[str] = frozenset(),
     progress: Callable | None = None,
+    executor: Executor | None = None,
 ) -> tuple[dict[str, NodeDecision], SearchReport]:
     """Node decisions for `plan`'s model under `budget`, and how the search got there.
 
-    Groups with a pinned node are measured as the pin has them but are never candidates."""
+    Groups with a pinned node are measured as the pin has them but are never candidates; the
+    ranking's runs go to `executor` when given (same decisions whatever the executor)."""
     groups = quant_groups(model, plan, target)
-    evaluator = Evaluator(model, plan, groups, samples, kinds, budget, where="the calibration data")
+    evaluator = Evaluator(model, plan, groups, samples, kinds, budget, "the calibration data", executor=executor)
     found = float_search(evaluator, pinned, margin, progress)
     report = found.report(budget, margin, len(samples), "hybrid")
     return found.decisions(plan, "hybrid"), report

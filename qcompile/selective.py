@@ -30,6 +30,7 @@ DQ → float op → Q (float compute), and per-channel weights are never less ac
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import replace
 
 import onnx_ir as ir
@@ -40,7 +41,8 @@ from qcompile.data import Sample
 from qcompile.metrics import OutputKind
 from qcompile.passes.calibrate import CalibrationResult
 from qcompile.passes.quant_groups import quant_groups
-from qcompile.passes.sensitivity import BASE, Evaluator, own_sqnr_db
+from qcompile.passes.sensitivity import own_sqnr_db
+from qcompile.passes.switchable import BASE, Evaluator
 from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
 from qcompile.search import FloatSearch, SearchReport, float_search
 from qcompile.targets.base import Target
@@ -79,6 +81,7 @@ def selective_search(
     assign: Callable[[CalibrationResult, Mapping[str, NodeDecision]], QuantPlan],
     pinned: frozenset[str] | set[str] = frozenset(),
     progress: Callable | None = None,
+    executor: Executor | None = None,
 ) -> tuple[dict[str, NodeDecision], CalibrationResult, SearchReport]:
     """Node decisions, the calibration with each tensor's chosen range, and the search's report.
 
@@ -87,7 +90,9 @@ def selective_search(
     plans = {c: assign(_using(calib, {c: calib.alternatives[c]}, c), decisions) for c in _order(base)}
     variants = _variants(plans, base)
     groups = quant_groups(model, plans[base], target)
-    evaluator = Evaluator(model, plans[base], groups, samples, kinds, budget, "the calibration data", variants)
+    evaluator = Evaluator(
+        model, plans[base], groups, samples, kinds, budget, "the calibration data", variants, executor
+    )
     uniform = {c: {t: c for t, v in variants.items() if c in v} for c in _order(base)}
     scores = {c: evaluator.choosing(choice).score(set(), margin) for c, choice in uniform.items()}
     best = max(_order(base), key=lambda c: (scores[c].value, -_order(base).index(c)))

@@ -1,4 +1,4 @@
-"""Quantization groups, the switchable fake-quant model and the sensitivity ranking."""
+"""Quantization groups and the sensitivity ranking."""
 
 import numpy as np
 import onnx_ir as ir
@@ -7,12 +7,10 @@ from onnx import TensorProto, helper, numpy_helper
 from qcompile.budget import Budget, parse_metric
 from qcompile.metrics import OutputKind
 from qcompile.passes.infer_shapes import InferShapes
-from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.passes.quant_groups import quant_groups, quantized_tensors_when, weight_macs
-from qcompile.passes.sensitivity import BASE, Evaluator, rank_groups, switchable_model
-from qcompile.runtime import make_session, run_session
+from qcompile.passes.sensitivity import rank_groups
+from qcompile.passes.switchable import Evaluator
 from qcompile.targets import get_target
-from tests.helpers import copy
 from tests.support.quant_models import conv_model, feeds, planned
 
 
@@ -27,29 +25,6 @@ def test_groups_fuse_activations_and_count_macs(rng):
     # the pool's tensors stay quantized while its int8 neighbours need them
     everything = quantized_tensors_when(groups.values(), set())
     assert quantized_tensors_when(groups.values(), {"pool"}) == everything
-
-
-def test_switches_off_is_float_and_on_is_the_fake_quant_model(rng):
-    model = conv_model(rng)
-    samples = feeds(rng)
-    plan, _ = planned(model, samples)
-    switchable, switches = switchable_model(model, plan)
-    off = {s[BASE]: np.array(False) for s, _ in switches.values()}
-    on = {s[BASE]: np.array(True) for s, _ in switches.values()}
-    fake = copy(model)
-    InsertQDQ(plan)(fake)
-    for sample in samples[:3]:
-        # Q/DQ simulated in float on both sides (optimized, ORT would run the fake model's integer kernels)
-        want_float, want_quant = (
-            run_session(make_session(model), sample),
-            run_session(make_session(fake, optimize=False), sample),
-        )
-        got_off = run_session(make_session(switchable), {**sample, **off})
-        got_on = run_session(make_session(switchable, optimize=False), {**sample, **on})
-        for name in ("y", "s"):
-            np.testing.assert_allclose(got_off[name], want_float[name], rtol=1e-6, atol=1e-6)
-            # float noise can tip a value across a rounding boundary: at most one step apart
-            np.testing.assert_allclose(got_on[name], want_quant[name], atol=1.01 * plan.tensors[name].scale[0])
 
 
 def planted_chain(rng, width=16):

@@ -59,3 +59,31 @@ def test_cli_jobs_option_gives_identical_files(tmp_path, capsys):
     assert main([*args, "--jobs", "2", "-o", str(tmp_path / "two")]) == 0
     for name in ("digits_cnn.ort-cpu.onnx", "plan.json"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["hybrid", "selective"])
+def test_the_precision_search_makes_the_same_plan_on_every_executor(policy):
+    import numpy as np
+
+    from tests.passes.test_sensitivity import planted_chain
+
+    def plan(kind: str) -> str:
+        rng = np.random.default_rng(11)
+        data = [{"x": np.abs(rng.normal(size=(1, 16))).astype(np.float32)} for _ in range(24)]
+        with _executor(kind) as executor:
+            result = qcompile.compile(
+                planted_chain(np.random.default_rng(1234)),
+                calibration=data,
+                policy=policy,
+                metric="sqnr",
+                floor=30,
+                measure_latency=False,
+                executor=executor,
+            )
+        assert result.card["search"]["table"], "the ranking ran"
+        return result.plan.to_json()
+
+    serial = plan("serial")
+    for kind in ("processes", "dask"):
+        assert plan(kind) == serial, kind

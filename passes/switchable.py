@@ -1,0 +1,202 @@
+"""A switchable fake-quant copy of the float graph, and the evaluator that runs it.
+
+Each quantized tensor t is read through Where(on_t, DequantizeLinear(QuantizeLinear(t)), t),
+with on_t a boolean graph input; a tensor may carry several specs (a calibrator's each), each
+behind its own switch, chained.  A configuration (which tensors are quantized, with which
+spec) is one run with the switches set; nothing is rebuilt, so hundreds of candidates cost
+hundreds of inference passes on the search samples.
+
+Runs are independent: `Evaluator.run_many` sends batches of configurations to any
+`concurrent.futures.Executor` (process pool, Dask); workers open the model from a file once and
+run with one intra-op thread, as the evaluator's own session does, so every executor computes
+the same floats and the search makes the same choices.
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Executor, Future
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import TopologicalSortPass
+
+from qcompile.budget import Budget, BudgetResult, stacked
+from qcompile.data import LABELS_KEY, Sample
+from qcompile.ir_utils import FreshNames, values_by_name
+from qcompile.metrics import OutputKind
+from qcompile.passes.insert_qdq import qdq_params
+from qcompile.passes.quant_groups import QuantGroup, quantized_tensors_when
+from qcompile.plan import QuantPlan, QuantSpec
+from qcompile.runtime import SessionSource, make_session, run_session
+
+__all__ = ["switchable_model", "Switches", "BASE", "Evaluator", "run_batch", "SEARCH_THREADS", "BATCH"]
+
+SEARCH_THREADS = 1
+BATCH = 4  # configurations per task
+MAX_IN_FLIGHT = 4
+_SESSIONS: dict[SessionSource, Any] = {}
+
+
+Switches = dict[str, tuple[dict[str, str], str]]  # tensor → ({variant: its switch input}, the value readers see)
+BASE = ""  # the variant of the plan's own spec
+
+
+def switchable_model(
+    model: ir.Model, plan: QuantPlan, variants: Mapping[str, Mapping[str, QuantSpec]] | None = None
+) -> tuple[ir.Model, Switches]:
+    """A copy of float `model` whose quantized tensors each read through switches, one per variant:
+    the plan's spec (`BASE`) and any other spec `variants` names for the tensor (a calibrator's)."""
+    switchable = ir.from_proto(ir.to_proto(model))
+    graph = switchable.graph
+    values, fresh = values_by_name(graph), FreshNames(graph)
+    switches = {}
+    for name, spec in sorted(plan.quantized_tensors().items()):
+        value = values.get(name)
+        if spec.dtype == "int32" or value is None or not spec.is_resolved:
+            continue
+        options = {BASE: spec, **dict(sorted((variants or {}).get(name, {}).items()))}
+        switches[name] = _insert_switches(graph, value, options, fresh)
+    TopologicalSortPass()(switchable)
+    return switchable, switches
+
+
+def _insert_switches(
+    graph: ir.Graph, value: ir.Value, options: Mapping[str, QuantSpec], fresh: FreshNames
+) -> tuple[dict[str, str], str]:
+    """value → Where(on_1, QDQ_1(value), Where(on_2, QDQ_2(value), ... value)), one switch per option."""
+    name = value.name or ""
+    readers, was_output = list(value.uses()), value.is_graph_output()
+    nodes, by_variant, chosen = [], {}, value
+    for variant, spec in reversed(list(options.items())):
+        scale, zp, attrs = qdq_params(graph, name, spec, fresh)
+        q_out = ir.Value(name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]))
+        dq_out = ir.Value(name=fresh(f"{name}_dq"), type=value.type, shape=value.shape)
+        switch = ir.Value(name=fresh(f"switch_{name}"), type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
+        picked = ir.Value(name=fresh(f"{name}_switched"), type=value.type, shape=value.shape)
+        nodes += [
+            ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out]),
+            ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out]),
+            ir.Node("", "Where", [switch, dq_out, chosen], outputs=[picked]),
+        ]
+        graph.inputs.append(switch)
+        by_variant[variant], chosen = switch.name or "", picked
+    producer = value.producer()
+    if producer is None:
+        graph.insert_before(graph.node(0), nodes) if len(graph) else graph.extend(nodes)
+    else:
+        graph.insert_after(producer, nodes)
+    for use in readers:
+        use.node.replace_input_with(use.idx, chosen)
+    if was_output:
+        graph.outputs[list(graph.outputs).index(value)] = chosen
+        value.name, chosen.name = fresh(f"{name}_float"), name
+    return by_variant, chosen.name or ""
+
+
+class Evaluator:
+    """Runs configurations of the switchable model on the search samples, one session for all."""
+
+    def __init__(
+        self,
+        model: ir.Model,
+        plan: QuantPlan,
+        groups: Sequence[QuantGroup],
+        samples: Sequence[Sample],
+        kinds: Mapping[str, OutputKind],
+        budget: Budget,
+        where: str = "the search samples",
+        variants: Mapping[str, Mapping[str, QuantSpec]] | None = None,
+        executor: Executor | None = None,
+    ):
+        switchable, self.switches = switchable_model(model, plan, variants)
+        self.executor = executor
+        self.choice: Mapping[str, str] = {}  # tensor → variant used when it is quantized (default BASE)
+        self.where = where
+        self.plan, self.groups, self.kinds, self.budget = plan, list(groups), kinds, budget
+        self.samples = [{k: v for k, v in s.items() if k != LABELS_KEY} for s in samples]
+        labels = [np.ravel(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
+        self.labels = np.concatenate(labels) if labels and len(labels) == len(samples) else None
+        self.outputs = [v.name or "" for v in model.graph.outputs]
+        tensors = [g.output for g in self.groups] + [t for g in self.groups for t in g.tensors]
+        self.probes = list(dict.fromkeys(self.seen(t) for t in tensors if t not in model.graph.initializers))
+        self.source = SessionSource.of(switchable, extra_outputs=self.probes)
+        self.session = make_session(self.source, threads=SEARCH_THREADS)
+        self._scratch: tempfile.TemporaryDirectory | None = None
+        self.reference = self.run(on=set(), probes=self.probes)
+
+    def seen(self, tensor: str) -> str:
+        """The value readers of `tensor` see: its quantized version when its switch is on."""
+        return self.switches[tensor][1] if tensor in self.switches else tensor
+
+    def choosing(self, choice: Mapping[str, str]) -> Evaluator:
+        """This evaluator (same session and reference), quantizing each tensor of `choice` with its variant."""
+        other = copy.copy(self)
+        other.choice = dict(choice)
+        return other
+
+    def _flags(self, on: set[str]) -> dict[str, np.ndarray]:
+        return {
+            switch: np.array(tensor in on and self.choice.get(tensor, BASE) == variant)
+            for tensor, (by_variant, _) in self.switches.items()
+            for variant, switch in by_variant.items()
+        }
+
+    def _names(self, probes: Sequence[str]) -> list[str]:
+        return self.outputs + [p for p in probes if p not in self.outputs]
+
+    def run(self, on: set[str], probes: Sequence[str] = ()) -> dict[str, list[np.ndarray]]:
+        """Model outputs (and the intermediate `probes`) on every sample, with the tensors in `on` quantized."""
+        return _run(self.session, self.samples, self._flags(on), self._names(probes))
+
+    def run_many(self, configs: Sequence[tuple[set[str], Sequence[str]]]) -> Iterator[dict[str, list[np.ndarray]]]:
+        """`run(on, probes)` for each configuration, in order; on the executor (batches of
+        `BATCH` configurations, at most two batches per worker in flight) when there is one."""
+        if self.executor is None:
+            for on, probes in configs:
+                yield self.run(on, probes)
+            return
+        if self._scratch is None:  # workers open the model from a file, not from every task
+            self._scratch = tempfile.TemporaryDirectory(prefix="qcompile-search-")
+            self.source = self.source.spill(self._scratch.name)
+        tasks = [[(self._flags(on), self._names(probes)) for on, probes in configs[i : i + BATCH]]
+                 for i in range(0, len(configs), BATCH)]  # fmt: skip
+        pending: deque[Future] = deque()
+        for batch in tasks:
+            pending.append(self.executor.submit(run_batch, self.source, self.samples, batch))
+            if len(pending) >= MAX_IN_FLIGHT:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+    def score(self, float_groups: set[str], margin: float = 0.0) -> BudgetResult:
+        """The budget on the model's outputs with `float_groups` in float and every other group in int8."""
+        return self.judge(self.run(quantized_tensors_when(self.groups, float_groups)), margin)
+
+    def judge(self, got: Mapping[str, list[np.ndarray]], margin: float = 0.0) -> BudgetResult:
+        ref = {n: stacked(self.reference[n]) for n in self.outputs}
+        got_stacked = {n: stacked(got[n]) for n in self.outputs}
+        return self.budget.evaluate(ref, got_stacked, self.kinds, self.labels, margin, where=self.where)
+
+
+def _run(session: Any, samples: Sequence[Sample], flags: Mapping[str, np.ndarray], names: Sequence[str]):
+    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for sample in samples:
+        for name, arr in run_session(session, {**sample, **flags}, names).items():
+            out[name].append(np.asarray(arr))
+    return out
+
+
+def run_batch(
+    source: SessionSource, samples: Sequence[Sample], batch: Sequence[tuple[Mapping[str, np.ndarray], Sequence[str]]]
+) -> list[dict[str, list[np.ndarray]]]:
+    """On a worker: each (switch flags, output names) of `batch` on every sample, on this process's
+    cached session of `source`."""
+    if source not in _SESSIONS:
+        _SESSIONS.clear()  # one switchable model at a time per worker
+        _SESSIONS[source] = make_session(source, threads=SEARCH_THREADS)
+    return [_run(_SESSIONS[source], samples, flags, names) for flags, names in batch]

@@ -1,0 +1,87 @@
+"""The switchable fake-quant model and its evaluator: float with every switch off, the plan's
+fake-quant model with them on, each calibrator's spec behind its own switch, the same runs on an
+executor as in process."""
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import numpy as np
+
+from qcompile.budget import Budget, parse_metric
+from qcompile.metrics import OutputKind
+from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.passes.quant_groups import quant_groups
+from qcompile.passes.switchable import BASE, Evaluator, switchable_model
+from qcompile.plan import QuantPlan
+from qcompile.runtime import make_session, run_session
+from qcompile.targets import get_target
+from tests.helpers import copy
+from tests.support.quant_models import conv_model, feeds, planned
+
+
+def test_switches_off_is_float_and_on_is_the_fake_quant_model(rng):
+    model = conv_model(rng)
+    samples = feeds(rng)
+    plan, _ = planned(model, samples)
+    switchable, switches = switchable_model(model, plan)
+    off = {s[BASE]: np.array(False) for s, _ in switches.values()}
+    on = {s[BASE]: np.array(True) for s, _ in switches.values()}
+    fake = copy(model)
+    InsertQDQ(plan)(fake)
+    for sample in samples[:3]:
+        # Q/DQ simulated in float on both sides (optimized, ORT would run the fake model's integer kernels)
+        want_float, want_quant = (
+            run_session(make_session(model), sample),
+            run_session(make_session(fake, optimize=False), sample),
+        )
+        got_off = run_session(make_session(switchable), {**sample, **off})
+        got_on = run_session(make_session(switchable, optimize=False), {**sample, **on})
+        for name in ("y", "s"):
+            np.testing.assert_allclose(got_off[name], want_float[name], rtol=1e-6, atol=1e-6)
+            # float noise can tip a value across a rounding boundary: at most one step apart
+            np.testing.assert_allclose(got_on[name], want_quant[name], atol=1.01 * plan.tensors[name].scale[0])
+
+
+def _coarser(plan: QuantPlan, factor: float) -> dict:
+    """Every activation spec of `plan` with `factor` times its scale: a second variant per tensor."""
+    return {
+        name: {"coarse": spec.with_params(spec.scale_array() * factor, spec.zero_point_array())}
+        for name, spec in plan.tensors.items()
+        if not spec.per_channel and spec.dtype != "int32"
+    }
+
+
+def test_each_variant_switch_gives_the_fake_quant_model_with_its_spec(rng):
+    model, samples = conv_model(rng), feeds(rng)
+    plan, _ = planned(model, samples)
+    variants = _coarser(plan, 4.0)
+    coarse_plan = replace(plan, tensors={**plan.tensors, **{n: v["coarse"] for n, v in variants.items()}})
+    switchable, switches = switchable_model(model, plan, variants)
+    fake = copy(model)
+    InsertQDQ(coarse_plan)(fake)
+    flags = {}
+    for name, (by_variant, _) in switches.items():
+        for variant, switch in by_variant.items():
+            flags[switch] = np.array(variant == ("coarse" if name in variants else BASE))
+    for sample in samples[:3]:
+        want = run_session(make_session(fake, optimize=False), sample)
+        got = run_session(make_session(switchable, optimize=False), {**sample, **flags})
+        np.testing.assert_allclose(got["y"], want["y"], atol=1.01 * coarse_plan.tensors["y"].scale[0])
+
+
+def test_runs_on_an_executor_equal_runs_in_process(rng):
+    model, samples = conv_model(rng), feeds(rng)
+    plan, _ = planned(model, samples)
+    groups = quant_groups(model, plan, get_target("ort-cpu"))
+    budget, kinds = Budget(parse_metric("sqnr"), floor=30), {"y": OutputKind(), "s": OutputKind()}
+    evaluator = Evaluator(model, plan, groups, samples, kinds, budget)
+    configs = [(set(), []), ({"x"}, evaluator.probes[:2]), (set(plan.tensors), [])] * 3  # 9 runs: several batches
+    local = list(evaluator.run_many(configs))
+    with ThreadPoolExecutor(2) as pool:
+        remote = list(Evaluator(model, plan, groups, samples, kinds, budget, executor=pool).run_many(configs))
+    assert len(remote) == len(local) == len(configs)
+    for a, b in zip(local, remote, strict=True):
+        assert a.keys() == b.keys()
+        for name in a:
+            for x, y in zip(a[name], b[name], strict=True):
+                np.testing.assert_array_equal(x, y)
