@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from qcompile.deadline import Deadline
 from qcompile.passes.quant_groups import QuantGroup, quantized_tensors_when
 from qcompile.passes.switchable import Evaluator
 from qcompile.plan import QuantPlan
@@ -83,10 +84,14 @@ def _candidates(evaluator: Evaluator, plan: QuantPlan) -> list[tuple[str, tuple[
 
 
 def rank_groups(
-    evaluator: Evaluator, progress: Callable | None = None, exclude: frozenset[str] | set[str] = frozenset()
+    evaluator: Evaluator,
+    progress: Callable | None = None,
+    exclude: frozenset[str] | set[str] = frozenset(),
+    deadline: Deadline | None = None,
 ) -> tuple[float, list[Sensitivity]]:
     """The metric with every group quantized, and each candidate's sensitivity, most sensitive first
-    (candidates holding a group named in `exclude` are measured as context only: never listed)."""
+    (candidates holding a group named in `exclude` are measured as context only: never listed).
+    Once `deadline` expires, the candidates not yet measured are left out."""
     all_quantized = evaluator.score(set()).value
     candidates = [c for c in _candidates(evaluator, evaluator.plan) if not exclude.intersection(g.name for g in c[1])]
     configs = []
@@ -96,6 +101,8 @@ def rank_groups(
     runs = evaluator.run_many(configs)
     table = []
     for name, around, probe in (progress or (lambda it: it))(candidates):
+        if deadline is not None and deadline.expired():
+            break
         alone, everything_else = next(runs), next(runs)
         seen = evaluator.seen(probe)
         ref = np.concatenate([a.ravel() for a in evaluator.reference[seen]])

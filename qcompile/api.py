@@ -135,6 +135,7 @@ def compile(
     floor: float | None = None,
     max_drop: float | None = None,
     margin: float | None = None,
+    time_budget: float | None = None,
 ) -> CompileResult:
     """Compile a float ONNX model to int8 for `target`, and verify it against the float model.
 
@@ -173,6 +174,9 @@ def compile(
         max_drop: the task metric may fall at most this far below the float model's value.
         margin: what the precision search keeps in reserve above the budget on its own
             samples, for data it did not see (default: 1 for dB metrics, 0.01 for others).
+        time_budget: seconds the precision search may take; when they run out, the best
+            choice found so far wins and the card says the search was cut (the plan then
+            depends on the machine's speed).
 
     Returns:
         A `CompileResult`: the int8 model (`.model`, `.to_proto()`, `.to_graphsurgeon()`), its
@@ -202,6 +206,7 @@ def compile(
         canonicalize=canonicalize,
         budget=_budget(metric, floor, max_drop),
         margin=margin,
+        time_budget=time_budget,
     )
     prepared = prepare(model, config.target, config.canonicalize)
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))

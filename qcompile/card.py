@@ -87,6 +87,8 @@ def _search_lines(search: dict | None) -> list[str]:
         f"{search['evaluations']} evaluations).",
         "",
     ]
+    if search.get("cut"):
+        lines += ["**The search was cut by its time budget**: the plan is the best choice found by then.", ""]
     if search.get("calibrator"):
         own = search.get("calibrators") or {}
         lines += [

@@ -111,6 +111,13 @@ def _add_budget_options(c: argparse.ArgumentParser) -> None:
         default=None,
         help="what --policy hybrid or selective keeps above the budget on its search samples (default 1 dB / 0.01)",
     )
+    c.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="bound the precision search: when the time runs out, the best choice so far wins",
+    )
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
@@ -139,6 +146,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             floor=args.floor,
             max_drop=args.max_drop,
             margin=args.margin,
+            time_budget=args.time_budget,
         )
     files = result.save(args.output)
     sys.stdout.write(render_markdown(result.card))

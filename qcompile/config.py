@@ -35,6 +35,7 @@ class CompileConfig:
     canonicalize: bool = True
     budget: Budget | None = None
     margin: float | None = None  # kept in reserve by the precision search (qcompile.search.default_margin)
+    time_budget: float | None = None  # seconds the precision search may take
 
     def __post_init__(self) -> None:
         check_calibrator(self.calibrator)
@@ -44,6 +45,11 @@ class CompileConfig:
                 f"the selective policy chooses among the calibrators {', '.join(HISTOGRAM_CALIBRATORS)}; "
                 f"{self.calibrator!r} is not one of them"
             )
+        if self.time_budget is not None:
+            if self.policy == "naive":
+                raise QCompileError("a time budget only applies to the search of --policy hybrid or selective")
+            if not math.isfinite(self.time_budget) or self.time_budget < 0:
+                raise QCompileError(f"the time budget must be a finite number of seconds ≥ 0, got {self.time_budget}")
         if self.margin is not None:
             if self.policy == "naive":
                 raise QCompileError("a margin only applies to the search of --policy hybrid or selective, not naive")

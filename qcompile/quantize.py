@@ -18,6 +18,7 @@ import onnx_ir as ir
 
 from qcompile.config import CompileConfig
 from qcompile.data import Sample
+from qcompile.deadline import Deadline
 from qcompile.ir_utils import onnx_opset
 from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_serialised, weights_nbytes
 from qcompile.passes.assign_specs import assign_specs
@@ -81,9 +82,10 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         margin = default_margin(budget) if config.margin is None else config.margin
         pins = set(config.plan.nodes) if config.plan else set()
         bar = config.progress_bar("search")
+        deadline = Deadline(config.time_budget)
         if config.policy == "hybrid":
             decisions, search = hybrid_search(
-                model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar, config.executor
+                model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar, config.executor, deadline
             )
         else:
             decisions, calib, search = selective_search(
@@ -99,6 +101,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
                 pins,
                 bar,
                 config.executor,
+                deadline,
             )
         search.unseen = not kept.too_few
         specs = assign(calib, decisions)

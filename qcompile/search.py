@@ -30,6 +30,7 @@ import onnx_ir as ir
 
 from qcompile.budget import Budget, parse_metric
 from qcompile.data import Sample
+from qcompile.deadline import Deadline
 from qcompile.metrics import OutputKind
 from qcompile.passes.quant_groups import QuantGroup, quant_groups
 from qcompile.passes.sensitivity import Sensitivity, rank_groups
@@ -66,6 +67,7 @@ class SearchReport:
     table: list[Sensitivity] = field(default_factory=list)
     policy: str = "hybrid"
     unseen: bool = False  # the search samples were set aside from calibration
+    cut: bool = False  # the time budget ran out: the best choice found by then
     calibrator: str | None = None  # selective: the calibrator of every tensor not listed below
     calibrators: dict[str, str] = field(default_factory=dict)  # selective: tensor → its own calibrator
 
@@ -86,6 +88,7 @@ def hybrid_search(
     pinned: frozenset[str] | set[str] = frozenset(),
     progress: Callable | None = None,
     executor: Executor | None = None,
+    deadline: Deadline | None = None,
 ) -> tuple[dict[str, NodeDecision], SearchReport]:
     """Node decisions for `plan`'s model under `budget`, and how the search got there.
 
@@ -93,8 +96,9 @@ def hybrid_search(
     ranking's runs go to `executor` when given (same decisions whatever the executor)."""
     groups = quant_groups(model, plan, target)
     evaluator = Evaluator(model, plan, groups, samples, kinds, budget, "the calibration data", executor=executor)
-    found = float_search(evaluator, pinned, margin, progress)
+    found = float_search(evaluator, pinned, margin, progress, deadline)
     report = found.report(budget, margin, len(samples), "hybrid")
+    report.cut = deadline is not None and deadline.cut
     return found.decisions(plan, "hybrid"), report
 
 
@@ -110,6 +114,7 @@ class FloatSearch:
     result: Any
     evaluations: int
     metric: str
+    cut: bool = False  # the deadline stopped it
 
     @property
     def float_macs(self) -> int:
@@ -134,36 +139,44 @@ class FloatSearch:
 
     def decisions(self, plan: QuantPlan, policy: str) -> dict[str, NodeDecision]:
         free = [g for g in self.groups if g.name not in self.fixed]
-        return _decisions(plan, free, self.table, _floats(self.chosen), self.metric, policy)
+        return _decisions(plan, free, self.table, _floats(self.chosen), self.metric, policy, self.cut)
 
 
 def float_search(
-    evaluator: Evaluator, pinned: frozenset[str] | set[str], margin: float, progress: Callable | None = None
+    evaluator: Evaluator,
+    pinned: frozenset[str] | set[str],
+    margin: float,
+    progress: Callable | None = None,
+    deadline: Deadline | None = None,
 ) -> FloatSearch:
     """Rank `evaluator`'s groups (unless all int8 already meets the budget with `margin`), then
-    keep the fewest in float that meet it (see the module docstring)."""
+    keep the fewest in float that meet it (see the module docstring).  When `deadline` expires,
+    each step stops where it is: the best choice found so far wins."""
+    deadline = deadline or Deadline()
     fixed = {g.name for g in evaluator.groups if pinned.intersection(g.nodes)}
     metric = evaluator.budget.metric.name
     everything = evaluator.score(set(), margin)
     if everything.met:  # every group int8 keeps the budget with its margin: nothing to rank
         return FloatSearch(evaluator.groups, fixed, everything.value, [], [], everything, 1, metric)
-    all_int8, table = rank_groups(evaluator, progress, exclude=fixed)
-    chosen, result, evaluations = _greedy(evaluator, table, margin)
+    all_int8, table = rank_groups(evaluator, progress, exclude=fixed, deadline=deadline)
+    chosen, result, evaluations = _greedy(evaluator, table, margin, deadline)
     evaluations += 2 * len(table) + 2
-    return FloatSearch(evaluator.groups, fixed, all_int8, table, chosen, result, evaluations, metric)
+    return FloatSearch(evaluator.groups, fixed, all_int8, table, chosen, result, evaluations, metric, deadline.cut)
 
 
 def _floats(picks: Sequence[Sensitivity]) -> set[str]:
     return {g for p in picks for g in p.groups}
 
 
-def _greedy(evaluator: Evaluator, table: list[Sensitivity], margin: float) -> tuple[list[Sensitivity], Any, int]:
+def _greedy(
+    evaluator: Evaluator, table: list[Sensitivity], margin: float, deadline: Deadline
+) -> tuple[list[Sensitivity], Any, int]:
     """Candidates in rank order, each kept float unless that makes the metric worse, until the
     budget holds; then each given back to int8, last first, if the budget still holds."""
     chosen: list[Sensitivity] = []
     result, evaluations = evaluator.score(set(), margin), 1
     for entry in table:
-        if result.met:
+        if result.met or deadline.expired():
             break
         if set(entry.groups) <= _floats(chosen):
             continue
@@ -173,6 +186,8 @@ def _greedy(evaluator: Evaluator, table: list[Sensitivity], margin: float) -> tu
             chosen.append(entry)
             result = trial
     for entry in reversed(list(chosen)):  # give back what the budget (or, unmet, the metric) can do without
+        if deadline.expired():
+            break
         trial = evaluator.score(_floats([c for c in chosen if c is not entry]), margin)
         evaluations += 1
         if trial.met if result.met else trial.value >= result.value:
@@ -182,7 +197,13 @@ def _greedy(evaluator: Evaluator, table: list[Sensitivity], margin: float) -> tu
 
 
 def _decisions(
-    plan: QuantPlan, groups: list[QuantGroup], table: list[Sensitivity], floats: set[str], metric: str, policy: str
+    plan: QuantPlan,
+    groups: list[QuantGroup],
+    table: list[Sensitivity],
+    floats: set[str],
+    metric: str,
+    policy: str,
+    cut: bool = False,
 ) -> dict[str, NodeDecision]:
     rank: dict[str, tuple[int, float]] = {}
     for i, s in enumerate(table):  # a group's rank: its best candidate's
@@ -190,11 +211,15 @@ def _decisions(
             rank.setdefault(g, (i + 1, s.gain))
     decisions = dict(plan.nodes)
     for group in groups:
-        if not table:  # nothing was ranked: every group int8 keeps the budget
+        if not table and not cut:  # nothing was ranked: every group int8 keeps the budget
             for node in group.nodes:
                 decisions[node] = NodeDecision(
                     plan.nodes[node].precision, f"{policy}: int8, {metric} met with all int8"
                 )
+            continue
+        if group.name not in rank:  # the time budget ran out before it was measured
+            for node in group.nodes:
+                decisions[node] = NodeDecision(plan.nodes[node].precision, f"{policy}: int8, not ranked in time")
             continue
         k, gain = rank[group.name]
         if group.name in floats:

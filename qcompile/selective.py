@@ -38,6 +38,7 @@ import onnx_ir as ir
 from qcompile.budget import Budget
 from qcompile.calibrators import HISTOGRAM_CALIBRATORS
 from qcompile.data import Sample
+from qcompile.deadline import Deadline
 from qcompile.metrics import OutputKind
 from qcompile.passes.calibrate import CalibrationResult
 from qcompile.passes.quant_groups import quant_groups
@@ -82,11 +83,12 @@ def selective_search(
     pinned: frozenset[str] | set[str] = frozenset(),
     progress: Callable | None = None,
     executor: Executor | None = None,
+    deadline: Deadline | None = None,
 ) -> tuple[dict[str, NodeDecision], CalibrationResult, SearchReport]:
     """Node decisions, the calibration with each tensor's chosen range, and the search's report.
 
     `assign(calib, decisions)` is `assign_specs` with the compile's options."""
-    base = calib.calibrator
+    base, deadline = calib.calibrator, deadline or Deadline()
     plans = {c: assign(_using(calib, {c: calib.alternatives[c]}, c), decisions) for c in _order(base)}
     variants = _variants(plans, base)
     groups = quant_groups(model, plans[base], target)
@@ -98,11 +100,11 @@ def selective_search(
     best = max(_order(base), key=lambda c: (scores[c].value, -_order(base).index(c)))
     choice, result, evaluations = dict(uniform[best]), scores[best], len(scores)
     if not result.met:
-        choice, result, tried = _refine(evaluator, variants, choice, result, margin)
+        choice, result, tried = _refine(evaluator, variants, choice, result, margin, deadline)
         evaluations += tried
-    found = float_search(evaluator.choosing(choice), pinned, margin, progress)
-    if not found.result.met and choice:  # short of the budget: the float search from the given calibrator too
-        plain = float_search(evaluator, pinned, margin, progress)
+    found = float_search(evaluator.choosing(choice), pinned, margin, progress, deadline)
+    if not found.result.met and choice and not deadline.expired():  # the float search from the given calibrator too
+        plain = float_search(evaluator, pinned, margin, progress, deadline)
         evaluations += found.evaluations
         if _rank(plain) > _rank(found):
             found, choice, best = plain, {}, base
@@ -112,7 +114,7 @@ def selective_search(
     chosen = {t: base if choice.get(t) == BASE else choice.get(t, best) for t in variants}
     report = found.report(budget, margin, len(samples), "selective")
     report.evaluations += evaluations
-    report.calibrator = best
+    report.calibrator, report.cut = best, deadline.cut
     report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
     ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
     return found.decisions(plans[base], "selective"), _using(calib, {best: ranges}, best), report
@@ -127,7 +129,14 @@ def _using(calib: CalibrationResult, ranges: Mapping[str, Mapping[str, tuple]], 
     return replace(calib, calibrator=name, ranges=dict(ranges[name]))
 
 
-def _refine(evaluator: Evaluator, variants: dict[str, dict[str, QuantSpec]], choice: dict[str, str], result, margin):
+def _refine(
+    evaluator: Evaluator,
+    variants: dict[str, dict[str, QuantSpec]],
+    choice: dict[str, str],
+    result,
+    margin: float,
+    deadline: Deadline,
+):
     """Per tensor, the other calibrators end to end, for the tensors whose own error varies most."""
     spread = {}
     for tensor, options in variants.items():
@@ -143,7 +152,7 @@ def _refine(evaluator: Evaluator, variants: dict[str, dict[str, QuantSpec]], cho
     tried = 0
     for tensor in tensors:
         for option in [BASE, *variants[tensor]]:
-            if option == choice.get(tensor, BASE) or result.met:
+            if option == choice.get(tensor, BASE) or result.met or deadline.expired():
                 continue
             trial_choice = {**choice, tensor: option}
             trial = evaluator.choosing(trial_choice).score(set(), margin)

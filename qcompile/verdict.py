@@ -23,6 +23,7 @@ ADVICE = {
     "nothing": "see which ops the target quantizes: qcompile inspect MODEL",
     "slower": "this CPU's int8 kernels do not pay off for this model",
     "search": "set a lower budget, or expect it to be missed",
+    "cut": "the plan is the best found in time; a longer --time-budget may find a better one",
 }
 
 
@@ -75,6 +76,8 @@ def problems(card: dict[str, Any], plan: QuantPlan) -> list[Problem]:
             f"margin {search['margin']:.3g} on its samples (best {search['chosen']:.4g})"
         )
         found.append(Problem(short, ADVICE["search"], False))
+    if search and search.get("cut"):
+        found.append(Problem("the precision search was cut by its time budget", ADVICE["cut"], False))
     latency = card.get("latency_ms")
     if latency and latency["quantized"]["1"] > SLOWER * latency["float"]["1"]:
         ratio = latency["quantized"]["1"] / latency["float"]["1"]

@@ -163,3 +163,23 @@ def test_a_hybrid_search_that_cannot_reach_its_budget_exits_1_and_a_stray_margin
     assert plan["meta"]["search"]["met"] is False
     stray = qc(*args, "--margin", "2", "-o", tmp_path / "stray")
     assert stray.returncode == 2 and "margin only applies to the search of --policy hybrid or selective" in stray.stderr
+
+
+@pytest.mark.parametrize("policy", ["hybrid", "selective"])
+def test_a_search_out_of_time_keeps_the_best_so_far_and_says_so(tmp_path, rng, policy):
+    """A time budget of 0 s: the ranking stops before its first candidate, every group stays int8."""
+    import onnx_ir as ir
+
+    from tests.passes.test_sensitivity import planted_chain
+
+    ir.save(planted_chain(rng), tmp_path / "planted.onnx")
+    np.savez(tmp_path / "calib.npz", x=np.abs(rng.normal(size=(24, 1, 16))).astype(np.float32))
+    args = ("compile", tmp_path / "planted.onnx", "--calib", tmp_path / "calib.npz", "--no-latency")
+    cut = qc(*args, "--policy", policy, "--metric", "sqnr", "--floor", "30", "--time-budget", "0", "-o", tmp_path / "o")
+    assert "warning: the precision search was cut by its time budget" in cut.stderr
+    card = json.loads((tmp_path / "o" / "card.json").read_text())
+    assert cut.returncode == (0 if card["budget"]["met"] else 1), cut.stderr  # a cut alone is a warning
+    assert card["search"]["cut"] and card["search"]["table"] == [] and card["search"]["float_groups"] == []
+    assert "**The search was cut by its time budget**" in (tmp_path / "o" / "card.md").read_text()
+    plan = json.loads((tmp_path / "o" / "plan.json").read_text())
+    assert plan["nodes"]["fc_b"]["reason"] == f"{policy}: int8, not ranked in time"

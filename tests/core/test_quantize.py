@@ -61,3 +61,8 @@ def test_config_rejects_unknown_names_before_any_work():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(QCompileError, match="the margin must be a finite number ≥ 0"):
             CompileConfig(get_target("ort-cpu"), policy="hybrid", margin=bad)
+    with pytest.raises(QCompileError, match="a time budget only applies to the search of --policy hybrid or selective"):
+        CompileConfig(get_target("ort-cpu"), time_budget=10.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(QCompileError, match="the time budget must be a finite number of seconds ≥ 0"):
+            CompileConfig(get_target("ort-cpu"), policy="selective", time_budget=bad)
