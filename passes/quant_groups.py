@@ -47,7 +47,8 @@ def _shape(value: ir.Value | None) -> tuple[int, ...] | None:
         return tuple(observed)
     if value.shape is None:
         return None
-    return tuple(d if isinstance(d, int) else 1 for d in value.shape)  # a symbolic (batch) dimension: per item
+    # a symbolic or unknown (-1, as some exporters write it) dimension counts once: per item
+    return tuple(d if isinstance(d, int) and d > 0 else 1 for d in value.shape)
 
 
 def weight_macs(node: ir.Node) -> int:

@@ -98,6 +98,18 @@ def _search_lines(search: dict | None) -> list[str]:
             + ".",
             "",
         ]
+    speed = search.get("speed")
+    if speed and speed["slower"]:
+        lat = speed["latency_ms"]
+        kept = speed["kept_float"]
+        lines += [
+            f"Speed: {len(speed['slower'])} group(s) ran slower in int8 than in float on this CPU "
+            f"({', '.join(list(speed['slower'])[:8])}{'…' if len(speed['slower']) > 8 else ''}); with them in float "
+            f"the model takes {_fmt(lat['with float groups'], 3)} ms against {_fmt(lat['int8'], 3)} ms "
+            f"(float {_fmt(lat['float'], 3)} ms), so they were "
+            + ("**kept in float for speed**." if kept else "left in int8."),
+            "",
+        ]
     if not search["table"]:
         return [*lines, "Nothing ranked: the budget holds with every group in int8.", ""]
     lines += [

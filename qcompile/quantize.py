@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import onnx_ir as ir
 
 from qcompile.config import CompileConfig
-from qcompile.data import Sample
+from qcompile.data import LABELS_KEY, Sample
 from qcompile.deadline import Deadline
 from qcompile.ir_utils import onnx_opset
 from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_serialised, weights_nbytes
@@ -32,6 +32,7 @@ from qcompile.prepare import Prepared
 from qcompile.runtime import SessionSource
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
 from qcompile.selective import selective_search
+from qcompile.speed import keep_fast
 from qcompile.targets.legality import CheckLegality
 
 __all__ = ["Quantized", "quantize", "SEARCH_SAMPLES"]
@@ -105,6 +106,12 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
             )
         search.unseen = not kept.too_few
         specs = assign(calib, decisions)
+        if config.policy == "selective" and config.measure_latency and kept.samples:
+            sample = {k: v for k, v in kept.samples[0].items() if k != LABELS_KEY}
+            final = calib
+            decisions, speed = keep_fast(model, specs, target, sample, lambda d: assign(final, d), pins)
+            search.speed = asdict(speed)
+            specs = assign(calib, decisions)
     meta = {
         "target": target.name,
         "calibrator": calib.calibrator,

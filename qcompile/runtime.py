@@ -83,8 +83,10 @@ def make_session(
     optimize: bool = True,
     extra_outputs: Sequence[str] = (),
     optimized_model_path: str | Path | None = None,
+    profile_prefix: str | None = None,
 ) -> ort.InferenceSession:
-    """A CPU session; `extra_outputs` exposes intermediate tensors by name (ir.Model only)."""
+    """A CPU session; `extra_outputs` exposes intermediate tensors by name (ir.Model only);
+    `profile_prefix` turns ORT's profiler on (its JSON file starts with that path)."""
     if extra_outputs:
         if not isinstance(model, ir.Model):
             raise TypeError(f"extra outputs need an onnx_ir.Model, got {type(model).__name__}")
@@ -98,6 +100,9 @@ def make_session(
     if threads:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     if optimized_model_path is not None:
         so.optimized_model_filepath = str(optimized_model_path)
         # large initializers go to a side file, so the optimized graph can be read without them

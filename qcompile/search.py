@@ -68,6 +68,7 @@ class SearchReport:
     policy: str = "hybrid"
     unseen: bool = False  # the search samples were set aside from calibration
     cut: bool = False  # the time budget ran out: the best choice found by then
+    speed: dict | None = None  # selective: what the speed step measured (qcompile.speed.SpeedReport)
     calibrator: str | None = None  # selective: the calibrator of every tensor not listed below
     calibrators: dict[str, str] = field(default_factory=dict)  # selective: tensor → its own calibrator
 

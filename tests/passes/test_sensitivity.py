@@ -88,3 +88,19 @@ def test_weight_macs_of_each_weighted_op():
     macs = {n.outputs[0].name: weight_macs(n) for n in model.graph}
     # |output| · K for the products; |input| · M · kh · kw for the transposed convolution
     assert macs == {"b": 2 * 5 * 7 * 6, "k": 2 * 5 * 6, "t": 4 * 9 * 6, "u": 3 * 8 * 8 * 2 * 3 * 3}
+
+
+def test_unknown_dimensions_count_once_in_weight_macs():
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "macs",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 5, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.zeros((6, 7), np.float32), "w")],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    InferShapes()(model)
+    node = model.graph.node(0)
+    assert weight_macs(node) == 5 * 7 * 6  # per item of the symbolic batch
+    node.outputs[0].shape = ir.Shape([-1, 5, 7])  # as some exporters write an unknown dimension
+    assert weight_macs(node) == 5 * 7 * 6
