@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-DEBIAN_DATA := fortunes-min fonts-dejavu-core alsa-utils espeak-ng sox
+DEBIAN_DATA := fortunes-min fonts-dejavu-core alsa-utils espeak-ng sox chromium
 
 .PHONY: demo test check bench clean system-data
 
@@ -20,10 +20,10 @@ demo: $(STAMP)
 	$(VENV)/bin/qcompile compile samples/digits_cnn.onnx --target ort-cpu \
 		--calib samples/digits_calib.npz --eval samples/digits_test.npz -o out/digits
 
-# Real text, fonts and speech for the real-model tests (Debian packages); best effort:
-# without root or apt the tests that need them skip and say why.
+# Real text, fonts and speech for the real-model tests, and a headless browser for the HTML
+# card (Debian packages); best effort: without root or apt the tests that need them skip and say why.
 system-data:
-	@if [ -d /usr/share/sounds/alsa ] && [ -d /usr/share/games/fortunes ]; then :; \
+	@if [ -d /usr/share/sounds/alsa ] && [ -d /usr/share/games/fortunes ] && command -v chromium >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_DATA) >/dev/null) \
 		|| echo "note: could not install $(DEBIAN_DATA); tests that need them will skip"; \

@@ -33,6 +33,7 @@ from qcompile.model_io import ModelSource, check_serialised, save_model, to_grap
 from qcompile.plan import QuantPlan, json_safe
 from qcompile.prepare import Prepared, prepare
 from qcompile.quantize import quantize
+from qcompile.report import plots, render_html
 from qcompile.targets import Target, get_target
 from qcompile.verdict import problems
 from qcompile.verify import EvaluationSet, verify
@@ -59,31 +60,43 @@ class CompileResult:
     def to_graphsurgeon(self) -> Any:  # an onnx_graphsurgeon.Graph
         return to_graphsurgeon(self.model)
 
-    def save(self, directory: str | os.PathLike) -> dict[str, Path]:
-        """Write the model, plan and card into `directory`: all of them or, if interrupted, none."""
+    def save(self, directory: str | os.PathLike, report: bool = False) -> dict[str, Path]:
+        """Write the model, plan and card into `directory`: all of them or, if interrupted, none.
+        With a precision search, the card's plots too; with `report`, `card.html` (plots inlined)."""
         out = Path(directory)
         if out.exists() and not out.is_dir():
             raise QCompileError(f"output folder {out} is a file")
         model_name = f"{self.stem}.{self.target.name}.onnx"
         if self.source is not None and (out / model_name).resolve() == self.source.resolve():
             raise QCompileError(f"refusing to overwrite the input model {self.source}")
+        images = plots(self.card)
+        if images:
+            self.card["search"]["plots"] = list(images)
+        markdown_text = render_markdown(self.card)
         texts = {
             "plan.json": self.plan.to_json() + "\n",
             "card.json": json.dumps(json_safe(self.card), indent=1, default=str, allow_nan=False) + "\n",
-            "card.md": render_markdown(self.card),
+            "card.md": markdown_text,
         }
+        if report:
+            texts["card.html"] = render_html(markdown_text, images, f"Quantization card: {self.stem}")
         with StagedFolder(out) as stage:
             save_model(self.model, stage.file(model_name))
             check_serialised(stage.file(model_name))  # by path: external data is checked, not inlined
             for name, text in texts.items():
                 stage.file(name).write_text(text)
+            for name, data in images.items():
+                stage.file(name).write_bytes(data)
             stage.commit(order=[model_name + ".data", model_name])
         self.files = {
             "model": out / model_name,
             "plan": out / "plan.json",
             "card_json": out / "card.json",
             "card_md": out / "card.md",
+            **{name.removesuffix(".png"): out / name for name in images},
         }
+        if report:
+            self.files["card_html"] = out / "card.html"
         return self.files
 
 

@@ -53,7 +53,7 @@ def build_card(
     if verification.latency_ms is not None:
         card["latency_ms"] = verification.latency_ms
     if quantized.search is not None:
-        card["search"] = quantized.search.describe()
+        card["search"] = quantized.search.describe(top=40)
     if verification.budget is not None and budget is not None:
         card["budget"] = verification.budget.describe(budget)
     card.update(
@@ -110,6 +110,8 @@ def _search_lines(search: dict | None) -> list[str]:
             + ("**kept in float for speed**." if kept else "left in int8."),
             "",
         ]
+    if search.get("plots"):
+        lines += [f"![{name}]({name})" for name in search["plots"]] + [""]
     if not search["table"]:
         return [*lines, "Nothing ranked: the budget holds with every group in int8.", ""]
     lines += [
@@ -117,7 +119,7 @@ def _search_lines(search: dict | None) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     floats = set(search["float_groups"])
-    for k, s in enumerate(search["table"], 1):
+    for k, s in enumerate(search["table"][:15], 1):
         lines.append(
             f"| {k} | {s['candidate']} | {'+'.join(s['ops'])} | {s['macs']:,} | {_fmt(s['local_sqnr_db'])} | "
             f"{_fmt(s['only'], 3)} | {_fmt(s['without'], 3)} | {_fmt(s['gain'], 3)} | "

@@ -111,6 +111,7 @@ def _add_budget_options(c: argparse.ArgumentParser) -> None:
         default=None,
         help="what --policy hybrid or selective keeps above the budget on its search samples (default 1 dB / 0.01)",
     )
+    c.add_argument("--report", action="store_true", help="also write card.html, one page with the plots inlined")
     c.add_argument(
         "--time-budget",
         type=float,
@@ -148,7 +149,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             margin=args.margin,
             time_budget=args.time_budget,
         )
-    files = result.save(args.output)
+    files = result.save(args.output, report=args.report)
     sys.stdout.write(render_markdown(result.card))
     sys.stdout.write("\nWrote " + ", ".join(str(p) for p in files.values()) + "\n")
     return FAILED_CHECK if any(v["fails"] for v in result.card["verdict"]) else 0

@@ -120,7 +120,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         "opset": onnx_opset(model),
     }
     if search is not None:
-        meta["search"] = {k: v for k, v in search.describe().items() if k != "table"}
+        meta["search"] = {k: v for k, v in search.describe().items() if k not in ("table", "trials")}
     plan = QuantPlan(specs.tensors, specs.nodes, meta)
     run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), CheckLegality(plan, target)), model)
     scratch = _spill_weights(model)

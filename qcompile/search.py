@@ -69,12 +69,15 @@ class SearchReport:
     unseen: bool = False  # the search samples were set aside from calibration
     cut: bool = False  # the time budget ran out: the best choice found by then
     speed: dict | None = None  # selective: what the speed step measured (qcompile.speed.SpeedReport)
+    trials: list[dict] = field(default_factory=list)  # every configuration scored (Evaluator.trials)
+    chosen_int8_share: float = 1.0  # weight MACs the chosen groups leave in int8, of the groups' total
     calibrator: str | None = None  # selective: the calibrator of every tensor not listed below
     calibrators: dict[str, str] = field(default_factory=dict)  # selective: tensor → its own calibrator
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)
         data["table"] = [s.to_dict() for s in self.table[:top]]
+        data["ranked"] = len(self.table)
         return data
 
 
@@ -99,7 +102,7 @@ def hybrid_search(
     evaluator = Evaluator(model, plan, groups, samples, kinds, budget, "the calibration data", executor=executor)
     found = float_search(evaluator, pinned, margin, progress, deadline)
     report = found.report(budget, margin, len(samples), "hybrid")
-    report.cut = deadline is not None and deadline.cut
+    report.cut, report.trials = deadline is not None and deadline.cut, evaluator.trials
     return found.decisions(plan, "hybrid"), report
 
 
@@ -136,6 +139,7 @@ class FloatSearch:
             self.evaluations,
             self.table,
             policy,
+            chosen_int8_share=1.0 - self.float_macs / total if (total := sum(g.macs for g in self.groups)) else 1.0,
         )
 
     def decisions(self, plan: QuantPlan, policy: str) -> dict[str, NodeDecision]:

@@ -114,7 +114,7 @@ def selective_search(
     chosen = {t: base if choice.get(t) == BASE else choice.get(t, best) for t in variants}
     report = found.report(budget, margin, len(samples), "selective")
     report.evaluations += evaluations
-    report.calibrator, report.cut = best, deadline.cut
+    report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
     report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
     ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
     return found.decisions(plans[base], "selective"), _using(calib, {best: ranges}, best), report
