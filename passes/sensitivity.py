@@ -100,7 +100,9 @@ def rank_groups(
         configs.append((quantized_tensors_when(evaluator.groups, {g.name for g in around}), []))
     runs = evaluator.run_many(configs)
     table = []
-    for name, around, probe in (progress or (lambda it: it))(candidates):
+    bar = (progress or (lambda it: it))(candidates)
+    best = all_quantized
+    for name, around, probe in bar:
         if deadline is not None and deadline.expired():
             break
         alone, everything_else = next(runs), next(runs)
@@ -108,6 +110,9 @@ def rank_groups(
         ref = np.concatenate([a.ravel() for a in evaluator.reference[seen]])
         local = sqnr_db(ref, np.concatenate([a.ravel() for a in alone[seen]]))
         without = evaluator.judge(everything_else).value
+        if hasattr(bar, "set_postfix") and without > best:  # a tqdm bar: show the best single float group so far
+            best = without
+            bar.set_postfix(best=f"{best:.4g}", refresh=False)
         ops = tuple(op for g in around for op in g.ops)
         table.append(
             Sensitivity(

@@ -116,6 +116,9 @@ class Evaluator:
         switchable, self.switches = switchable_model(model, plan, variants)
         self.executor = executor
         self.choice: Mapping[str, str] = {}  # tensor → variant used when it is quantized (default BASE)
+        # every configuration scored, in order: {"int8_share", "value", "float_groups", "choices"} (shared by
+        # the evaluators `choosing` makes, so one search keeps one record)
+        self.trials: list[dict] = []
         self.where = where
         self.plan, self.groups, self.kinds, self.budget = plan, list(groups), kinds, budget
         self.samples = [{k: v for k, v in s.items() if k != LABELS_KEY} for s in samples]
@@ -174,8 +177,16 @@ class Evaluator:
             yield from pending.popleft().result()
 
     def score(self, float_groups: set[str], margin: float = 0.0) -> BudgetResult:
-        """The budget on the model's outputs with `float_groups` in float and every other group in int8."""
-        return self.judge(self.run(quantized_tensors_when(self.groups, float_groups)), margin)
+        """The budget on the model's outputs with `float_groups` in float and every other group in int8
+        (recorded in `trials`, with the share of weight MACs left in int8)."""
+        result = self.judge(self.run(quantized_tensors_when(self.groups, float_groups)), margin)
+        total = sum(g.macs for g in self.groups)
+        floats = sum(g.macs for g in self.groups if g.name in float_groups)
+        share = 1.0 - floats / total if total else 1.0
+        self.trials.append(
+            {"int8_share": share, "value": result.value, "float_groups": len(float_groups), "choices": len(self.choice)}
+        )
+        return result
 
     def judge(self, got: Mapping[str, list[np.ndarray]], margin: float = 0.0) -> BudgetResult:
         ref = {n: stacked(self.reference[n]) for n in self.outputs}

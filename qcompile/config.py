@@ -56,11 +56,11 @@ class CompileConfig:
             if not math.isfinite(self.margin) or self.margin < 0:
                 raise QCompileError(f"the margin must be a finite number ≥ 0, got {self.margin}")
 
-    def progress_bar(self, desc: str) -> Progress:
+    def progress_bar(self, desc: str, unit: str = "sample") -> Progress:
         """A tqdm wrapper when progress is on (by default: when stderr is a terminal), else the identity."""
         enabled = sys.stderr.isatty() if self.progress is None else self.progress
         if not enabled:
             return lambda it: it
         from tqdm.auto import tqdm
 
-        return lambda it: tqdm(it, desc=desc, unit="sample", leave=False)
+        return lambda it: tqdm(it, desc=desc, unit=unit, leave=False)

@@ -82,7 +82,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         budget = config.budget or DEFAULT_BUDGET
         margin = default_margin(budget) if config.margin is None else config.margin
         pins = set(config.plan.nodes) if config.plan else set()
-        bar = config.progress_bar("search")
+        bar = config.progress_bar("rank candidates", unit="candidate")
         deadline = Deadline(config.time_budget)
         if config.policy == "hybrid":
             decisions, search = hybrid_search(
