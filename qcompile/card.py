@@ -99,7 +99,13 @@ def _search_lines(search: dict | None) -> list[str]:
             "",
         ]
     speed = search.get("speed")
-    if speed and speed["slower"]:
+    if speed and speed.get("budget_blocked"):
+        lines += [
+            f"Speed: {len(speed['slower'])} group(s) ran slower in int8 than in float on this CPU, but the "
+            "budget would not hold with them in float: left in int8.",
+            "",
+        ]
+    elif speed and speed["slower"]:
         lat = speed["latency_ms"]
         kept = speed["kept_float"]
         lines += [

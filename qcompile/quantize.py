@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
@@ -32,7 +32,6 @@ from qcompile.prepare import Prepared
 from qcompile.runtime import SessionSource
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
 from qcompile.selective import selective_search
-from qcompile.speed import keep_fast
 from qcompile.targets.legality import CheckLegality
 
 __all__ = ["Quantized", "quantize", "SEARCH_SAMPLES"]
@@ -84,6 +83,8 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         pins = set(config.plan.nodes) if config.plan else set()
         bar = config.progress_bar("rank candidates", unit="candidate")
         deadline = Deadline(config.time_budget)
+        timed = config.measure_latency and kept.samples
+        speed_sample = {k: v for k, v in kept.samples[0].items() if k != LABELS_KEY} if timed else None
         if config.policy == "hybrid":
             decisions, search = hybrid_search(
                 model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar, config.executor, deadline
@@ -103,15 +104,10 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
                 bar,
                 config.executor,
                 deadline,
+                speed_sample,
             )
         search.unseen = not kept.too_few
         specs = assign(calib, decisions)
-        if config.policy == "selective" and config.measure_latency and kept.samples:
-            sample = {k: v for k, v in kept.samples[0].items() if k != LABELS_KEY}
-            final = calib
-            decisions, speed = keep_fast(model, specs, target, sample, lambda d: assign(final, d), pins)
-            search.speed = asdict(speed)
-            specs = assign(calib, decisions)
     meta = {
         "target": target.name,
         "calibrator": calib.calibrator,

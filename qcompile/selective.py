@@ -15,7 +15,10 @@ A calibrator choice costs no integer compute; a float group does.  So, on the se
    as the hybrid policy does (`qcompile.search.float_search`), on top of those calibrators;
    if that falls short too, the same float search from the given calibrator alone, and the
    better of the two wins (met, then fewer float MACs, then the metric): selective never
-   ends below what hybrid finds.
+   ends below what hybrid finds;
+4. when latency is measured, the speed step (`qcompile.speed`): the groups whose int8 kernels
+   are slower than float on this CPU stay float if the whole model gets faster and the budget
+   still holds on the search samples.
 
 Every trial is one run of a switchable fake-quant model (`qcompile.passes.sensitivity`) whose
 tensors each carry a Q/DQ per distinct candidate spec.  The plan is then assigned again from
@@ -31,7 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import onnx_ir as ir
 
@@ -46,6 +49,7 @@ from qcompile.passes.sensitivity import own_sqnr_db
 from qcompile.passes.switchable import BASE, Evaluator
 from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
 from qcompile.search import FloatSearch, SearchReport, float_search
+from qcompile.speed import keep_fast
 from qcompile.targets.base import Target
 
 __all__ = ["selective_search", "REFINED_TENSORS"]
@@ -84,10 +88,13 @@ def selective_search(
     progress: Callable | None = None,
     executor: Executor | None = None,
     deadline: Deadline | None = None,
+    speed_sample: Sample | None = None,
 ) -> tuple[dict[str, NodeDecision], CalibrationResult, SearchReport]:
     """Node decisions, the calibration with each tensor's chosen range, and the search's report.
 
-    `assign(calib, decisions)` is `assign_specs` with the compile's options."""
+    `assign(calib, decisions)` is `assign_specs` with the compile's options.  With a
+    `speed_sample`, the speed step (`qcompile.speed`) follows, on that sample, and keeps a group
+    float for speed only if the budget still holds on the search samples."""
     base, deadline = calib.calibrator, deadline or Deadline()
     plans = {c: assign(_using(calib, {c: calib.alternatives[c]}, c), decisions) for c in _order(base)}
     variants = _variants(plans, base)
@@ -117,7 +124,20 @@ def selective_search(
     report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
     report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
     ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
-    return found.decisions(plans[base], "selective"), _using(calib, {best: ranges}, best), report
+    final, decided = _using(calib, {best: ranges}, best), found.decisions(plans[base], "selective")
+    if speed_sample is not None:
+        chooser, floats = evaluator.choosing(choice), set(report.float_groups)
+
+        def keeps_budget(extra: set[str]) -> bool:
+            trial = chooser.score(floats | extra, margin)
+            return trial.met or trial.value >= found.result.value
+
+        def plan_for(d: Mapping[str, NodeDecision]) -> QuantPlan:
+            return assign(final, d)
+
+        decided, speed = keep_fast(model, plan_for(decided), target, speed_sample, plan_for, pinned, keeps_budget)
+        report.speed = asdict(speed)
+    return decided, final, report
 
 
 def _rank(found: FloatSearch) -> tuple:

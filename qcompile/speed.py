@@ -6,7 +6,8 @@ After the selective policy's accuracy search, with the plan it chose:
 2. per group g:  int8(g) = its kernels + the Q/DQ nodes of its tensors,  float(g) = its kernels;
    g is slower in int8 when int8(g) > (1 + TOLERANCE)·float(g) + MIN_GAP_US (a group whose
    float kernels the profile does not show is not judged);
-3. the plan with every such group in float is compiled and timed against the plan as it is
+3. if the caller's budget check passes with them float, the plan with every such group in
+   float is compiled and timed against the plan as it is
    (median latency at one thread, `ROUNDS` interleaved rounds); it is kept only if faster by
    more than 2%: a float island also costs Q/DQ transitions at its edges, which only the
    whole-model timing sees.
@@ -49,6 +50,7 @@ class SpeedReport:
     slower: dict[str, dict[str, float]] = field(default_factory=dict)  # group → {"int8_us", "float_us"}
     kept_float: list[str] = field(default_factory=list)
     latency_ms: dict[str, float] = field(default_factory=dict)  # "float", "int8", "with float groups"
+    budget_blocked: bool = False  # with the slower groups float, the budget would not hold
 
 
 def compiled(model: ir.Model, plan: QuantPlan) -> SessionSource:
@@ -82,9 +84,11 @@ def keep_fast(
     sample: Mapping[str, np.ndarray],
     assign: Callable[[Mapping[str, NodeDecision]], QuantPlan],
     pinned: frozenset[str] | set[str] = frozenset(),
+    keeps_budget: Callable[[set[str]], bool] | None = None,
 ) -> tuple[dict[str, NodeDecision], SpeedReport]:
     """`plan`'s node decisions with the groups slower in int8 kept float when that makes the model
-    faster, and what was measured.  `assign(decisions)` makes the plan for other decisions."""
+    faster (and, with `keeps_budget`, when it says the budget holds with them float too), and
+    what was measured.  `assign(decisions)` makes the plan for other decisions."""
     report = SpeedReport()
     groups = [g for g in quant_groups(model, plan, target) if not pinned.intersection(g.nodes)]
     producers = {v.name: n.name for n in model.graph for v in n.outputs if v.name and n.name}
@@ -95,6 +99,9 @@ def keep_fast(
             report.slower[name] = {"int8_us": round(int8_us, 1), "float_us": round(float_us, 1)}
     decisions = dict(plan.nodes)
     if not report.slower:
+        return decisions, report
+    if keeps_budget is not None and not keeps_budget(set(report.slower)):
+        report.budget_blocked = True
         return decisions, report
     trial = dict(decisions)
     for g in groups:

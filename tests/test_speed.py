@@ -42,3 +42,25 @@ def test_without_latency_there_is_no_speed_step():
         SAMPLES / "digits_cnn.onnx", calibration=SAMPLES / "digits_calib.npz", policy="selective", measure_latency=False
     )
     assert result.card["search"]["speed"] is None
+
+
+def test_a_group_slower_in_int8_stays_int8_when_the_budget_needs_it(rng):
+    import numpy as np
+
+    from qcompile.speed import keep_fast
+    from qcompile.targets import get_target
+    from tests.support.quant_models import conv_model, feeds, planned
+
+    model, samples = conv_model(rng), feeds(rng)
+    plan, _ = planned(model, samples)
+    asked: list[set[str]] = []
+
+    def never(extra: set[str]) -> bool:
+        asked.append(extra)
+        return False
+
+    decisions, report = keep_fast(model, plan, get_target("ort-cpu"), samples[0], lambda d: plan, keeps_budget=never)
+    assert asked == ([set(report.slower)] if report.slower else [])
+    assert report.budget_blocked == bool(report.slower) and not report.kept_float
+    assert decisions == dict(plan.nodes)
+    assert all(np.isfinite(t["int8_us"]) for t in report.slower.values())
