@@ -49,27 +49,64 @@ def _metric_value(name: str, ref: list, got: list, kinds: dict) -> float:
     return parse_metric(_budget(name)["metric"]).fn(r, g, kinds)
 
 
-def _int8_mac_share(model: onnx.ModelProto, float_path: Path, sample: dict) -> float | None:
-    """Weight MACs of Conv/Gemm/MatMul nodes whose weight and activation both come out of a
-    DequantizeLinear, over all weight MACs (MACs from qcompile's count on the float graph)."""
-    import onnx_ir as ir
+def _constant(name: str, producers: dict, inits: dict) -> np.ndarray | None:
+    from onnx import numpy_helper
 
-    from qcompile.passes.infer_shapes import InferShapes
-    from qcompile.passes.quant_groups import weight_macs
+    if name in inits:
+        return inits[name]
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        return next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), None)
+    return None
 
-    float_model = ir.load(str(float_path))
-    for value in float_model.graph.inputs:
+
+def _weight_of(name: str, producers: dict, inits: dict) -> np.ndarray | None:
+    """The constant weight behind input `name`: an initializer or Constant, or one through a
+    DequantizeLinear."""
+    node = producers.get(name)
+    if node is not None and node.op_type == "DequantizeLinear":
+        return _constant(node.input[0], producers, inits)
+    return _constant(name, producers, inits)
+
+
+def _int8_mac_share(model: onnx.ModelProto, sample: dict) -> float | None:
+    """Weight MACs of the Conv/Gemm/MatMul nodes whose weight and activation both come out of a
+    DequantizeLinear, over the weight MACs of every Conv/Gemm/MatMul with a constant weight
+    (shapes from ONNX shape inference with the inputs shaped as `sample`'s)."""
+    from onnx import numpy_helper, shape_inference
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for value in model.graph.input:
         if value.name in sample:
-            value.shape = ir.Shape(sample[value.name].shape)
-    InferShapes()(float_model)
-    macs = {n.name: weight_macs(n) for n in float_model.graph}
-    producers = {o: n.op_type for n in model.graph.node for o in n.output}
-    total = sum(macs.values())
-    int8 = 0
+            dims = value.type.tensor_type.shape.dim
+            for dim, size in zip(dims, sample[value.name].shape, strict=False):
+                dim.ClearField("dim_param")
+                dim.dim_value = size
+    model = shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.value_info, *model.graph.output]
+    }
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    total = int8 = 0
     for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) >= 2:
-            if all(producers.get(i) == "DequantizeLinear" for i in node.input[:2]):
-                int8 += macs.get(node.name, 0)
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        w, out = _weight_of(node.input[1], producers, inits), shapes.get(node.output[0])
+        if w is None or not out or not all(out):
+            continue
+        if node.op_type == "Conv":
+            k = int(np.prod(w.shape[1:]))
+        elif node.op_type == "MatMul":
+            k = w.shape[-2] if w.ndim >= 2 else w.shape[0]
+        else:
+            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+            k = w.shape[1] if trans_b else w.shape[0]
+        macs = int(np.prod(out)) * k
+        total += macs
+        if all(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in node.input[:2]):
+            int8 += macs
     return int8 / total if total else None
 
 
@@ -117,7 +154,7 @@ def run_one(name: str, tool: str) -> dict:
         "budget": budget,
         "budget_value": _metric_value(name, ref, got, kinds),
         **_task_metric(name, [list(r.values()) for r in ref], [list(g.values()) for g in got]),
-        "int8_weight_mac_share": _int8_mac_share(quant, path, held[0]),
+        "int8_weight_mac_share": _int8_mac_share(quant, held[0]),
         "ort_kernels": integer_kernels(SessionSource(quant_bytes)),
         "latency_over_float_1thread": _latency_ratio(float_bytes, quant_bytes, held[0]),
         "seconds": seconds,
