@@ -94,7 +94,7 @@ def _int8_mac_share(model: onnx.ModelProto, sample: dict) -> float | None:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         w, out = _weight_of(node.input[1], producers, inits), shapes.get(node.output[0])
-        if w is None or not out or not all(out):
+        if w is None or not out or not all(d > 0 for d in out):
             continue
         if node.op_type == "Conv":
             k = int(np.prod(w.shape[1:]))
