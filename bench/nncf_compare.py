@@ -62,9 +62,12 @@ def _constant(name: str, producers: dict, inits: dict) -> np.ndarray | None:
 
 def _weight_of(name: str, producers: dict, inits: dict) -> np.ndarray | None:
     """The constant weight behind input `name`: an initializer or Constant, or one through a
-    DequantizeLinear."""
+    DequantizeLinear (and a QuantizeLinear before it)."""
     node = producers.get(name)
     if node is not None and node.op_type == "DequantizeLinear":
+        source = producers.get(node.input[0])
+        if source is not None and source.op_type == "QuantizeLinear":  # a float weight fake-quantized in the graph
+            return _constant(source.input[0], producers, inits)
         return _constant(node.input[0], producers, inits)
     return _constant(name, producers, inits)
 
