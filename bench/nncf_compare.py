@@ -135,8 +135,7 @@ def run_one(name: str, tool: str) -> dict:
     from tests.support.real_models import fetch
 
     path = fetch(name)
-    samples = [{k: v for k, v in s.items() if k != "labels"} for s in real_data.SAMPLE_BUILDERS[name](path)]
-    calib, held = real_data.split(samples)
+    calib, held = real_data.split_samples(name, path, labels=False)
     float_bytes = path.read_bytes()
     float_session = ort.InferenceSession(float_bytes, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in float_session.get_outputs()]

@@ -93,11 +93,7 @@ def main(names: list[str]) -> None:
     report["models"] = json.loads(out.read_text())["models"] if out.exists() else {}
     for name in names:
         path = fetch(name)
-        samples = [
-            {k: v for k, v in s.items() if not (k == "labels" and v.dtype.kind == "U")}
-            for s in real_data.SAMPLE_BUILDERS[name](path)
-        ]
-        calib, held = real_data.split(samples)
+        calib, held = real_data.split_samples(name, path)
         runs = {p: _run(name, path, calib, held, p) for p in POLICIES}
         report["models"][name] = {"machine": machine, "date": report["date"], **runs}
         print(name, json.dumps(runs), file=sys.stderr, flush=True)

@@ -86,11 +86,7 @@ def main(names: list[str]) -> None:
     }
     for name in names:
         path = fetch(name)
-        samples = [
-            {k: v for k, v in s.items() if not (k == "labels" and v.dtype.kind == "U")}
-            for s in real_data.SAMPLE_BUILDERS[name](path)
-        ]
-        calib, held = real_data.split(samples)
+        calib, held = real_data.split_samples(name, path)
         result = qcompile.compile(path, "ort-cpu", calib, held, measure_latency=False)
         fq = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         qq = ort.InferenceSession(result.to_proto().SerializeToString(), providers=["CPUExecutionProvider"])

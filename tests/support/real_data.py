@@ -33,6 +33,7 @@ __all__ = [
     "minilm_samples",
     "vad_samples",
     "split",
+    "split_samples",
     "SAMPLE_BUILDERS",
 ]
 
@@ -236,6 +237,16 @@ def split(samples: list[dict], every: int = 3) -> tuple[list[dict], list[dict]]:
     held = [s for i, s in enumerate(samples) if i % every == every - 1]
     calib = [s for i, s in enumerate(samples) if i % every != every - 1]
     return calib, held
+
+
+def split_samples(name: str, path, labels: bool = True) -> tuple[list[dict], list[dict]]:
+    """Model `name`'s real samples split by `split`, without text labels (compile takes numeric
+    labels only), or without any labels."""
+    samples = [
+        {k: v for k, v in s.items() if k != "labels" or (labels and v.dtype.kind != "U")}
+        for s in SAMPLE_BUILDERS[name](path)
+    ]
+    return split(samples)
 
 
 SAMPLE_BUILDERS = {
