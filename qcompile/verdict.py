@@ -22,6 +22,8 @@ ADVICE = {
     "collapsed": "let a search choose calibrators and float nodes: try --policy selective",
     "nothing": "see which ops the target quantizes: qcompile inspect MODEL",
     "slower": "this CPU's int8 kernels do not pay off for this model",
+    "searched": "the selective search could not do better: give more calibration data, a larger --margin, "
+    "or a lower budget",
     "search": "set a lower budget, or expect it to be missed",
     "cut": "the plan is the best found in time; a longer --time-budget may find a better one",
 }
@@ -59,12 +61,13 @@ def _bound(bound: dict[str, float]) -> str:
 def problems(card: dict[str, Any], plan: QuantPlan) -> list[Problem]:
     """Each problem of the compile, what to do about it, and whether it fails the compile."""
     found = []
+    remedy = ADVICE["searched" if card.get("policy") == "selective" else "collapsed"]
     for output in card["fidelity"]["outputs"]:
         if (why := _collapse(output)) is not None:
-            found.append(Problem(f"output {output['name']!r} collapsed: {why}", ADVICE["collapsed"], True))
+            found.append(Problem(f"output {output['name']!r} collapsed: {why}", remedy, True))
     budget = card.get("budget")
     if budget and not budget["met"]:
-        found.append(Problem(f"budget not met: {_budget_line(budget)}", ADVICE["collapsed"], True))
+        found.append(Problem(f"budget not met: {_budget_line(budget)}", remedy, True))
     kernels = card["ort_kernels"]
     if not any(d.precision != "float" for d in plan.nodes.values()) or kernels["integer"] == 0:
         what = f"{kernels['integer']} integer and {kernels['float']} float compute kernels after ORT's fusions"

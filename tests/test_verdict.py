@@ -83,3 +83,16 @@ def test_nan_outputs_a_slower_model_and_a_missed_search_are_problems():
 def test_qlinear_kernels_count_as_integer():
     nodes = [onnx.helper.make_node(op, [], []) for op in ("QLinearAdd", "QLinearSigmoid", "MatMul", "Relu")]
     assert fused_op_counts(nodes) == {"integer": 2, "float": 1}
+
+
+def test_a_missed_budget_suggests_selective_unless_selective_already_searched():
+    plan = QuantPlan(nodes={"fc": NodeDecision("int8")})
+    budget = {"met": False, "metric": "sqnr", "floor": 30.0, "value": 20.0, "float_value": None}
+    for policy, advice in (("naive", "try --policy selective"), ("hybrid", "try --policy selective")):
+        ((_, said, fails),) = problems(_card(policy=policy, budget=budget), plan)
+        assert said.endswith(advice) and fails
+    ((_, said, fails),) = problems(_card(policy="selective", budget=budget), plan)
+    assert said == (
+        "the selective search could not do better: give more calibration data, a larger --margin, or a lower budget"
+    )
+    assert fails
