@@ -114,14 +114,12 @@ def _int8_mac_share(model: onnx.ModelProto, sample: dict) -> float | None:
 
 
 def _latency_ratio(float_bytes: bytes, quant_bytes: bytes, sample: dict) -> float:
-    from qcompile.runtime import make_session, median_latency_ms
+    from qcompile.runtime import interleaved_medians_ms, make_session
 
-    rounds = [[], []]
-    sessions = [make_session(b, threads=1) for b in (float_bytes, quant_bytes)]
-    for _ in range(3):
-        for times, session in zip(rounds, sessions, strict=True):
-            times.append(median_latency_ms(session, sample))
-    return float(np.median(rounds[1]) / np.median(rounds[0]))
+    float_ms, quant_ms = interleaved_medians_ms(
+        [make_session(b, threads=1) for b in (float_bytes, quant_bytes)], sample
+    )
+    return quant_ms / float_ms
 
 
 def run_one(name: str, tool: str) -> dict:

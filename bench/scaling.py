@@ -25,11 +25,14 @@ from onnx import TensorProto, helper
 HERE = Path(__file__).parent
 
 
-def write_chain(folder: Path, layers: int) -> tuple[Path, Path]:
-    rng = np.random.default_rng(layers)
+def chain(
+    rng: np.random.Generator, layers: int, shape: list[int], std: float, opset: int = 17, ir_version: int = 8
+) -> onnx.ModelProto:
+    """x → N × (MatMul by a random [width, width] weight → Relu), width = shape[-1]."""
+    width = shape[-1]
     nodes, inits, prev = [], [], "x"
     for i in range(layers):
-        inits.append(onnx.numpy_helper.from_array(rng.normal(0, 0.3, (16, 16)).astype(np.float32), f"w{i}"))
+        inits.append(onnx.numpy_helper.from_array(rng.normal(0, std, (width, width)).astype(np.float32), f"w{i}"))
         nodes += [
             helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
             helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}"),
@@ -38,11 +41,16 @@ def write_chain(folder: Path, layers: int) -> tuple[Path, Path]:
     graph = helper.make_graph(
         nodes,
         "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, shape)],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def write_chain(folder: Path, layers: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(layers)
+    model = chain(rng, layers, [1, 16], 0.3)
     path, calib = folder / f"chain{layers}.onnx", folder / f"chain{layers}.npz"
     onnx.save(model, path)
     np.savez(calib, x=rng.normal(size=(10, 1, 16)).astype(np.float32))

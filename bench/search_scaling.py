@@ -18,33 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
-from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
 import qcompile.quantize
+from bench import scaling
 
 HERE = Path(__file__).parent
 WIDTH = 64
 
 
 def chain(layers: int) -> ir.Model:
-    rng = np.random.default_rng(layers)
-    nodes, inits, prev = [], [], "x"
-    for i in range(layers):
-        inits.append(numpy_helper.from_array(rng.normal(0, 0.2, (WIDTH, WIDTH)).astype(np.float32), f"w{i}"))
-        nodes += [
-            helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
-            helper.make_node("Relu", [f"m{i}"], [f"r{i}"], name=f"relu{i}"),
-        ]
-        prev = f"r{i}"
-    graph = helper.make_graph(
-        nodes,
-        "chain",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, WIDTH])],
-        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 32, WIDTH])],
-        inits,
-    )
-    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    model = scaling.chain(np.random.default_rng(layers), layers, [1, 32, WIDTH], 0.2, opset=21, ir_version=10)
+    return ir.from_proto(model)
 
 
 def search_seconds(layers: int, search_samples: int) -> dict:

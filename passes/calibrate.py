@@ -28,10 +28,9 @@ from itertools import islice
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.calibrators import HISTOGRAM_CALIBRATORS, check_calibrator
+from qcompile.calibrators import HISTOGRAM_CALIBRATORS, check_calibrator, check_histogram_calibrator
 from qcompile.config import Progress
 from qcompile.data import Sample
-from qcompile.errors import QCompileError
 from qcompile.ir_utils import values_by_name
 from qcompile.observe import CALIBRATION_THREADS, ChunkObservation, observe_chunk, observe_samples, release_sessions
 from qcompile.runtime import SessionSource, make_session
@@ -78,11 +77,8 @@ def calibrate(
     of each of `HISTOGRAM_CALIBRATORS` too (`calibrator` must be one of them).
     """
     check_calibrator(calibrator)  # before any model runs
-    if alternatives and calibrator not in HISTOGRAM_CALIBRATORS:
-        raise QCompileError(
-            f"the selective policy chooses among the calibrators {', '.join(HISTOGRAM_CALIBRATORS)}; "
-            f"{calibrator!r} is not one of them"
-        )
+    if alternatives:
+        check_histogram_calibrator(calibrator)
     observed = "entropy" if alternatives else calibrator  # its statistic is the finer histogram
     names = observable_tensors(model)
     source = SessionSource.of(model, extra_outputs=names)

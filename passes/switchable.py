@@ -121,6 +121,7 @@ class Evaluator:
         self.trials: list[dict] = []
         self.where = where
         self.plan, self.groups, self.kinds, self.budget = plan, list(groups), kinds, budget
+        self.total_macs = sum(g.macs for g in self.groups)
         self.samples = [{k: v for k, v in s.items() if k != LABELS_KEY} for s in samples]
         labels = [np.ravel(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
         self.labels = np.concatenate(labels) if labels and len(labels) == len(samples) else None
@@ -180,9 +181,8 @@ class Evaluator:
         """The budget on the model's outputs with `float_groups` in float and every other group in int8
         (recorded in `trials`, with the share of weight MACs left in int8)."""
         result = self.judge(self.run(quantized_tensors_when(self.groups, float_groups)), margin)
-        total = sum(g.macs for g in self.groups)
         floats = sum(g.macs for g in self.groups if g.name in float_groups)
-        share = 1.0 - floats / total if total else 1.0
+        share = 1.0 - floats / self.total_macs if self.total_macs else 1.0
         self.trials.append(
             {"int8_share": share, "value": result.value, "float_groups": len(float_groups), "choices": len(self.choice)}
         )

@@ -37,7 +37,7 @@ from qcompile.clip_ranges import entropy_range, mse_range
 from qcompile.errors import QCompileError
 
 __all__ = ["check_calibrator", "RangeStat", "MinMaxStat", "EmaMinMaxStat", "HistogramStat", "MseStat", "EntropyStat",
-           "CALIBRATORS", "HISTOGRAM_CALIBRATORS", "make_stat"]  # fmt: skip
+           "CALIBRATORS", "HISTOGRAM_CALIBRATORS", "check_histogram_calibrator", "make_stat"]  # fmt: skip
 
 
 class RangeStat(Protocol):
@@ -236,6 +236,15 @@ HISTOGRAM_CALIBRATORS = ("minmax", "percentile", "mse", "entropy")  # all read o
 def check_calibrator(calibrator: str) -> None:
     if calibrator not in _FACTORIES:
         raise QCompileError(f"unknown calibrator {calibrator!r}; known: {', '.join(CALIBRATORS)}")
+
+
+def check_histogram_calibrator(calibrator: str) -> None:
+    """The selective policy reads every range off one histogram: its starting calibrator must be one of those."""
+    if calibrator not in HISTOGRAM_CALIBRATORS:
+        raise QCompileError(
+            f"the selective policy chooses among the calibrators {', '.join(HISTOGRAM_CALIBRATORS)}; "
+            f"{calibrator!r} is not one of them"
+        )
 
 
 def make_stat(calibrator: str, **options) -> RangeStat:

@@ -9,7 +9,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from qcompile.budget import Budget
-from qcompile.calibrators import HISTOGRAM_CALIBRATORS, check_calibrator
+from qcompile.calibrators import check_calibrator, check_histogram_calibrator
 from qcompile.errors import QCompileError
 from qcompile.passes.select_precision import check_policy
 from qcompile.plan import QuantPlan
@@ -40,11 +40,8 @@ class CompileConfig:
     def __post_init__(self) -> None:
         check_calibrator(self.calibrator)
         check_policy(self.policy)
-        if self.policy == "selective" and self.calibrator not in HISTOGRAM_CALIBRATORS:
-            raise QCompileError(
-                f"the selective policy chooses among the calibrators {', '.join(HISTOGRAM_CALIBRATORS)}; "
-                f"{self.calibrator!r} is not one of them"
-            )
+        if self.policy == "selective":
+            check_histogram_calibrator(self.calibrator)
         if self.time_budget is not None:
             if self.policy == "naive":
                 raise QCompileError("a time budget only applies to the search of --policy hybrid or selective")

@@ -22,7 +22,15 @@ from qcompile.errors import QCompileError, first_line
 from qcompile.ir_utils import external_tensors
 from qcompile.model_io import proto_without_value_info
 
-__all__ = ["SessionSource", "make_session", "run_session", "median_latency_ms", "fused_op_counts", "feeds_of"]
+__all__ = [
+    "SessionSource",
+    "make_session",
+    "run_session",
+    "median_latency_ms",
+    "interleaved_medians_ms",
+    "fused_op_counts",
+    "feeds_of",
+]
 
 
 PROTO_LIMIT = 2**31 - 1
@@ -146,6 +154,18 @@ def median_latency_ms(session: ort.InferenceSession, sample: Mapping[str, np.nda
         session.run(None, feeds)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def interleaved_medians_ms(
+    sessions: Sequence[ort.InferenceSession], sample: Mapping[str, np.ndarray], rounds: int = 3
+) -> list[float]:
+    """Median latency (ms) of each session over `rounds` rounds that alternate between them, so that
+    a slow spell of a shared machine falls on every session alike."""
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for own, session in zip(times, sessions, strict=True):
+            own.append(median_latency_ms(session, sample, repeats=10))
+    return [statistics.median(t) for t in times]
 
 
 _INTEGER_OPS = (

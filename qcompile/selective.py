@@ -96,7 +96,7 @@ def selective_search(
     `speed_sample`, the speed step (`qcompile.speed`) follows, on that sample, and keeps a group
     float for speed only if the budget still holds on the search samples."""
     base, deadline = calib.calibrator, deadline or Deadline()
-    plans = {c: assign(_using(calib, {c: calib.alternatives[c]}, c), decisions) for c in _order(base)}
+    plans = {c: assign(_using(calib, c, calib.alternatives[c]), decisions) for c in _order(base)}
     variants = _variants(plans, base)
     groups = quant_groups(model, plans[base], target)
     evaluator = Evaluator(
@@ -110,21 +110,20 @@ def selective_search(
         choice, result, tried = _refine(evaluator, variants, choice, result, margin, deadline)
         evaluations += tried
     found = float_search(evaluator.choosing(choice), pinned, margin, progress, deadline)
+    evaluations += found.evaluations
     if not found.result.met and choice and not deadline.expired():  # the float search from the given calibrator too
         plain = float_search(evaluator, pinned, margin, progress, deadline)
-        evaluations += found.evaluations
+        evaluations += plain.evaluations
         if _rank(plain) > _rank(found):
             found, choice, best = plain, {}, base
-        else:
-            evaluations += plain.evaluations - found.evaluations
     # BASE ("") is the given calibrator; a tensor without a `best` variant has the same spec under both
     chosen = {t: base if choice.get(t) == BASE else choice.get(t, best) for t in variants}
     report = found.report(budget, margin, len(samples), "selective")
-    report.evaluations += evaluations
+    report.evaluations = evaluations
     report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
     report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
     ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
-    final, decided = _using(calib, {best: ranges}, best), found.decisions(plans[base], "selective")
+    final, decided = _using(calib, best, ranges), found.decisions(plans[base], "selective")
     if speed_sample is not None:
         chooser, floats = evaluator.choosing(choice), set(report.float_groups)
 
@@ -145,8 +144,9 @@ def _rank(found: FloatSearch) -> tuple:
     return found.result.met, -found.float_macs, found.result.value
 
 
-def _using(calib: CalibrationResult, ranges: Mapping[str, Mapping[str, tuple]], name: str) -> CalibrationResult:
-    return replace(calib, calibrator=name, ranges=dict(ranges[name]))
+def _using(calib: CalibrationResult, name: str, ranges: Mapping[str, tuple[float, float]]) -> CalibrationResult:
+    """`calib` read as calibrator `name` would have it, with `ranges`."""
+    return replace(calib, calibrator=name, ranges=dict(ranges))
 
 
 def _refine(

@@ -20,7 +20,6 @@ reproducible byte for byte across machines or runs (compile with `measure_latenc
 
 from __future__ import annotations
 
-import statistics
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -33,7 +32,7 @@ from qcompile.passes.quant_groups import QuantGroup, quant_groups
 from qcompile.pipeline import run_passes
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.profile import node_times_us
-from qcompile.runtime import SessionSource, make_session, median_latency_ms
+from qcompile.runtime import SessionSource, interleaved_medians_ms, make_session
 from qcompile.targets.base import Target
 
 __all__ = ["keep_fast", "group_times", "compiled", "SpeedReport", "TOLERANCE", "MIN_GAP_US"]
@@ -66,15 +65,6 @@ def group_times(groups: list[QuantGroup], f: Mapping[str, float], q: Mapping[str
         qdq = sum(q.get(f"{t}_Q", 0.0) + q.get(f"{t}_DQ", 0.0) for t in g.tensors)
         times[g.name] = (sum(q.get(n, 0.0) for n in g.nodes) + qdq, sum(f.get(n, 0.0) for n in g.nodes))
     return times
-
-
-def _medians(sources: list[SessionSource], sample: Mapping[str, np.ndarray]) -> list[float]:
-    sessions = [make_session(s, threads=1) for s in sources]
-    rounds: list[list[float]] = [[] for _ in sessions]
-    for _ in range(ROUNDS):
-        for times, session in zip(rounds, sessions, strict=True):
-            times.append(median_latency_ms(session, sample, repeats=10))
-    return [statistics.median(t) for t in rounds]
 
 
 def keep_fast(
@@ -112,7 +102,8 @@ def keep_fast(
             )
             for node in g.nodes:
                 trial[node] = NodeDecision("float", reason)
-    float_ms, int8_ms, trial_ms = _medians([float_source, int8_source, compiled(model, assign(trial))], sample)
+    sources = [float_source, int8_source, compiled(model, assign(trial))]
+    float_ms, int8_ms, trial_ms = interleaved_medians_ms([make_session(s, threads=1) for s in sources], sample, ROUNDS)
     report.latency_ms = {"float": float_ms, "int8": int8_ms, "with float groups": trial_ms}
     if trial_ms < 0.98 * int8_ms:
         report.kept_float = sorted(report.slower)
