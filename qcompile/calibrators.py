@@ -139,8 +139,9 @@ class HistogramStat:
             return
         while True:
             occupied = np.nonzero(self.counts)[0]
-            first = min(self._index(lo), self.origin + (occupied[0] if occupied.size else 0))
-            last = max(self._index(hi), self.origin + (occupied[-1] if occupied.size else 0))
+            # Python ints: a first batch of zeros makes bins so fine that later indices pass 2^63
+            first = min(self._index(lo), self.origin + (int(occupied[0]) if occupied.size else 0))
+            last = max(self._index(hi), self.origin + (int(occupied[-1]) if occupied.size else 0))
             if last - first < self.bins:
                 break
             self._coarsen()

@@ -63,6 +63,19 @@ def test_constant_tensor_has_a_valid_range():
     assert lo == hi == 3.0
 
 
+@pytest.mark.parametrize("calibrator", ["percentile", "entropy", "mse"])
+def test_histogram_after_a_first_batch_of_zeros(rng, calibrator):
+    # a recurrent state starts at zero: the first bins are 2^-110 wide, later values 1e3 times larger
+    stat = make_stat(calibrator)
+    data = [np.zeros(256), np.abs(rng.normal(0, 300, 4000))]  # a Relu's output, say
+    for d in data:
+        stat.update(d)
+    lo, hi = stat.range()
+    allx = np.concatenate(data)
+    assert lo == 0 < hi <= allx.max()
+    assert stat.counts.sum() == allx.size
+
+
 def test_unknown_calibrator():
     with pytest.raises(ValueError, match="unknown calibrator 'kl'; known: minmax, ema, percentile, mse, entropy"):
         make_stat("kl")
