@@ -215,19 +215,30 @@ def speech_16k() -> list[np.ndarray]:
     return clips
 
 
+VAD_CONTEXT = 64  # silero v5+ reads the last 64 samples of the previous window before each 512 (16 kHz)
+
+
 def vad_samples(model_path: Path, n: int = 80) -> list[dict]:
-    """512-sample windows with the recurrent state the float model carries into each."""
+    """512-sample windows, each after the 64 samples that precede it (the context silero's own
+    wrapper prepends; without it the model never detects speech), with the recurrent state the
+    float model carries into each."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     out = []
     for clip in speech_16k():
         state = np.zeros((2, 1, 128), np.float32)
+        context = np.zeros((1, VAD_CONTEXT), np.float32)
         for i in range(0, len(clip) - 512, 512):
             window = clip[None, i : i + 512]
-            sample = {"input": window, "state": state, "sr": np.array(16000, np.int64)}
+            sample = {
+                "input": np.concatenate([context, window], axis=1),
+                "state": state,
+                "sr": np.array(16000, np.int64),
+            }
             out.append(sample)
             state = sess.run(None, sample)[1]
+            context = window[:, -VAD_CONTEXT:]
     step = max(1, len(out) // n)
     return out[::step][:n]
 
