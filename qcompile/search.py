@@ -6,7 +6,8 @@ On the search samples (the first calibration samples; never the held-out evaluat
 2. try groups in rank order (the largest gain first; among equal gains, the fewest MACs),
    keeping each in float only if that improves the metric, until the budget holds with
    `margin` to spare;
-3. give back to int8, last chosen first, each float group the budget can do without.
+3. give back to int8, last chosen first, each float candidate the budget can do without, then
+   each group of a chosen tensor candidate (which floats every group around one tensor).
 
 The margin is what the budget keeps in reserve for data the search did not see: verification
 then measures the budget on held-out data, and the card reports both values.  Without a
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import onnx_ir as ir
@@ -198,6 +199,27 @@ def _greedy(
         if trial.met if result.met else trial.value >= result.value:
             chosen.remove(entry)
             result = trial
+    return _give_back_groups(evaluator, chosen, result, evaluations, margin, deadline)
+
+
+def _give_back_groups(
+    evaluator: Evaluator, chosen: list[Sensitivity], result: Any, evaluations: int, margin: float, deadline: Deadline
+) -> tuple[list[Sensitivity], Any, int]:
+    """A tensor candidate floats every group around its tensor; once the budget holds, each of
+    those groups goes back to int8 (most MACs first) if the budget still holds without it."""
+    if not result.met:
+        return chosen, result, evaluations
+    groups = {g.name: g for g in evaluator.groups}
+    for i, entry in enumerate(list(chosen)):
+        for name in sorted(entry.groups, key=lambda g: (-groups[g].macs, g)) if len(entry.groups) > 1 else []:
+            if deadline.expired() or len(chosen[i].groups) == 1:
+                break
+            kept = replace(chosen[i], groups=tuple(g for g in chosen[i].groups if g != name))
+            trial = evaluator.score(_floats([*chosen[:i], kept, *chosen[i + 1 :]]), margin)
+            evaluations += 1
+            if trial.met:
+                chosen[i] = replace(kept, macs=sum(groups[g].macs for g in kept.groups))
+                result = trial
     return chosen, result, evaluations
 
 
