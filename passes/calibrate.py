@@ -31,6 +31,7 @@ import onnx_ir as ir
 from qcompile.calibrators import HISTOGRAM_CALIBRATORS, check_calibrator, check_histogram_calibrator
 from qcompile.config import Progress
 from qcompile.data import Sample
+from qcompile.expose import exposable_values
 from qcompile.ir_utils import values_by_name
 from qcompile.observe import CALIBRATION_THREADS, ChunkObservation, observe_chunk, observe_samples, release_sessions
 from qcompile.runtime import SessionSource, make_session
@@ -52,9 +53,11 @@ class CalibrationResult:
 
 
 def observable_tensors(model: ir.Model) -> list[str]:
-    """Graph inputs and node outputs, in graph order (initializers are read directly)."""
+    """Graph inputs and node outputs, in graph order (initializers are read directly), then the
+    float values computed inside If branches (exposed to the session by `qcompile.expose`)."""
     names = [v.name for v in model.graph.inputs if v.name and not v.is_initializer()]
     names += [v.name for n in model.graph for v in n.outputs if v.name]
+    names += [v.name for v in exposable_values(model) if v.name]
     return list(dict.fromkeys(names))
 
 

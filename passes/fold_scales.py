@@ -21,7 +21,7 @@ from onnx_ir.passes.common import (
     TopologicalSortPass,
 )
 
-from qcompile.ir_utils import FreshNames, add_initializer, const_array, name_of, release_external
+from qcompile.ir_utils import FreshNames, add_initializer, all_initializers, const_array, name_of, release_external
 from qcompile.passes.insert_qdq import qdq_params
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.quant_math import INT_RANGES, quantize
@@ -47,10 +47,10 @@ def _fold_weight_q(graph: ir.Graph, q: ir.Node, fresh: FreshNames) -> bool:
     w_q = quantize(w, scale, zp, qrange, axis=axis)
     del w  # the float weights may be a memory map: drop the view, then unmap
     release_external(weight)
-    stored = add_initializer(graph, f"{name_of(weight)}_{dtype}", w_q, fresh)
+    stored = add_initializer(weight.graph or graph, f"{name_of(weight)}_{dtype}", w_q, fresh)
     # the zero point stays even when it is 0: ORT fuses DQ→Gemm→Q into QGemm only with one
     q.outputs[0].replace_all_uses_with(stored)
-    graph.remove(q, safe=True)
+    (q.graph or graph).remove(q, safe=True)
     return True
 
 
@@ -61,12 +61,15 @@ def _fold_bias(graph: ir.Graph, value: ir.Value, spec: QuantSpec, fresh: FreshNa
     b_q = np.clip(np.rint(b / scale), INT_RANGES["int32"].qmin, INT_RANGES["int32"].qmax).astype(np.int32)
     stored = add_initializer(graph, name + "_int32", b_q, fresh)
     s, _, attrs = qdq_params(graph, name, spec, fresh, with_zero_point=False)  # int32 zero point is 0 by default
-    dq_out = ir.Value(name=fresh(name + "_dq"), type=value.type, shape=value.shape)
-    dq = ir.Node("", "DequantizeLinear", [stored, s], attributes=attrs, outputs=[dq_out], name=fresh(name + "_DQ"))
-    readers = list(value.uses())
-    graph.insert_before(readers[0].node, [dq])
-    for use in readers:
-        use.node.replace_input_with(use.idx, dq_out)
+    by_graph: dict[int, list[tuple[ir.Node, int]]] = {}
+    for node, idx in value.uses():  # one DQ in each graph reading the bias (an If branch's own)
+        by_graph.setdefault(id(node.graph), []).append((node, idx))
+    for readers in by_graph.values():
+        dq_out = ir.Value(name=fresh(name + "_dq"), type=value.type, shape=value.shape)
+        dq = ir.Node("", "DequantizeLinear", [stored, s], attributes=attrs, outputs=[dq_out], name=fresh(name + "_DQ"))
+        (readers[0][0].graph or graph).insert_before(readers[0][0], [dq])
+        for node, idx in readers:
+            node.replace_input_with(idx, dq_out)
 
 
 def _same_params(a: ir.Node, b: ir.Node) -> bool:
@@ -82,14 +85,14 @@ def _same_params(a: ir.Node, b: ir.Node) -> bool:
 
 def _merge_requant(graph: ir.Graph) -> bool:
     modified = False
-    for q in [n for n in graph if n.op_type == "QuantizeLinear"]:
+    for q in [n for n in graph.all_nodes() if n.op_type == "QuantizeLinear"]:
         dq = q.inputs[0].producer() if q.inputs[0] is not None else None
         if dq is None or dq.op_type != "DequantizeLinear" or not _same_params(q, dq):
             continue
         if q.outputs[0].is_graph_output() or dq.inputs[0] is None:
             continue
         q.outputs[0].replace_all_uses_with(dq.inputs[0])
-        graph.remove(q, safe=True)
+        (q.graph or graph).remove(q, safe=True)
         modified = True
     return modified
 
@@ -113,8 +116,9 @@ class FoldScales(ir.passes.InPlacePass):
         self.plan = plan
 
     def ensures(self, model: ir.Model) -> None:
+        initializers = all_initializers(model.graph)
         for name, spec in self.plan.tensors.items():
-            bias = model.graph.initializers.get(name)
+            bias = initializers.get(name)
             if spec.dtype == "int32" and bias is not None and bias.uses():
                 raise ir.passes.PostconditionError(f"bias {name!r} is still read as float")
 
@@ -122,11 +126,12 @@ class FoldScales(ir.passes.InPlacePass):
         graph = model.graph
         fresh = FreshNames(graph)
         modified = False
-        for q in [n for n in graph if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")]:
+        for q in [n for n in graph.all_nodes() if n.op_type == "QuantizeLinear" and n.domain in ("", "ai.onnx")]:
             if q.inputs[0] is not None and q.inputs[0].is_initializer():
                 modified |= _fold_weight_q(graph, q, fresh)
+        initializers = all_initializers(graph)
         for name, spec in sorted(self.plan.tensors.items()):
-            value = graph.initializers.get(name)
+            value = initializers.get(name)
             if spec.dtype == "int32" and value is not None and value.uses():
                 _fold_bias(graph, value, spec, fresh)
                 modified = True

@@ -78,30 +78,56 @@ class InsertQDQ(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified)
 
     def _insert(self, graph: ir.Graph, value: ir.Value, spec: QuantSpec, fresh: FreshNames) -> None:
+        """One Q → DQ pair in each graph that reads `value` (its own, and If/Loop bodies reading it
+        from the outer scope: ONNX Runtime fuses a DQ → op → Q unit only within one graph).
+        Scales and zero points are main-graph initializers, visible in every body."""
         name = name_of(value)
         scale, zp, attrs = qdq_params(graph, name, spec, fresh)
-        readers = list(value.uses())
-        was_output = value.is_graph_output()
-        q_out = ir.Value(
-            name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]), shape=value.shape
-        )
-        q = ir.Node(
-            "", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out], name=fresh(f"{name}_Q")
-        )
-        dq_out = ir.Value(name=fresh(f"{name}_dq"), type=value.type, shape=value.shape)
-        dq = ir.Node(
-            "", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out], name=fresh(f"{name}_DQ")
-        )
-        producer = value.producer()
-        if producer is None:
-            graph.insert_before(graph.node(0), [q, dq]) if len(graph) else graph.extend([q, dq])
-        else:
-            graph.insert_after(producer, [q, dq])
-        for use in readers:
-            use.node.replace_input_with(use.idx, dq_out)
-        if was_output:
-            for i, out in enumerate(graph.outputs):
-                if out is value:
-                    graph.outputs[i] = dq_out
-            value.name = fresh(f"{name}_float")
-            dq_out.name = name
+        home = value.graph or graph
+        readers: dict[int, tuple[ir.Graph, list[tuple[ir.Node, int]]]] = {id(home): (home, [])}
+        for node, idx in value.uses():
+            reader_graph = node.graph or home
+            readers.setdefault(id(reader_graph), (reader_graph, []))[1].append((node, idx))
+        for reader_graph, uses in readers.values():
+            if reader_graph is home and not uses and not value.is_graph_output():
+                continue
+            q, dq = _qdq_pair(value, spec, scale, zp, attrs, fresh)
+            producer = value.producer()
+            if reader_graph is home and producer is not None:
+                home.insert_after(producer, [q, dq])
+            else:  # an input, initializer or outer-scope value: available from the graph's start
+                _prepend(reader_graph, [q, dq])
+            for node, idx in uses:
+                node.replace_input_with(idx, dq.outputs[0])
+            if reader_graph is home and value.is_graph_output():
+                _take_output_name(home, value, dq.outputs[0], fresh)
+
+
+def _prepend(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+    if len(graph):
+        graph.insert_before(graph.node(0), nodes)
+    else:
+        graph.extend(nodes)
+
+
+def _qdq_pair(
+    value: ir.Value, spec: QuantSpec, scale: ir.Value, zp: ir.Value | None, attrs: list[ir.Attr], fresh: FreshNames
+) -> tuple[ir.Node, ir.Node]:
+    name = name_of(value)
+    q_out = ir.Value(name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]), shape=value.shape)
+    q = ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out], name=fresh(f"{name}_Q"))
+    dq_out = ir.Value(name=fresh(f"{name}_dq"), type=value.type, shape=value.shape)
+    dq = ir.Node(
+        "", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out], name=fresh(f"{name}_DQ")
+    )
+    return q, dq
+
+
+def _take_output_name(graph: ir.Graph, value: ir.Value, dq_out: ir.Value, fresh: FreshNames) -> None:
+    """A graph output keeps its name: the DQ output takes it, the float value is renamed."""
+    name = name_of(value)
+    for i, out in enumerate(graph.outputs):
+        if out is value:
+            graph.outputs[i] = dq_out
+    value.name = fresh(f"{name}_float")
+    dq_out.name = name

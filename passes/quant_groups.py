@@ -81,7 +81,7 @@ def quant_groups(model: ir.Model, plan: QuantPlan, target: Target) -> list[Quant
     quantized = {n for n, s in plan.quantized_tensors().items() if s.dtype != "int32"}
     fused: set[str] = set()
     groups = []
-    for node in model.graph:
+    for node in model.graph.all_nodes():
         if not _int8(plan, node) or name_of(node) in fused:
             continue
         members = [node]

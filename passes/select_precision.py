@@ -9,10 +9,13 @@ tensor's calibrator (`qcompile.selective`).
 
 from __future__ import annotations
 
+from collections.abc import Container
+
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import name_of
+from qcompile.expose import body_kinds
+from qcompile.ir_utils import in_subgraph, is_float_value, name_of
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.targets.base import Target
 
@@ -27,21 +30,40 @@ def check_policy(policy: str) -> None:
 
 
 def select_precision(
-    model: ir.Model, target: Target, policy: str = "naive", pinned: QuantPlan | None = None
+    model: ir.Model,
+    target: Target,
+    policy: str = "naive",
+    pinned: QuantPlan | None = None,
+    observed: Container[str] | None = None,
 ) -> dict[str, NodeDecision]:
-    """Node name → precision decision with its reason, for every node of `model` (which is only read)."""
+    """Node name → precision decision with its reason, for every node of `model` and of its
+    subgraphs (the model is only read).  With `observed` (the tensors calibration saw), a node
+    inside an If branch or Loop/Scan body whose float outputs calibration never saw stays float."""
     check_policy(policy)
     pins = pinned.nodes if pinned else {}
-    unknown = sorted(set(pins) - {n.name for n in model.graph})
+    unknown = sorted(set(pins) - {n.name for n in model.graph.all_nodes()})
     if unknown:
         raise QCompileError(f"plan pins node(s) {unknown[:5]} that the model does not have")
     decisions: dict[str, NodeDecision] = {}
-    for node in model.graph:
+    bodies = body_kinds(model)
+    for node in model.graph.all_nodes():
         name = name_of(node)
         if name in pins:
             decisions[name] = NodeDecision(pins[name].precision, "pinned by the user plan", pins[name].score)
         elif target.rule(node) is None:
             decisions[name] = NodeDecision("float", f"{target.name} has no int8 {node.op_type}")
+        elif observed is not None and in_subgraph(node, model) and not _seen(node, observed):
+            decisions[name] = NodeDecision("float", _unseen_reason(bodies[id(node.graph)]))
         else:
             decisions[name] = NodeDecision("int8", "naive: int8 wherever the target allows")
     return decisions
+
+
+def _seen(node: ir.Node, observed: Container[str]) -> bool:
+    return all(v.name in observed for v in node.outputs if is_float_value(v))
+
+
+def _unseen_reason(body: str) -> str:
+    if body == "If":
+        return "inside an If branch that no calibration sample took"
+    return f"inside a {body} body, which calibration cannot observe yet"

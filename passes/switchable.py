@@ -27,7 +27,7 @@ from onnx_ir.passes.common import TopologicalSortPass
 
 from qcompile.budget import Budget, BudgetResult, stacked
 from qcompile.data import LABELS_KEY, Sample
-from qcompile.ir_utils import FreshNames, values_by_name
+from qcompile.ir_utils import FreshNames, all_initializers, values_by_name
 from qcompile.metrics import OutputKind
 from qcompile.passes.insert_qdq import qdq_params
 from qcompile.passes.quant_groups import QuantGroup, quantized_tensors_when
@@ -85,15 +85,15 @@ def _insert_switches(
         ]
         graph.inputs.append(switch)
         by_variant[variant], chosen = switch.name or "", picked
-    producer = value.producer()
-    if producer is None:
-        graph.insert_before(graph.node(0), nodes) if len(graph) else graph.extend(nodes)
+    producer, home = value.producer(), value.graph or graph  # switches stay main-graph inputs, read
+    if producer is None:  # from any body; the nodes go where the value is defined
+        home.insert_before(home.node(0), nodes) if len(home) else home.extend(nodes)
     else:
-        graph.insert_after(producer, nodes)
+        home.insert_after(producer, nodes)
     for use in readers:
         use.node.replace_input_with(use.idx, chosen)
     if was_output:
-        graph.outputs[list(graph.outputs).index(value)] = chosen
+        home.outputs[list(home.outputs).index(value)] = chosen
         value.name, chosen.name = fresh(f"{name}_float"), name
     return by_variant, chosen.name or ""
 
@@ -127,7 +127,8 @@ class Evaluator:
         self.labels = np.concatenate(labels) if labels and len(labels) == len(samples) else None
         self.outputs = [v.name or "" for v in model.graph.outputs]
         tensors = [g.output for g in self.groups] + [t for g in self.groups for t in g.tensors]
-        self.probes = list(dict.fromkeys(self.seen(t) for t in tensors if t not in model.graph.initializers))
+        constants = all_initializers(model.graph)
+        self.probes = list(dict.fromkeys(self.seen(t) for t in tensors if t not in constants))
         self.source = SessionSource.of(switchable, extra_outputs=self.probes)
         self.session = make_session(self.source, threads=SEARCH_THREADS)
         self._scratch: tempfile.TemporaryDirectory | None = None

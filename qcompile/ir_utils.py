@@ -22,6 +22,8 @@ __all__ = [
     "replace_value",
     "values_by_name",
     "name_of",
+    "in_subgraph",
+    "all_initializers",
 ]
 
 
@@ -66,7 +68,7 @@ class FreshNames:
     """
 
     def __init__(self, graph: ir.Graph):
-        self.taken = set(values_by_name(graph)) | {n.name for n in graph if n.name}
+        self.taken = set(values_by_name(graph)) | {n.name for n in graph.all_nodes() if n.name}
 
     def __call__(self, base: str) -> str:
         """`base`, or `base_1`, `base_2`…, whichever is free; it is then taken."""
@@ -90,12 +92,28 @@ def name_of(item: ir.Value | ir.Node) -> str:
     return item.name
 
 
+def in_subgraph(node: ir.Node, model: ir.Model) -> bool:
+    """The node sits in an If branch or a Loop/Scan body, not in the model's main graph."""
+    return node.graph is not model.graph
+
+
 def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
-    """Every named value of the graph: inputs, initializers and node outputs."""
-    values = {v.name: v for v in graph.inputs if v.name}
-    values.update(graph.initializers)
-    values.update({v.name: v for n in graph for v in n.outputs if v.name})
+    """Every named value of the graph and its subgraphs: inputs, initializers and node outputs
+    (ONNX names are unique across scopes)."""
+    values: dict[str, ir.Value] = {}
+    for g in (graph, *graph.subgraphs()):
+        values.update({v.name: v for v in g.inputs if v.name})
+        values.update(g.initializers)
+    values.update({v.name: v for n in graph.all_nodes() for v in n.outputs if v.name})
     return values
+
+
+def all_initializers(graph: ir.Graph) -> dict[str, ir.Value]:
+    """The initializers of `graph` and of its subgraphs, by name."""
+    found = dict(graph.initializers)
+    for sub in graph.subgraphs():
+        found.update(sub.initializers)
+    return found
 
 
 def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, fresh: FreshNames | None = None) -> ir.Value:

@@ -77,6 +77,8 @@ def observe_samples(
         outputs = run_session(session, sample, names)
         for name, arr in outputs.items():
             arr = np.asarray(arr)
+            if arr.size == 0:  # nothing to range over (a value of an If branch that did not run)
+                continue
             if name not in obs.dtypes:
                 obs.dtypes[name] = arr.dtype.name
                 obs.shapes[name] = tuple(arr.shape)

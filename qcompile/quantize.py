@@ -70,7 +70,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     if kept.too_few:  # nothing to spare: calibrate on every sample, the search's too
         calib = calibrated(kept.samples + kept.rest)
     run_passes(ApplyObservedShapes(calib), model)
-    decisions = select_precision(model, target, config.policy, config.plan)
+    decisions = select_precision(model, target, config.policy, config.plan, observed=calib.dtypes)
 
     def assign(calib: CalibrationResult, decisions: Mapping[str, NodeDecision]) -> QuantPlan:
         return assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)

@@ -19,7 +19,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from qcompile.errors import QCompileError, first_line
-from qcompile.ir_utils import external_tensors
+from qcompile.expose import expose_branch_values
+from qcompile.ir_utils import external_tensors, values_by_name
 from qcompile.model_io import proto_without_value_info
 
 __all__ = [
@@ -62,6 +63,7 @@ class SessionSource:
     @classmethod
     def of(cls, model: ir.Model, extra_outputs: Sequence[str] = ()) -> SessionSource:
         proto = proto_without_value_info(model)
+        _expose_inner(model, proto.graph, extra_outputs)
         present = {o.name for o in proto.graph.output}
         proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in extra_outputs if n not in present)
         folders = {t.base_dir for t in external_tensors(model)}
@@ -70,6 +72,21 @@ class SessionSource:
         if proto.ByteSize() > PROTO_LIMIT:
             raise QCompileError("the model holds over 2 GB of in-memory weights; save it with external data first")
         return cls(proto.SerializeToString(), str(folders.pop()) if folders else None)
+
+
+def _expose_inner(model: ir.Model, graph: onnx.GraphProto, names: Sequence[str]) -> None:
+    """Lift the values of `names` that If branches compute to the main graph (see `qcompile.expose`)."""
+    top = (
+        {i.name for i in graph.input} | {i.name for i in graph.initializer} | {o for n in graph.node for o in n.output}
+    )
+    inner = [n for n in names if n not in top]
+    if not inner:
+        return
+    values = values_by_name(model.graph)
+    unknown = [n for n in inner if n not in values or values[n].dtype is None]
+    if unknown:
+        raise QCompileError(f"cannot observe {unknown[:3]}: the model has no such typed value")
+    expose_branch_values(graph, {n: values[n].dtype.value for n in inner})  # type: ignore[union-attr]
 
 
 def _source(model: ir.Model | onnx.ModelProto | bytes | str | Path | SessionSource) -> SessionSource | str:

@@ -81,7 +81,7 @@ def keep_fast(
     what was measured.  `assign(decisions)` makes the plan for other decisions."""
     report = SpeedReport()
     groups = [g for g in quant_groups(model, plan, target) if not pinned.intersection(g.nodes)]
-    producers = {v.name: n.name for n in model.graph for v in n.outputs if v.name and n.name}
+    producers = {v.name: n.name for n in model.graph.all_nodes() for v in n.outputs if v.name and n.name}
     float_source, int8_source = SessionSource.of(model), compiled(model, plan)
     f, q = node_times_us(float_source, sample, producers), node_times_us(int8_source, sample)
     for name, (int8_us, float_us) in sorted(group_times(groups, f, q).items()):

@@ -87,7 +87,9 @@ class Target:
 
     def quantizable_nodes(self, model: ir.Model) -> list[ir.Node]:
         """Nodes with an integer rule that carry float data (not the int64 arithmetic of shape computations)."""
-        return [n for n in model.graph if self.rule(n) is not None and any(is_float_value(v) for v in n.outputs)]
+        return [
+            n for n in model.graph.all_nodes() if self.rule(n) is not None and any(is_float_value(v) for v in n.outputs)
+        ]
 
     def describe(self) -> dict[str, Any]:
         return {

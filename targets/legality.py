@@ -42,7 +42,7 @@ def _qdq_dtype(node: ir.Node) -> str:
 
 
 def _qdq_dtypes(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
-    for node in model.graph:
+    for node in model.graph.all_nodes():
         if node.op_type not in _QDQ:
             continue
         dtype = _qdq_dtype(node)
@@ -52,7 +52,7 @@ def _qdq_dtypes(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Vi
 
 
 def _int8_ops_supported(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
-    for node in model.graph:
+    for node in model.graph.all_nodes():
         decision = plan.nodes.get(node.name or "")
         if decision is not None and decision.precision != "float" and target.rule(node) is None:
             yield (
@@ -62,7 +62,7 @@ def _int8_ops_supported(model: ir.Model, plan: QuantPlan, target: Target) -> Ite
 
 
 def _weights_prequantized(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
-    for node in model.graph:
+    for node in model.graph.all_nodes():
         if node.op_type == "QuantizeLinear" and node.inputs[0] is not None and node.inputs[0].is_initializer():
             constant = node.inputs[0].name
             yield node.name, f"QuantizeLinear on constant {constant!r} was not folded into a quantized initializer"

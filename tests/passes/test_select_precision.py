@@ -35,3 +35,32 @@ def test_user_pins_win_and_unknown_nodes_are_named(rng):
 def test_unknown_policy(rng):
     with pytest.raises(QCompileError, match="unknown policy 'clever'; known: naive"):
         select_precision(conv_model(rng), get_target("ort-cpu"), "clever")
+
+
+def test_nodes_of_a_branch_calibration_never_took_stay_float(rng):
+    from qcompile.passes.calibrate import calibrate
+    from tests.support.quant_models import if_feeds, if_model
+
+    model = if_model(rng)
+    seen = calibrate(model, if_feeds(rng, 4, mode=1)).dtypes
+    decisions = select_precision(model, get_target("ort-cpu"), observed=seen)
+    assert {n: decisions[n].precision for n in ("then_conv0", "then_relu0", "then_conv1")} == dict.fromkeys(
+        ("then_conv0", "then_relu0", "then_conv1"), "int8"
+    )
+    assert decisions["else_conv0"].precision == "float"
+    assert decisions["else_conv0"].reason == "inside an If branch that no calibration sample took"
+    assert decisions["branch"].reason == "ort-cpu has no int8 If"
+
+
+def test_nodes_of_a_loop_body_stay_float_and_say_why():
+    from onnx_ir.passes.common import NameFixPass
+
+    from tests.core.test_expose import LOOP
+    from tests.helpers import parse
+
+    model = parse(LOOP)
+    NameFixPass()(model)
+    decisions = select_precision(model, get_target("ort-cpu"), observed={"x", "out", "scan"})
+    body_add = next(n.name for n in model.graph.all_nodes() if n.op_type == "Add")
+    assert decisions[body_add].precision == "float"
+    assert decisions[body_add].reason == "inside a Loop body, which calibration cannot observe yet"

@@ -100,3 +100,73 @@ def gemm_reference(
         b = np.rint(b / sb) * sb
     y = xq.astype(np.float64) @ wq.T.astype(np.float64) + b
     return fq("r", np.maximum(y, 0).astype(np.float32))
+
+
+def _branch(name: str, convs: list[tuple[str, str]], x: str, out: str, extra: list | None = None):
+    """Conv → Relu → ... → Conv (weights read from the outer scope), as an If branch."""
+    nodes, current = [], x
+    for i, (w, b) in enumerate(convs):
+        last = i == len(convs) - 1
+        conv_out = out if last else f"{name}_c{i}"
+        nodes.append(helper.make_node("Conv", [current, w, b], [conv_out], f"{name}_conv{i}", pads=[1, 1, 1, 1]))
+        if not last:
+            nodes.append(helper.make_node("Relu", [conv_out], [f"{name}_r{i}"], f"{name}_relu{i}"))
+            current = f"{name}_r{i}"
+    nodes += extra or []
+    return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+
+
+def if_model(rng: np.random.Generator, nested: bool = False, loud: float = 1.0) -> ir.Model:
+    """y = If(mode == 1, then: Conv → Relu → Conv, else: Conv) on x [1, 4, 8, 8], the way silero VAD
+    keeps its whole network inside an If on its sample rate; weights live in the main graph.
+    With `nested`, the then-branch's last Conv sits in an If of its own (on the same condition).
+    The first Conv's weights on input channel 0 are divided by `loud`, for inputs whose channel 0
+    is `loud` times the others (`if_feeds`): every channel then matters as much, but one int8
+    scale for x cannot serve them all."""
+    inits = {}
+    for w in ("w0", "w1", "w2"):
+        inits[w] = (rng.normal(size=(4, 4, 3, 3)) * 0.3).astype(np.float32)
+        inits["b" + w[1]] = rng.normal(size=4).astype(np.float32)
+    inits["w0"][:, 0] /= loud
+    if nested:
+        inner_then = _branch("inner_then", [("w1", "b1")], "then_r0", "inner_y")
+        inner_else = _branch("inner_else", [("w2", "b2")], "then_r0", "inner_y2")
+        inner = helper.make_node("If", ["cond"], ["then_y"], "inner_if", then_branch=inner_then, else_branch=inner_else)
+        then = _branch(
+            "then",
+            [("w0", "b0")],
+            "x",
+            "then_c0",
+            [helper.make_node("Relu", ["then_c0"], ["then_r0"], "then_relu0"), inner],
+        )
+        then.output[0].name = "then_y"
+    else:
+        then = _branch("then", [("w0", "b0"), ("w1", "b1")], "x", "then_y")
+    other = _branch("else", [("w2", "b2")], "x", "else_y")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Constant", [], ["one"], "one", value=numpy_helper.from_array(np.array(1, np.int64))),
+            helper.make_node("Equal", ["mode", "one"], ["cond"], "is_one"),
+            helper.make_node("If", ["cond"], ["y"], "branch", then_branch=then, else_branch=other),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8]),
+            helper.make_tensor_value_info("mode", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    InferShapes()(model)
+    NameFixPass()(model)
+    return model
+
+
+def if_feeds(rng: np.random.Generator, n: int = 8, mode: int = 1, loud: float = 1.0) -> list[dict[str, np.ndarray]]:
+    """Inputs for `if_model`; channel 0 of x is `loud` times the others (a planted sensitive input)."""
+    gain = np.array([loud, 1, 1, 1], np.float32)[None, :, None, None]
+    return [
+        {"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32) * gain, "mode": np.array(mode, np.int64)}
+        for _ in range(n)
+    ]
