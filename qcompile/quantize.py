@@ -11,7 +11,7 @@ CheckLegality        read-only pass: the target's rules, before anything is writ
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import onnx_ir as ir
@@ -31,6 +31,7 @@ from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.prepare import Prepared
 from qcompile.runtime import SessionSource
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
+from qcompile.search_split import SearchSplit
 from qcompile.selective import selective_search
 from qcompile.targets.legality import CheckLegality
 
@@ -54,7 +55,7 @@ class Quantized:
 def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfig) -> Quantized:
     """Quantize `prepared.model` in place for `config.target`, calibrating on `samples`."""
     model, target = prepared.model, config.target
-    kept = _SearchSplit(samples, SEARCH_SAMPLES if config.policy != "naive" else 0)
+    kept = SearchSplit(samples, SEARCH_SAMPLES if config.policy != "naive" else 0)
 
     def calibrated(data: Iterable[Sample]) -> CalibrationResult:
         return calibrate(
@@ -124,33 +125,6 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     if session.data_folder is None:  # else the checker runs on the written file, in save()
         check_serialised(session.model_bytes())
     return Quantized(model, plan, calib, session, scratch, search)
-
-
-class _SearchSplit:
-    """Sets the first `count` samples aside for the precision search and yields the others, to
-    calibrate on: the search then judges ranges on data calibration did not see, as the held-out
-    check will.  With fewer than 2·`count` samples in all there is too little to spare
-    (`too_few`): `samples` + `rest` are then every sample, to calibrate on them all."""
-
-    def __init__(self, samples: Iterable[Sample], count: int):
-        self._samples, self.count = samples, count
-        self.samples: list[Sample] = []  # the search's
-        self.rest: list[Sample] = []  # the first `count` of the others
-        self.calibrated = 0
-
-    def __iter__(self) -> Iterator[Sample]:
-        for sample in self._samples:
-            if len(self.samples) < self.count:
-                self.samples.append(sample)
-                continue
-            if len(self.rest) < self.count:
-                self.rest.append(sample)
-            self.calibrated += 1
-            yield sample
-
-    @property
-    def too_few(self) -> bool:
-        return 0 < self.count and self.calibrated < self.count
 
 
 def _spill_weights(model: ir.Model) -> tempfile.TemporaryDirectory | None:

@@ -1,6 +1,7 @@
 """The hybrid policy: int8 everywhere but the groups that hurt the budget most, kept in float.
 
-On the search samples (the first calibration samples; never the held-out evaluation data):
+On the search samples (calibration samples set aside, a uniform sample of the stream: see
+`qcompile.search_split`; never the held-out evaluation data):
 
 1. rank the naive plan's groups by sensitivity (`qcompile.passes.sensitivity`);
 2. try groups in rank order (the largest gain first; among equal gains, the fewest MACs),

@@ -10,6 +10,8 @@ import qcompile
 from qcompile.card import render_markdown
 from qcompile.errors import QCompileError
 from qcompile.passes.infer_shapes import InferShapes
+from qcompile.quantize import SEARCH_SAMPLES
+from qcompile.search_split import SearchSplit
 from tests.passes.test_sensitivity import planted_chain
 
 
@@ -39,10 +41,11 @@ def _normal(rng, n):
 
 
 def _with_a_rare_outlier(rng, n=32):
-    """Normal inputs, one calibration sample (after the search's first 8) with a value of 60:
+    """Normal inputs, one calibration sample (not one the search sets aside) with a value of 60:
     min/max spends most of the input's 256 levels on it."""
     samples = _normal(rng, n)
-    samples[min(12, n - 1)]["x"][0, 5, 3] = 60.0
+    calibrated = list(SearchSplit(range(n), SEARCH_SAMPLES))
+    samples[calibrated[min(4, len(calibrated) - 1)]]["x"][0, 5, 3] = 60.0
     return samples
 
 
