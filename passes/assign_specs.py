@@ -222,7 +222,8 @@ class _Assigner:
             if a is None or w is None or a.is_float or w.is_float:
                 continue
             w = self._widen_for_bias(weight, w, a, const_array(self.initializers[name]))
-            scale = a.scale_array().astype(np.float64) * w.scale_array().astype(np.float64)
+            # the product in float64, stored as the float32 the file will hold (what an import reads back)
+            scale = (a.scale_array().astype(np.float64) * w.scale_array().astype(np.float64)).astype(np.float32)
             zp = np.zeros(np.shape(scale), np.int32)
             axis = 0 if w.per_channel else None
             self.plan.tensors[name] = QuantSpec("int32", axis=axis, symmetric=True).with_params(scale, zp)

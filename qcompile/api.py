@@ -31,7 +31,7 @@ from qcompile.errors import QCompileError, QCompileWarning
 from qcompile.float_check import FLOAT_TOLERANCE, float_drift, peek
 from qcompile.model_io import ModelSource, check_serialised, save_model, to_graphsurgeon
 from qcompile.plan import QuantPlan, json_safe
-from qcompile.prepare import Prepared, prepare
+from qcompile.prepare import Prepared, prepare, reference_source
 from qcompile.quantize import quantize
 from qcompile.report import plots, render_html
 from qcompile.targets import Target, get_target
@@ -149,6 +149,8 @@ def compile(
     max_drop: float | None = None,
     margin: float | None = None,
     time_budget: float | None = None,
+    requantize: bool = False,
+    reference: ModelSource | None = None,
 ) -> CompileResult:
     """Compile a float ONNX model to int8 for `target`, and verify it against the float model.
 
@@ -190,6 +192,11 @@ def compile(
         time_budget: seconds the precision search may take; when they run out, the best
             choice found so far wins and the card says the search was cut (the plan then
             depends on the machine's speed).
+        requantize: for a model that arrives quantized (QDQ), calibrate and choose precision
+            afresh on the float graph beneath its Q/DQ instead of keeping the file's scales.
+        reference: the float model to compare with (same inputs and outputs), for a model that
+            arrives quantized; without it, such a model is compared with its dequantized graph
+            and the card says so.
 
     Returns:
         A `CompileResult`: the int8 model (`.model`, `.to_proto()`, `.to_graphsurgeon()`), its
@@ -221,7 +228,15 @@ def compile(
         margin=margin,
         time_budget=time_budget,
     )
-    prepared = prepare(model, config.target, config.canonicalize)
+    prepared = prepare(model, config.target, config.canonicalize, requantize=requantize)
+    float_ref, reference_kind = prepared.float_ref, "dequantized" if prepared.imported is not None else "float"
+    if {"qdq", "weight-only"} & set(prepared.form.kinds):
+        kept = "its scales are kept (--requantize calibrates afresh)" if prepared.imported else "calibrated afresh"
+        against = "its dequantized graph" if reference is None else "the reference model given"
+        message = f"the model arrived quantized ({prepared.form.summary()}): {kept}; fidelity is against {against}"
+        warnings.warn(QCompileWarning(message), stacklevel=2)
+    if reference is not None:
+        float_ref, reference_kind = reference_source(reference, prepared), "given"
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))
     prepared = _checked(prepared, first, model, config)
 
@@ -230,13 +245,14 @@ def compile(
 
     evaluation_set = EvaluationSet.choose(evaluation, split, prepared.inputs)
     verification = verify(
-        prepared.float_ref,
+        float_ref,
         quantized.session,
         evaluation_set,
         measure_latency=config.measure_latency,
         progress=config.progress_bar("verify"),
         kinds=prepared.kinds,
         budget=config.budget,
+        reference=reference_kind,
     )
 
     card = build_card(prepared, quantized, verification, config.target, config.budget)

@@ -50,6 +50,10 @@ def build_card(
         "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__},
         "fidelity": verification.fidelity.to_dict(),
     }
+    if not prepared.form.is_float:
+        card["given_quantization"] = prepared.form.describe()
+    if prepared.imported is not None:
+        card["imported"] = {"tensors": len(prepared.imported.tensors), "reference": verification.reference}
     if verification.latency_ms is not None:
         card["latency_ms"] = verification.latency_ms
     if quantized.search is not None:
@@ -142,15 +146,16 @@ def _verdict_lines(verdict: list[dict] | None) -> list[str]:
     return ["## Verdict", "", *(f"- **{v['problem']}**: {v['advice']}" for v in verdict), ""]
 
 
-def _prepare_lines(prep: dict | None) -> list[str]:
+def _prepare_lines(prep: dict | None, imported: bool = False) -> list[str]:
     if not prep:
         return []
-    lines = [
-        "## Float graph",
-        "",
-        f"{prep['nodes_before']} nodes in the given model, {prep['nodes_after']} after "
-        "prepare (outputs equal within float rounding; fidelity below is against the given model).",
-    ]
+    after = (
+        "the graph beneath its Q/DQ"
+        if imported
+        else "prepare (outputs equal within float rounding; fidelity below is against the given model)"
+    )
+    counts = f"{prep['nodes_before']} nodes in the given model, {prep['nodes_after']} in {after}."
+    lines = ["## Float graph", "", counts]
     lines += [f"- {p['pass']}: {format_changes(p['removed'], p['added'])}" for p in prep["passes"]]
     check = prep.get("float_check")
     if check and check.get("canonical_stage") == "skipped":
@@ -223,15 +228,40 @@ def _cpu_line(target: dict) -> list[str]:
     ]
 
 
+def _imported_lines(card: dict) -> list[str]:
+    imported = card.get("imported")
+    if imported is None:
+        return []
+    against = (
+        "the reference model given"
+        if imported["reference"] == "given"
+        else "**the dequantized graph** (the float graph beneath the file's Q/DQ, not an original float "
+        "model: pass `--reference FLOAT.onnx` to compare with one)"
+    )
+    return [
+        f"- **imported**: the given model was already quantized ({card['given_quantization']['summary']}); its "
+        f"{imported['tensors']} tensor specs are the plan, nothing was calibrated. "
+        f"Fidelity below is against {against}.",
+    ]
+
+
 def render_markdown(card: dict) -> str:
     t = card["target"]
     sizes = card["sizes"]
+    policy = (
+        f"- policy **{card['policy']}**, calibrator **{card['calibrator']}** on {card['calibration_samples']} samples"
+        if "imported" not in card
+        else "- policy **imported**: the file's own scales and zero points"
+    )
     lines = [
         f"# Quantization card: {card['model']} → {t['name']}",
         "",
-        f"- policy **{card['policy']}**, calibrator **{card['calibrator']}** on {card['calibration_samples']} samples",
+        *_imported_lines(card),
+        policy,
         f"- activations {t['activation_dtype']}, weights {t['weight_dtype']} "
-        f"{'per-channel' if card['per_channel'] else 'per-tensor'}{' (7-bit)' if t['weight_reduce_range'] else ''}",
+        f"{'per-channel' if card['per_channel'] else 'per-tensor'}{' (7-bit)' if t['weight_reduce_range'] else ''}"
+        if "imported" not in card
+        else "- dtypes, granularity and scales as the file has them",
         *_cpu_line(t),
         f"- opset {card['opset']['before']} → {card['opset']['after']}; shape inference: {card['shape_inference']}",
         f"- size {sizes['float_bytes']:,} B → {sizes['quantized_bytes']:,} B ({100 * sizes['ratio']:.1f}%)",
@@ -240,7 +270,7 @@ def render_markdown(card: dict) -> str:
         f"{card['ort_kernels']['float']} float compute",
         "",
         *_verdict_lines(card.get("verdict")),
-        *_prepare_lines(card.get("prepare")),
+        *_prepare_lines(card.get("prepare"), "imported" in card),
         "## Fidelity",
         "",
         *_fidelity_lines(card),

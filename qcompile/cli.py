@@ -81,6 +81,17 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="progress bars (default: on when stderr is a terminal)",
     )
+    c.add_argument(
+        "--requantize",
+        action="store_true",
+        help="a model that arrives quantized (QDQ): calibrate afresh on the float graph beneath its Q/DQ",
+    )
+    c.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        help="the float model to compare a model that arrives quantized with (default: its dequantized graph)",
+    )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
     i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
@@ -148,6 +159,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             max_drop=args.max_drop,
             margin=args.margin,
             time_budget=args.time_budget,
+            requantize=args.requantize,
+            reference=args.reference,
         )
     files = result.save(args.output, report=args.report)
     sys.stdout.write(render_markdown(result.card))
@@ -160,6 +173,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     from qcompile.ir_utils import onnx_opset, op_histogram
     from qcompile.model_io import load_model
     from qcompile.prepare import prepare
+    from qcompile.quant_form import detect_form
     from qcompile.targets import TARGET_NAMES, get_target
 
     model = load_model(args.model)
@@ -169,6 +183,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         for v in values:
             if not v.is_initializer():
                 out.write(f"  {kind} {v.name}: {v.dtype.name if v.dtype else '?'}{list(v.shape) if v.shape else '?'}\n")
+    out.write(f"quantization: {detect_form(model).summary()}\n")
     out.write("ops:\n")
     for op, n in op_histogram(model).most_common():
         out.write(f"  {op:28s} {n}\n")

@@ -37,21 +37,24 @@ from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_S
 
 from qcompile.data import InputSpec, model_input_specs
 from qcompile.errors import QCompileError, first_line
-from qcompile.ir_utils import const_array, onnx_opset, op_histogram
+from qcompile.ir_utils import const_array, onnx_opset, op_histogram, values_by_name
 from qcompile.metrics import OutputKind, output_kinds
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
 from qcompile.passes.cleanup import cleanup_passes
 from qcompile.passes.fold_affine import fold_affine_pass
 from qcompile.passes.fold_batchnorm import fold_batchnorm_pass
 from qcompile.passes.fuse_patterns import FUSED_OPS, FusePatterns
+from qcompile.passes.import_qdq import import_qdq
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.layout_transposes import PushTransposes
 from qcompile.passes.upgrade_opset import UpgradeOpset
 from qcompile.pipeline import CHANGES_KEY, ReadOnlyPass, Recorded, run_passes
+from qcompile.plan import QuantPlan
+from qcompile.quant_form import QuantForm, detect_form
 from qcompile.runtime import SessionSource
 from qcompile.targets import Target
 
-__all__ = ["Prepared", "prepare", "prepare_passes", "canonical_passes", "FOLD_OUTPUT_LIMIT"]
+__all__ = ["Prepared", "prepare", "prepare_passes", "canonical_passes", "FOLD_OUTPUT_LIMIT", "reference_source"]
 
 FOLD_OUTPUT_LIMIT = 1 << 22  # never materialise a folded tensor over 4 M elements (a broadcast scalar, say)
 
@@ -75,6 +78,8 @@ class Prepared:
     changes: tuple[tuple[str, Counter, Counter], ...] = ()  # (pass, ops removed, ops added)
     float_check: dict | None = None  # the check of the prepared graph against the user's (qcompile.float_check)
     kinds: dict[str, OutputKind] = field(default_factory=dict)  # what each output holds (qcompile.metrics)
+    form: QuantForm = field(default_factory=QuantForm)  # the quantization the user's model carried
+    imported: QuantPlan | None = None  # its Q/DQ as a plan (then `model` is the graph beneath them)
 
     def model_proto(self) -> onnx.ModelProto:
         return ir.to_proto(self.model)
@@ -144,16 +149,32 @@ class CheckWeights(ReadOnlyPass):
         return ir.passes.PassResult(model, False)
 
 
-def prepare(source: ModelSource, target: Target, canonicalize: bool = True) -> Prepared:
-    """Load `source` (never modified), check it, and run `prepare_passes(target)` on a private copy."""
+def prepare(source: ModelSource, target: Target, canonicalize: bool = True, requantize: bool = False) -> Prepared:
+    """Load `source` (never modified), check it, and run `prepare_passes(target)` on a private copy.
+
+    A model that arrives quantized in QDQ form is imported (`qcompile.passes.import_qdq`): the
+    graph beneath its Q/DQ is the float graph and the reference, its Q/DQ the plan.  Its tensor
+    names must survive, so only the passes that keep them run, and never the canonical stage,
+    which would change the weights the file's scales were chosen for.  With `requantize` the
+    plan is dropped and the float graph is prepared as any other."""
     model = load_model(source)
-    float_ref = _session_source(model)
-    _check_input(source if isinstance(source, (str, os.PathLike)) else float_ref.model)
-    float_bytes = model.meta.get(SOURCE_BYTES_KEY, len(float_ref.model))
+    _check_input(source if isinstance(source, (str, os.PathLike)) else _session_source(model).model)
+    float_bytes = model.meta.get(SOURCE_BYTES_KEY)
+    form = detect_form(model)
+    check_importable(form)
     opset_before = onnx_opset(model)
     ops_before = op_histogram(model)
+    imported = None
+    if "qdq" in form.kinds or "weight-only" in form.kinds:
+        run_passes(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0), model)
+        imported = import_qdq(model)
+    float_ref = _session_source(model)
+    float_bytes = float_bytes if float_bytes is not None else len(float_ref.model)
     inputs = tuple(model_input_specs(model))
-    run_passes(prepare_passes(target, canonicalize), model)
+    keep_names = imported is not None and not requantize
+    run_passes(imported_passes(target) if keep_names else prepare_passes(target, canonicalize), model)
+    if keep_names and imported is not None:
+        _check_names_kept(model, imported)
     changes = tuple((name, c["removed"], c["added"]) for name, c in model.meta.pop(CHANGES_KEY, {}).items())
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     name = path.stem if path else "model"
@@ -169,7 +190,60 @@ def prepare(source: ModelSource, target: Target, canonicalize: bool = True) -> P
         inputs,
         changes,
         kinds=output_kinds(model),
+        form=form,
+        imported=imported if keep_names else None,
     )
+
+
+def reference_source(reference: ModelSource, prepared: Prepared) -> SessionSource:
+    """The user's reference model (for an imported one) as ORT loads it; its inputs and outputs
+    must be the compiled model's."""
+    model = load_model(reference)
+    want_in = [i.name for i in prepared.inputs]
+    got_in = [v.name or "" for v in model.graph.inputs if not v.is_initializer()]
+    want_out, got_out = (
+        [v.name or "" for v in prepared.model.graph.outputs],
+        [v.name or "" for v in model.graph.outputs],
+    )
+    if sorted(want_in) != sorted(got_in) or sorted(want_out) != sorted(got_out):
+        raise QCompileError(
+            f"the reference model's inputs {got_in} and outputs {got_out} are not the model's ({want_in}, {want_out})"
+        )
+    if not detect_form(model).is_float:
+        raise QCompileError(f"the reference model is quantized too ({detect_form(model).summary()}); pass a float one")
+    return _session_source(model)
+
+
+def imported_passes(target: Target) -> ir.passes.Sequential:
+    """For an imported QDQ model: what keeps every tensor name and weight the file's plan refers to."""
+    return ir.passes.Sequential(
+        UpgradeOpset(target.preferred_opset, target.min_opset),
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        CheckWeights(),
+        InferShapes(),
+        NameFixPass(),
+    )
+
+
+def check_importable(form: QuantForm) -> None:
+    """Quantized forms with no float graph and no stored plan beneath them are refused, named."""
+    if "integer-ops" in form.kinds:
+        raise QCompileError(
+            f"the model is dynamically quantized ({form.summary()}): its activation scales are computed at run"
+            " time, so there is no plan to import; pass the float model it was made from"
+        )
+    if "qoperator" in form.kinds:
+        raise QCompileError(
+            f"the model is already quantized in QOperator form ({form.summary()}); qcompile imports QDQ models:"
+            " pass the float model, or a QDQ export of it"
+        )
+
+
+def _check_names_kept(model: ir.Model, imported: QuantPlan) -> None:
+    known = values_by_name(model.graph)
+    lost = sorted(set(imported.tensors) - set(known))
+    if lost:
+        raise QCompileError(f"imported tensor(s) {lost[:3]} did not survive preparing the float graph")
 
 
 def _session_source(model: ir.Model) -> SessionSource:

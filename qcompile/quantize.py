@@ -19,11 +19,13 @@ import onnx_ir as ir
 from qcompile.config import CompileConfig
 from qcompile.data import LABELS_KEY, Sample
 from qcompile.deadline import Deadline
+from qcompile.errors import QCompileError
 from qcompile.ir_utils import onnx_opset
 from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_serialised, weights_nbytes
 from qcompile.passes.assign_specs import assign_specs
 from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
 from qcompile.passes.fold_scales import FoldScales
+from qcompile.passes.import_qdq import IMPORTED, imported_decisions
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.passes.select_precision import select_precision
 from qcompile.pipeline import run_passes
@@ -53,7 +55,10 @@ class Quantized:
 
 
 def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfig) -> Quantized:
-    """Quantize `prepared.model` in place for `config.target`, calibrating on `samples`."""
+    """Quantize `prepared.model` in place for `config.target`, calibrating on `samples` (a model
+    imported with its own Q/DQ keeps the file's plan: nothing is calibrated)."""
+    if prepared.imported is not None:
+        return _lower(prepared.model, config, _imported_plan(prepared, config), CalibrationResult("imported"))
     model, target = prepared.model, config.target
     kept = SearchSplit(samples, SEARCH_SAMPLES if config.policy != "naive" else 0)
 
@@ -109,16 +114,48 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
             )
         search.unseen = not kept.too_few
         specs = assign(calib, decisions)
-    meta = {
-        "target": target.name,
-        "calibrator": calib.calibrator,
-        "policy": config.policy,
-        **specs.meta,
-        "opset": onnx_opset(model),
-    }
+    meta = {"calibrator": calib.calibrator, "policy": config.policy, **specs.meta}
     if search is not None:
         meta["search"] = {k: v for k, v in search.describe().items() if k not in ("table", "trials")}
-    plan = QuantPlan(specs.tensors, specs.nodes, meta)
+    return _lower(model, config, QuantPlan(specs.tensors, specs.nodes, meta), calib, search)
+
+
+def _imported_plan(prepared: Prepared, config: CompileConfig) -> QuantPlan:
+    """The file's own specs (the user's `--plan` pins over them) and node decisions to match."""
+    if config.policy != "naive":
+        raise QCompileError(
+            f"the model is already quantized ({prepared.form.summary()}); --policy {config.policy} chooses"
+            " precision afresh: add --requantize to calibrate and search from its float graph"
+        )
+    assert prepared.imported is not None
+    tensors = dict(prepared.imported.tensors)
+    pins = config.plan or QuantPlan()
+    for name, spec in pins.tensors.items():
+        if not spec.is_resolved:
+            raise QCompileError(f"plan asks for tensor {name!r} as {spec.dtype} without a scale: add --requantize")
+        if spec.is_float:
+            tensors.pop(name, None)
+        else:
+            tensors[name] = spec
+    plan = QuantPlan(tensors, {}, {"policy": "imported", "calibrator": "imported", IMPORTED: True})
+    decisions = imported_decisions(prepared.model, plan, config.target)
+    decisions.update({n: NodeDecision(d.precision, "pinned by the user plan") for n, d in pins.nodes.items()})
+    return QuantPlan(tensors, decisions, plan.meta)
+
+
+def _lower(
+    model: ir.Model,
+    config: CompileConfig,
+    plan: QuantPlan,
+    calib: CalibrationResult,
+    search: SearchReport | None = None,
+) -> Quantized:
+    """Insert the plan's Q/DQ, fold scales, check the target's rules; the model as ORT loads it."""
+    target = config.target
+    meta = {"target": target.name, **{k: v for k, v in plan.meta.items() if k != "search"}, "opset": onnx_opset(model)}
+    if "search" in plan.meta:
+        meta["search"] = plan.meta["search"]
+    plan = QuantPlan(plan.tensors, plan.nodes, meta)
     run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), CheckLegality(plan, target)), model)
     scratch = _spill_weights(model)
     session = SessionSource.of(model)

@@ -119,6 +119,7 @@ class Verification:
     ort_kernels: dict[str, int]
     latency_ms: dict[str, dict[str, float]] | None = None
     budget: BudgetResult | None = None
+    reference: str = "float"  # what the outputs were compared with: "float", "dequantized" or "given"
 
 
 def verify(
@@ -130,14 +131,17 @@ def verify(
     progress: Callable[[Iterable], Iterable] | None = None,
     kinds: Mapping[str, OutputKind] | None = None,
     budget: Budget | None = None,
+    reference: str = "float",
 ) -> Verification:
-    """Fidelity on `evaluation`, ORT's kernel choice, and (optionally) the latency of both models."""
+    """Fidelity on `evaluation`, ORT's kernel choice, and (optionally) the latency of both models;
+    `reference` names what `float_ref` is (the float model, an imported model's dequantized graph,
+    or a reference the user gave)."""
     kernels = integer_kernels(quant_ref)
     fidelity, budget_result = compare(float_ref, quant_ref, evaluation.samples, progress, kinds, budget)
     latency = None
     if measure_latency and evaluation.samples:
         latency = measure_latencies(float_ref, quant_ref, evaluation.samples[0])
-    return Verification(fidelity, evaluation, kernels, latency, budget_result)
+    return Verification(fidelity, evaluation, kernels, latency, budget_result, reference)
 
 
 def integer_kernels(quant: SessionSource) -> dict[str, int]:

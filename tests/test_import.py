@@ -1,0 +1,114 @@
+"""Models that arrive quantized: QDQ files keep their scales, the card says what it compared
+with, a file qcompile wrote comes back byte for byte, other forms are refused with their ops named."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import qcompile
+from qcompile.card import render_markdown
+from qcompile.errors import QCompileError, QCompileWarning
+from qcompile.quant_math import sqnr_db
+from tests.support.quant_models import conv_model, feeds
+from tests.support.quantized_files import dq_params_by_reader, ort_dynamic, ort_static, qat_export
+from tests.test_cli import qc
+
+
+def _compile(model, rng, **options):
+    return qcompile.compile(
+        model, calibration=feeds(rng, 4), evaluation=feeds(rng, 8), measure_latency=False, **options
+    )
+
+
+def test_an_ort_qdq_file_keeps_every_scale_and_says_what_it_compared_with(tmp_path, rng):
+    float_path, path = ort_static(tmp_path, rng)
+    with pytest.warns(QCompileWarning, match=r"the model arrived quantized \(qdq: .*its scales are kept"):
+        result = _compile(path, rng)
+    # every op sees the quantization the file gave it, tensor by tensor
+    assert dq_params_by_reader(result.to_proto()) == dq_params_by_reader(onnx.load(path))
+    assert result.card["ort_kernels"] == {"integer": 3, "float": 0}
+    assert result.card["imported"] == {"tensors": 10, "reference": "dequantized"}
+    assert result.card["calibration_samples"] == 0 and result.plan.meta["imported"] is True
+    card = render_markdown(result.card)
+    assert "- **imported**: the given model was already quantized" in card.splitlines()[2]
+    assert "Fidelity below is against **the dequantized graph**" in card
+    json.loads(json.dumps(result.card, allow_nan=False, default=str))  # strict JSON: no Infinity
+
+
+def test_with_a_reference_the_card_compares_with_it(tmp_path, rng):
+    float_path, path = ort_static(tmp_path, rng)
+    samples = feeds(rng, 8)
+    result = qcompile.compile(path, calibration=feeds(rng, 4), evaluation=samples, measure_latency=False,
+                              reference=float_path)  # fmt: skip
+    assert result.card["imported"]["reference"] == "given"
+    f = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"])
+    q = ort.InferenceSession(result.to_proto().SerializeToString(), providers=["CPUExecutionProvider"])
+    want = np.concatenate([f.run(["y"], s)[0] for s in samples])
+    got = np.concatenate([q.run(["y"], s)[0] for s in samples])
+    assert abs(result.card["fidelity"]["outputs"][0]["sqnr_db"] - sqnr_db(want, got)) < 1e-9
+    with pytest.raises(QCompileError, match="the reference model is quantized too"):
+        _compile(path, rng, reference=path)
+
+
+def test_a_file_qcompile_wrote_imports_to_the_same_plan_and_bytes(rng):
+    first = _compile(conv_model(rng), rng)
+    again = _compile(first.to_proto(), rng)
+    assert again.plan.tensors == first.plan.tensors
+    assert again.to_proto().SerializeToString() == first.to_proto().SerializeToString()
+
+
+def test_a_qat_export_compiles_with_its_own_scales(rng):
+    proto = qat_export(rng)
+    samples = [{"x": rng.normal(size=(4, 16)).astype(np.float32)} for _ in range(6)]
+    result = qcompile.compile(proto, calibration=samples[:2], evaluation=samples, measure_latency=False)
+    assert dq_params_by_reader(result.to_proto()) == dq_params_by_reader(proto)
+    assert result.card["ort_kernels"]["integer"] == 1
+
+
+def test_requantize_calibrates_afresh_and_policies_need_it(tmp_path, rng):
+    _, path = ort_static(tmp_path, rng)
+    with pytest.raises(QCompileError, match=r"--policy hybrid chooses precision afresh: add --requantize"):
+        _compile(path, rng, policy="hybrid")
+    result = _compile(path, rng, requantize=True)
+    assert "imported" not in result.card and result.card["calibration_samples"] == 4
+    assert result.card["given_quantization"]["kinds"] == ["qdq"]
+
+
+def test_dynamic_and_qoperator_files_are_refused_with_their_ops_named(tmp_path, rng):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=rng.normal(size=(4, 1, 2, 4, 4)).astype(np.float32))
+    r = qc("compile", ort_dynamic(tmp_path, rng), "--calib", calib, "-o", tmp_path / "out")
+    assert r.returncode == 2
+    assert "the model is dynamically quantized (integer-ops: " in r.stderr and "ConvInteger" in r.stderr
+    assert "pass the float model it was made from" in r.stderr
+    (tmp_path / "qop").mkdir()
+    _, qoperator = ort_static(tmp_path / "qop", rng, "QOperator")
+    r = qc("compile", qoperator, "--calib", calib, "-o", tmp_path / "out")
+    assert r.returncode == 2 and "already quantized in QOperator form" in r.stderr and "QLinearConv" in r.stderr
+
+
+def test_inspect_names_the_form(tmp_path, rng):
+    _, path = ort_static(tmp_path, rng)
+    r = qc("inspect", path)
+    assert r.returncode == 0 and "quantization: qdq: 10 DequantizeLinear, 6 QuantizeLinear" in r.stdout
+
+
+def test_a_reference_with_other_outputs_is_refused(tmp_path, rng):
+    from onnx import helper
+
+    _, path = ort_static(tmp_path, rng)
+    other = helper.make_model(qat_export(rng).graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    with pytest.raises(QCompileError, match=r"the reference model's inputs \['x'\] and outputs \['y'\] are not the"):
+        _compile(path, rng, reference=other)
+
+
+def test_a_plan_pin_without_a_scale_needs_requantize(tmp_path, rng):
+    from qcompile.plan import QuantPlan, QuantSpec
+
+    _, path = ort_static(tmp_path, rng)
+    pins = QuantPlan(tensors={"r": QuantSpec("uint16")})
+    with pytest.raises(QCompileError, match="plan asks for tensor 'r' as uint16 without a scale: add --requantize"):
+        _compile(path, rng, plan=pins)
