@@ -47,6 +47,7 @@ from qcompile.passes.fuse_patterns import FUSED_OPS, FusePatterns
 from qcompile.passes.import_qdq import import_qdq
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.layout_transposes import PushTransposes
+from qcompile.passes.qoperator_to_qdq import qoperator_to_qdq
 from qcompile.passes.upgrade_opset import UpgradeOpset
 from qcompile.pipeline import CHANGES_KEY, ReadOnlyPass, Recorded, run_passes
 from qcompile.plan import QuantPlan
@@ -152,7 +153,8 @@ class CheckWeights(ReadOnlyPass):
 def prepare(source: ModelSource, target: Target, canonicalize: bool = True, requantize: bool = False) -> Prepared:
     """Load `source` (never modified), check it, and run `prepare_passes(target)` on a private copy.
 
-    A model that arrives quantized in QDQ form is imported (`qcompile.passes.import_qdq`): the
+    A model that arrives quantized in QDQ form (or QOperator form, rewritten to QDQ first by
+    `qcompile.passes.qoperator_to_qdq`) is imported (`qcompile.passes.import_qdq`): the
     graph beneath its Q/DQ is the float graph and the reference, its Q/DQ the plan.  Its tensor
     names must survive, so only the passes that keep them run, and never the canonical stage,
     which would change the weights the file's scales were chosen for.  With `requantize` the
@@ -165,8 +167,10 @@ def prepare(source: ModelSource, target: Target, canonicalize: bool = True, requ
     opset_before = onnx_opset(model)
     ops_before = op_histogram(model)
     imported = None
-    if "qdq" in form.kinds or "weight-only" in form.kinds:
+    if {"qdq", "weight-only", "qoperator"} & set(form.kinds):
         run_passes(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0), model)
+        if "qoperator" in form.kinds:
+            qoperator_to_qdq(model)  # the same integer kernels, written as Q/DQ around float ops
         imported = import_qdq(model)
     float_ref = _session_source(model)
     float_bytes = float_bytes if float_bytes is not None else len(float_ref.model)
@@ -226,16 +230,11 @@ def imported_passes(target: Target) -> ir.passes.Sequential:
 
 
 def check_importable(form: QuantForm) -> None:
-    """Quantized forms with no float graph and no stored plan beneath them are refused, named."""
+    """Quantized forms with no stored plan (scales computed at run time) are refused, named."""
     if "integer-ops" in form.kinds:
         raise QCompileError(
             f"the model is dynamically quantized ({form.summary()}): its activation scales are computed at run"
             " time, so there is no plan to import; pass the float model it was made from"
-        )
-    if "qoperator" in form.kinds:
-        raise QCompileError(
-            f"the model is already quantized in QOperator form ({form.summary()}); qcompile imports QDQ models:"
-            " pass the float model, or a QDQ export of it"
         )
 
 

@@ -77,17 +77,28 @@ def test_requantize_calibrates_afresh_and_policies_need_it(tmp_path, rng):
     assert result.card["given_quantization"]["kinds"] == ["qdq"]
 
 
-def test_dynamic_and_qoperator_files_are_refused_with_their_ops_named(tmp_path, rng):
+def test_a_dynamically_quantized_file_is_refused_with_its_ops_named(tmp_path, rng):
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=rng.normal(size=(4, 1, 2, 4, 4)).astype(np.float32))
     r = qc("compile", ort_dynamic(tmp_path, rng), "--calib", calib, "-o", tmp_path / "out")
     assert r.returncode == 2
     assert "the model is dynamically quantized (integer-ops: " in r.stderr and "ConvInteger" in r.stderr
     assert "pass the float model it was made from" in r.stderr
+
+
+def test_a_qoperator_file_is_imported_through_its_qdq_form(tmp_path, rng):
+    _, qdq = ort_static(tmp_path, rng)
     (tmp_path / "qop").mkdir()
     _, qoperator = ort_static(tmp_path / "qop", rng, "QOperator")
-    r = qc("compile", qoperator, "--calib", calib, "-o", tmp_path / "out")
-    assert r.returncode == 2 and "already quantized in QOperator form" in r.stderr and "QLinearConv" in r.stderr
+    samples = feeds(rng, 8)
+    result = qcompile.compile(qoperator, calibration=samples[:2], evaluation=samples, measure_latency=False)
+    assert result.card["given_quantization"]["kinds"][-1] == "qoperator"
+    assert result.card["ort_kernels"] == {"integer": 3, "float": 0}
+    given = ort.InferenceSession(str(qoperator), providers=["CPUExecutionProvider"])
+    ours = ort.InferenceSession(result.to_proto().SerializeToString(), providers=["CPUExecutionProvider"])
+    for s in samples:  # the same integer kernels with the same parameters: the same bits
+        for a, b in zip(given.run(None, s), ours.run(None, s), strict=True):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_inspect_names_the_form(tmp_path, rng):

@@ -1,0 +1,55 @@
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx_ir.passes.common import LiftConstantsToInitializersPass
+
+from qcompile.errors import QCompileError
+from qcompile.passes.qoperator_to_qdq import qoperator_to_qdq
+from tests.support.quant_models import feeds
+from tests.support.quantized_files import ort_static
+
+
+def _rewritten(path):
+    model = ir.from_proto(onnx.load(path))
+    LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    assert qoperator_to_qdq(model)
+    return ir.to_proto(model)
+
+
+def test_the_qdq_form_gives_the_same_bits_on_onnx_runtime(tmp_path, rng):
+    _, path = ort_static(tmp_path, rng, "QOperator")
+    proto = _rewritten(path)
+    ops = {n.op_type for n in proto.graph.node}
+    assert not any(op.startswith("QLinear") or op == "QGemm" for op in ops)
+    assert {"Conv", "Gemm", "Sigmoid", "MaxPool"} <= ops
+    given = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ours = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    fused = {n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node}
+    assert {"QLinearConv", "QGemm", "QLinearSigmoid"} <= fused  # ORT fuses it back
+    for s in feeds(rng, 8):
+        for a, b in zip(given.run(None, s), ours.run(None, s), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_an_op_without_a_rewrite_is_named():
+    s = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    z = numpy_helper.from_array(np.array(0, np.uint8), "z")
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_q"], "q"),
+        helper.make_node("QLinearSoftmax", ["x_q", "s", "z", "s", "z"], ["y_q"], "softmax", domain="com.microsoft"),
+        helper.make_node("DequantizeLinear", ["y_q", "s", "z"], ["y"], "dq"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [s, z],
+    )  # fmt: skip
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)]
+    )
+    with pytest.raises(QCompileError, match="QLinearSoftmax 'softmax' has no QDQ rewrite in qcompile yet"):
+        qoperator_to_qdq(ir.from_proto(proto))
