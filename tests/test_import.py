@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import onnx
+import onnx_ir
 import onnxruntime as ort
 import pytest
 
@@ -123,3 +124,12 @@ def test_a_plan_pin_without_a_scale_needs_requantize(tmp_path, rng):
     pins = QuantPlan(tensors={"r": QuantSpec("uint16")})
     with pytest.raises(QCompileError, match="plan asks for tensor 'r' as uint16 without a scale: add --requantize"):
         _compile(path, rng, plan=pins)
+
+
+def test_an_nncf_qdq_file_keeps_every_scale(rng):
+    nncf = pytest.importorskip("nncf", reason="NNCF is the optional `compare` extra (pip install .[compare])")
+    data = feeds(rng, 16)
+    proto = nncf.quantize(onnx_ir.to_proto(conv_model(rng)), nncf.Dataset(data), subset_size=16)
+    result = qcompile.compile(proto, calibration=data[:2], evaluation=feeds(rng, 8), measure_latency=False)
+    assert result.card["imported"]["tensors"] > 0
+    assert dq_params_by_reader(result.to_proto()) == dq_params_by_reader(proto)
