@@ -66,4 +66,6 @@ def _seen(node: ir.Node, observed: Container[str]) -> bool:
 def _unseen_reason(body: str) -> str:
     if body == "If":
         return "inside an If branch that no calibration sample took"
-    return f"inside a {body} body, which calibration cannot observe yet"
+    if body == "If in a loop":
+        return "inside an If branch within a Loop/Scan body, which calibration cannot observe yet"
+    return f"inside a {body} body that no calibration sample ran"

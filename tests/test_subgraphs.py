@@ -66,3 +66,22 @@ def test_hybrid_keeps_the_planted_branch_conv_float_and_meets_its_budget_held_ou
     assert result.plan.nodes["then_conv1"].precision == "int8"
     assert result.card["budget"]["met"], result.card["budget"]
     assert result.card["ort_kernels"] == {"integer": 1, "float": 2}
+
+
+def test_naive_quantizes_inside_a_loop_body(rng, tmp_path):
+    from tests.support.quant_models import loop_feeds, loop_model
+
+    model = loop_model(rng)
+    float_proto = ir.to_proto(model)
+    calib, held = loop_feeds(rng, 16), loop_feeds(rng, 8)
+    result = qcompile.compile(model, calibration=calib, evaluation=held, measure_latency=False)
+    assert result.plan.nodes["body_matmul"].precision == "int8"
+    assert "w" in result.plan.tensors and "acc" in result.plan.tensors  # the body's input, read each iteration
+    proto = result.to_proto()
+    body = next(a.g for a in proto.graph.node[-1].attribute if a.name == "body")
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in body.node}
+    want = _outputs(float_proto, held)
+    got = _outputs(proto, held, tmp_path / "opt.onnx")
+    assert fused_op_counts(onnx.load(tmp_path / "opt.onnx").graph.node)["integer"] >= 1
+    assert result.card["ort_kernels"]["integer"] >= 1
+    assert sqnr_db(want, got) > 25.0

@@ -70,13 +70,38 @@ g (float[2] x, int64 n) => (float[2] out, float[N, 2] scan) {
 """
 
 
-def test_a_loop_body_value_cannot_be_exposed():
+def test_loop_body_values_come_out_stacked_over_iterations(rng):
     model = parse(LOOP)
-    assert list(exposable_values(model)) == []
+    assert [v.name for v in exposable_values(model)] == ["acc", "acc_out", "twice"]  # floats only
     assert set(body_kinds(model).values()) == {"Loop"}
-    graph = onnx.parser.parse_model(LOOP).graph
-    with pytest.raises(QCompileError, match=r"cannot observe \['acc_out'\]: only values in If branches"):
-        expose_branch_values(graph, {"acc_out": TensorProto.FLOAT})
+    x = rng.normal(size=2).astype(np.float32)
+    session = make_session(model, optimize=False, extra_outputs=["acc", "acc_out"])
+    got = run_session(session, {"x": x, "n": np.array(3, np.int64)}, ["out", "acc", "acc_out"])
+    np.testing.assert_allclose(got["acc"], np.stack([x, 2 * x, 4 * x]), rtol=1e-6)  # what each iteration read
+    np.testing.assert_allclose(got["acc_out"], np.stack([2 * x, 4 * x, 8 * x]), rtol=1e-6)
+    np.testing.assert_allclose(got["out"], 8 * x, rtol=1e-6)
+
+
+IF_IN_LOOP = """
+<ir_version: 10, opset_import: ["" : 21]>
+g (float[2] x, int64 n, bool flag) => (float[2] out) {
+  t = Constant <value = bool {1}> ()
+  out = Loop (n, t, x) <body = body (int64 i, bool c, float[2] acc) => (bool c_out, float[2] acc_out) {
+      c_out = Identity (c)
+      acc_out = If (flag) <then_branch = th () => (float[2] a) { a = Add (acc, acc) },
+                           else_branch = el () => (float[2] b) { b = Mul (acc, acc) }>
+  }>
+}
+"""
+
+
+def test_an_if_inside_a_loop_body_is_not_exposed():
+    model = parse(IF_IN_LOOP)
+    assert [v.name for v in exposable_values(model)] == ["acc", "acc_out"]
+    assert sorted(body_kinds(model).values()) == ["If in a loop", "If in a loop", "Loop"]
+    graph = onnx.parser.parse_model(IF_IN_LOOP).graph
+    with pytest.raises(QCompileError, match=r"cannot observe \['a'\]: values of an If branch inside a Loop/Scan"):
+        expose_branch_values(graph, {"a": TensorProto.FLOAT})
 
 
 def test_an_unknown_name_is_refused(rng):

@@ -52,7 +52,7 @@ def test_nodes_of_a_branch_calibration_never_took_stay_float(rng):
     assert decisions["branch"].reason == "ort-cpu has no int8 If"
 
 
-def test_nodes_of_a_loop_body_stay_float_and_say_why():
+def test_nodes_of_a_loop_body_no_sample_ran_stay_float_and_say_why():
     from onnx_ir.passes.common import NameFixPass
 
     from tests.core.test_expose import LOOP
@@ -63,4 +63,4 @@ def test_nodes_of_a_loop_body_stay_float_and_say_why():
     decisions = select_precision(model, get_target("ort-cpu"), observed={"x", "out", "scan"})
     body_add = next(n.name for n in model.graph.all_nodes() if n.op_type == "Add")
     assert decisions[body_add].precision == "float"
-    assert decisions[body_add].reason == "inside a Loop body, which calibration cannot observe yet"
+    assert decisions[body_add].reason == "inside a Loop body that no calibration sample ran"

@@ -170,3 +170,49 @@ def if_feeds(rng: np.random.Generator, n: int = 8, mode: int = 1, loud: float = 
         {"x": rng.normal(size=(1, 4, 8, 8)).astype(np.float32) * gain, "mode": np.array(mode, np.int64)}
         for _ in range(n)
     ]
+
+
+def loop_model(rng: np.random.Generator, width: int = 16) -> ir.Model:
+    """y = Loop n times: acc ← Tanh(MatMul(acc, w) + b), from acc = x [1, width]; the weights live in
+    the main graph and are read from the loop body."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["c"], ["c_out"], "keep_going"),
+            helper.make_node("MatMul", ["acc", "w"], ["h"], "body_matmul"),
+            helper.make_node("Add", ["h", "b"], ["hb"], "body_add"),
+            helper.make_node("Tanh", ["hb"], ["acc_out"], "body_tanh"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc", TensorProto.FLOAT, [1, width]),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, width]),
+        ],
+    )
+    inits = {
+        "w": (rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32),
+        "b": (rng.normal(size=width) * 0.1).astype(np.float32),
+        "go": np.array(True),
+    }
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "go", "x"], ["y"], "loop", body=body)],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    InferShapes()(model)
+    NameFixPass()(model)
+    return model
+
+
+def loop_feeds(rng: np.random.Generator, n: int = 8, width: int = 16, steps: int = 3) -> list[dict[str, np.ndarray]]:
+    return [{"x": rng.normal(size=(1, width)).astype(np.float32), "n": np.array(steps, np.int64)} for _ in range(n)]
