@@ -54,6 +54,8 @@ def build_card(
         card["given_quantization"] = prepared.form.describe()
     if prepared.imported is not None:
         card["imported"] = {"tensors": len(prepared.imported.tensors), "reference": verification.reference}
+    elif "integer-ops" in prepared.form.kinds:
+        card["dequantized"] = {"reference": verification.reference}
     if verification.latency_ms is not None:
         card["latency_ms"] = verification.latency_ms
     if quantized.search is not None:
@@ -230,6 +232,13 @@ def _cpu_line(target: dict) -> list[str]:
 
 def _imported_lines(card: dict) -> list[str]:
     imported = card.get("imported")
+    if "dequantized" in card:
+        against = "the reference model given" if card["dequantized"]["reference"] == "given" else "that float graph"
+        return [
+            f"- **dequantized**: the given model was dynamically quantized ({card['given_quantization']['summary']});"
+            " its int8 weights were taken back to float and it was compiled afresh. "
+            f"Fidelity below is against {against}.",
+        ]
     if imported is None:
         return []
     against = (
@@ -245,6 +254,16 @@ def _imported_lines(card: dict) -> list[str]:
     ]
 
 
+def _half_lines(card: dict) -> list[str]:
+    given = card.get("given_quantization") or {}
+    if "float16" not in given.get("kinds", []):
+        return []
+    return [
+        "- the given model holds float16/bfloat16 weights: compiled in float32 around its int8 kernels "
+        "(float parts run in float32), its inputs and outputs keep their half type",
+    ]
+
+
 def render_markdown(card: dict) -> str:
     t = card["target"]
     sizes = card["sizes"]
@@ -257,6 +276,7 @@ def render_markdown(card: dict) -> str:
         f"# Quantization card: {card['model']} → {t['name']}",
         "",
         *_imported_lines(card),
+        *_half_lines(card),
         policy,
         f"- activations {t['activation_dtype']}, weights {t['weight_dtype']} "
         f"{'per-channel' if card['per_channel'] else 'per-tensor'}{' (7-bit)' if t['weight_reduce_range'] else ''}"

@@ -5,6 +5,7 @@ with onnx-ir's `Sequential`:
 
     UpgradeOpset (21, else 13)              qcompile: tries the preferred opset on a copy first
     LiftConstantsToInitializersPass         onnx-ir: Constant-node weights become initializers
+    UpcastHalf                              qcompile: a float16/bfloat16 graph computes in float32
     CheckWeights                            qcompile: stored data matches each weight's type and shape
     FoldConstantsPass + RemoveUnusedNodes   onnxscript / onnx-ir
     InferShapes                             qcompile: onnx-ir's ShapeInferencePass, failure recorded
@@ -41,6 +42,7 @@ from qcompile.ir_utils import const_array, onnx_opset, op_histogram, values_by_n
 from qcompile.metrics import OutputKind, output_kinds
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
 from qcompile.passes.cleanup import cleanup_passes
+from qcompile.passes.dequantize_dynamic import dequantize_dynamic
 from qcompile.passes.fold_affine import fold_affine_pass
 from qcompile.passes.fold_batchnorm import fold_batchnorm_pass
 from qcompile.passes.fuse_patterns import FUSED_OPS, FusePatterns
@@ -48,6 +50,7 @@ from qcompile.passes.import_qdq import import_qdq
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.layout_transposes import PushTransposes
 from qcompile.passes.qoperator_to_qdq import qoperator_to_qdq
+from qcompile.passes.upcast_half import UpcastHalf
 from qcompile.passes.upgrade_opset import UpgradeOpset
 from qcompile.pipeline import CHANGES_KEY, ReadOnlyPass, Recorded, run_passes
 from qcompile.plan import QuantPlan
@@ -106,6 +109,7 @@ def prepare_passes(target: Target, canonicalize: bool = True) -> ir.passes.Seque
     return ir.passes.Sequential(
         UpgradeOpset(target.preferred_opset, target.min_opset),
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        UpcastHalf(),
         CheckWeights(),
         Recorded("constant folding", ir.passes.Sequential(_fold_constants(), RemoveUnusedNodesPass())),
         InferShapes(),
@@ -150,7 +154,9 @@ class CheckWeights(ReadOnlyPass):
         return ir.passes.PassResult(model, False)
 
 
-def prepare(source: ModelSource, target: Target, canonicalize: bool = True, requantize: bool = False) -> Prepared:
+def prepare(
+    source: ModelSource, target: Target, canonicalize: bool = True, requantize: bool = False, dequantize: bool = False
+) -> Prepared:
     """Load `source` (never modified), check it, and run `prepare_passes(target)` on a private copy.
 
     A model that arrives quantized in QDQ form (or QOperator form, rewritten to QDQ first by
@@ -158,16 +164,24 @@ def prepare(source: ModelSource, target: Target, canonicalize: bool = True, requ
     graph beneath its Q/DQ is the float graph and the reference, its Q/DQ the plan.  Its tensor
     names must survive, so only the passes that keep them run, and never the canonical stage,
     which would change the weights the file's scales were chosen for.  With `requantize` the
-    plan is dropped and the float graph is prepared as any other."""
+    plan is dropped and the float graph is prepared as any other.  A dynamically quantized model
+    is refused unless `dequantize`: then its integer ops become the float ops their stored weights
+    stand for (`qcompile.passes.dequantize_dynamic`), to calibrate afresh."""
     model = load_model(source)
     _check_input(source if isinstance(source, (str, os.PathLike)) else _session_source(model).model)
     float_bytes = model.meta.get(SOURCE_BYTES_KEY)
     form = detect_form(model)
-    check_importable(form)
+    if dequantize and "integer-ops" in form.kinds:
+        run_passes(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0), model)
+        dequantize_dynamic(model)
+    elif dequantize:
+        raise QCompileError(f"--dequantize is for dynamically quantized models; this one is {form.summary()}")
+    else:
+        check_importable(form)
     opset_before = onnx_opset(model)
     ops_before = op_histogram(model)
     imported = None
-    if {"qdq", "weight-only", "qoperator"} & set(form.kinds):
+    if {"qdq", "weight-only", "qoperator"} & set(form.kinds) and not dequantize:
         run_passes(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0), model)
         if "qoperator" in form.kinds:
             qoperator_to_qdq(model)  # the same integer kernels, written as Q/DQ around float ops
@@ -234,7 +248,8 @@ def check_importable(form: QuantForm) -> None:
     if "integer-ops" in form.kinds:
         raise QCompileError(
             f"the model is dynamically quantized ({form.summary()}): its activation scales are computed at run"
-            " time, so there is no plan to import; pass the float model it was made from"
+            " time, so there is no plan to import; pass the float model it was made from, or --dequantize to"
+            " take its weights back to float and compile afresh"
         )
 
 
