@@ -151,6 +151,7 @@ def compile(
     time_budget: float | None = None,
     requantize: bool = False,
     reference: ModelSource | None = None,
+    dequantize: bool = False,
 ) -> CompileResult:
     """Compile a float ONNX model to int8 for `target`, and verify it against the float model.
 
@@ -197,6 +198,8 @@ def compile(
         reference: the float model to compare with (same inputs and outputs), for a model that
             arrives quantized; without it, such a model is compared with its dequantized graph
             and the card says so.
+        dequantize: for a dynamically quantized model (ConvInteger, MatMulInteger, computed
+            activation scales), take its stored weights back to float and compile afresh.
 
     Returns:
         A `CompileResult`: the int8 model (`.model`, `.to_proto()`, `.to_graphsurgeon()`), its
@@ -228,10 +231,12 @@ def compile(
         margin=margin,
         time_budget=time_budget,
     )
-    prepared = prepare(model, config.target, config.canonicalize, requantize=requantize)
-    float_ref, reference_kind = prepared.float_ref, "dequantized" if prepared.imported is not None else "float"
-    if {"qdq", "weight-only"} & set(prepared.form.kinds):
+    prepared = prepare(model, config.target, config.canonicalize, requantize=requantize, dequantize=dequantize)
+    dequantized = prepared.imported is not None or dequantize
+    float_ref, reference_kind = prepared.float_ref, "dequantized" if dequantized else "float"
+    if {"qdq", "weight-only", "qoperator", "integer-ops"} & set(prepared.form.kinds):
         kept = "its scales are kept (--requantize calibrates afresh)" if prepared.imported else "calibrated afresh"
+        kept = "its weights dequantized, calibrated afresh" if dequantize else kept
         against = "its dequantized graph" if reference is None else "the reference model given"
         message = f"the model arrived quantized ({prepared.form.summary()}): {kept}; fidelity is against {against}"
         warnings.warn(QCompileWarning(message), stacklevel=2)

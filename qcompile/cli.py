@@ -92,6 +92,11 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the float model to compare a model that arrives quantized with (default: its dequantized graph)",
     )
+    c.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="a dynamically quantized model: take its int8 weights back to float and compile afresh",
+    )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
     i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
@@ -161,6 +166,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             time_budget=args.time_budget,
             requantize=args.requantize,
             reference=args.reference,
+            dequantize=args.dequantize,
         )
     files = result.save(args.output, report=args.report)
     sys.stdout.write(render_markdown(result.card))

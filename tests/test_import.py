@@ -133,3 +133,46 @@ def test_an_nncf_qdq_file_keeps_every_scale(rng):
     result = qcompile.compile(proto, calibration=data[:2], evaluation=feeds(rng, 8), measure_latency=False)
     assert result.card["imported"]["tensors"] > 0
     assert dq_params_by_reader(result.to_proto()) == dq_params_by_reader(proto)
+
+
+def test_an_imported_dtype_the_target_does_not_run_is_a_legality_error(rng):
+    proto = qat_export(rng)
+    for init in proto.graph.initializer:  # the Gemm's output in uint16, as an NPU export might have it
+        if init.name == "h_z":
+            init.CopyFrom(onnx.numpy_helper.from_array(np.array(0, np.uint16), "h_z"))
+    samples = [{"x": rng.normal(size=(4, 16)).astype(np.float32)} for _ in range(4)]
+    with pytest.raises(QCompileError, match=r"ort-cpu: rule qdq-dtype fails at node '\w+': QuantizeLinear uses uint16"):
+        qcompile.compile(proto, calibration=samples, evaluation=samples, measure_latency=False)
+
+
+def test_dequantize_compiles_a_dynamic_model_afresh(tmp_path, rng):
+    path = ort_dynamic(tmp_path, rng)
+    with pytest.raises(QCompileError, match="or --dequantize to take its weights back to float"):
+        _compile(path, rng)
+    result = _compile(path, rng, dequantize=True)
+    assert result.card["given_quantization"]["kinds"] == ["integer-ops"]
+    assert result.card["ort_kernels"]["integer"] >= 2 and result.card["calibration_samples"] == 4
+    assert "- **dequantized**: the given model was dynamically quantized" in render_markdown(result.card)
+    with pytest.raises(QCompileError, match="--dequantize is for dynamically quantized models; this one is float"):
+        _compile(conv_model(rng), rng, dequantize=True)
+
+
+def test_ddddocrs_dynamically_quantized_recognizer_dequantizes_and_compiles(tmp_path):
+    from tests.support import real_data
+    from tests.support.real_models import fetch_file
+
+    try:
+        path = fetch_file("ddddocr", "1.6.1", "ddddocr/common_old.onnx")  # onnx.quantize 0.1: 21 ConvInteger, an LSTM
+    except QCompileError as e:
+        pytest.skip(str(e))
+    samples = real_data.captcha_samples(12)
+    with pytest.raises(QCompileError, match=r"dynamically quantized \(integer-ops: .*ConvInteger"):
+        qcompile.compile(path, calibration=samples, measure_latency=False)
+    result = qcompile.compile(path, calibration=samples[:8], evaluation=samples[8:], measure_latency=False,
+                              dequantize=True)  # fmt: skip
+    assert result.card["ort_kernels"]["integer"] >= 20
+    given = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    ours = ort.InferenceSession(result.to_proto().SerializeToString(), providers=["CPUExecutionProvider"])
+    for s in samples[8:]:  # both int8 models of the same network: their per-frame classes mostly agree
+        a, b = given.run(None, s)[0], ours.run(None, s)[0]
+        assert np.mean(a.argmax(-1) == b.argmax(-1)) >= 0.9

@@ -168,6 +168,23 @@ def recognizer_samples(n: int = 30, seed: int = 0, width: int = 320) -> list[dic
     return out
 
 
+def captcha_samples(n: int = 12, seed: int = 0, width: int = 160) -> list[dict]:
+    """Rendered 4-6 character strings, 64 px high, grey, normalised to [-1, 1] as ddddocr does."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    font = _font(40)
+    alphabet = "abcdefghijkmnpqrstuvwxyz23456789"
+    out = []
+    for _ in range(n):
+        text = "".join(alphabet[int(i)] for i in rng.integers(len(alphabet), size=int(rng.integers(4, 7))))
+        img = Image.new("L", (width, 64), 255)
+        ImageDraw.Draw(img).text((6, 8), text, fill=0, font=font)
+        arr = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
+        out.append({"input1": arr[None, None].astype(np.float32)})
+    return out
+
+
 def line_orientation_samples(n: int = 30, seed: int = 0) -> list[dict]:
     """Rendered text lines at 48×192, every other one turned upside down (label 1), normalised to [-1, 1]."""
     from PIL import Image
@@ -241,6 +258,27 @@ def vad_samples(model_path: Path, n: int = 80) -> list[dict]:
             context = window[:, -VAD_CONTEXT:]
     step = max(1, len(out) // n)
     return out[::step][:n]
+
+
+def vad_stream(session) -> np.ndarray:
+    """Speech probability of every window of every recording, the model carrying its own state
+    from window to window (how a VAD runs): errors in the state accumulate, unlike in
+    `vad_samples`, whose windows each start from the float model's state."""
+    probabilities = []
+    for clip in speech_16k():
+        state = np.zeros((2, 1, 128), np.float32)
+        context = np.zeros((1, VAD_CONTEXT), np.float32)
+        for i in range(0, len(clip) - 512, 512):
+            window = clip[None, i : i + 512]
+            feeds = {
+                "input": np.concatenate([context, window], axis=1),
+                "state": state,
+                "sr": np.array(16000, np.int64),
+            }
+            p, state = session.run(None, feeds)
+            probabilities.append(float(np.ravel(p)[0]))
+            context = window[:, -VAD_CONTEXT:]
+    return np.array(probabilities)
 
 
 def split(samples: list[dict], every: int = 3) -> tuple[list[dict], list[dict]]:

@@ -1,0 +1,47 @@
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from qcompile.errors import QCompileError
+from qcompile.passes.dequantize_dynamic import dequantize_dynamic
+from tests.support.quant_models import feeds
+from tests.support.quantized_files import ort_dynamic
+
+
+def _session(proto):
+    return ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_the_float_model_the_int8_weights_stand_for(tmp_path, rng):
+    path = ort_dynamic(tmp_path, rng)
+    dynamic = onnx.load(path)
+    stored = {i.name: numpy_helper.to_array(i) for i in dynamic.graph.initializer}
+    model = ir.from_proto(dynamic)
+    assert dequantize_dynamic(model) == 2
+    ops = [n.op_type for n in model.graph]
+    assert (
+        "Conv" in ops and "MatMul" in ops and not {"ConvInteger", "MatMulInteger", "DynamicQuantizeLinear"} & set(ops)
+    )
+    # the reference: the float model with its weights replaced by (W_q − z)·s, computed here in numpy
+    reference = onnx.load(tmp_path / "float.onnx")
+    for init in reference.graph.initializer:
+        if init.name in ("w", "fw"):
+            q, z, s = (stored[f"{init.name}_{k}"] for k in ("quantized", "zero_point", "scale"))
+            w = ((q.astype(np.int64) - z.astype(np.int64)).astype(np.float32) * s).astype(np.float32)
+            init.CopyFrom(numpy_helper.from_array(w, init.name))
+    ours, want = _session(ir.to_proto(model)), _session(reference)
+    for sample in feeds(rng, 4):
+        for a, b in zip(ours.run(None, sample), want.run(None, sample), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_an_unknown_pattern_is_named(tmp_path, rng):
+    proto = onnx.load(ort_dynamic(tmp_path, rng))
+    cast = next(n for n in proto.graph.node if n.op_type == "Cast")
+    cast.op_type = "Identity"  # the integer result no longer cast to float
+    del cast.attribute[:]
+    with pytest.raises(QCompileError, match=r"ConvInteger '\w*': its output is not cast to float and scaled"):
+        dequantize_dynamic(ir.from_proto(proto))
