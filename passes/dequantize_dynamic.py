@@ -66,7 +66,7 @@ def _rewrite_integer(graph: ir.Graph, node: ir.Node, fresh: FreshNames) -> None:
     x_q, w_q = node.inputs[0], node.inputs[1]
     source = x_q.producer() if x_q is not None else None
     w, w_zp = _const(w_q), _const(node.inputs[3] if len(node.inputs) > 3 else None)
-    if source is None or source.op_type != "DynamicQuantizeLinear" or w is None:
+    if source is None or source.op_type != "DynamicQuantizeLinear" or w is None or w_q is None:
         raise QCompileError(f"{node.op_type} {node.name!r}: not a dynamically quantized op with stored weights")
     x, x_scale = source.inputs[0], source.outputs[1]
     current, bias = node.outputs[0], None
