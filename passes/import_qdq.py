@@ -31,7 +31,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import FreshNames, add_initializer, const_array, name_of, replace_value
 from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
-from qcompile.quant_form import QDQ_OPS
+from qcompile.quant_form import QDQ_OPS, WEIGHT_ONLY_OPS
 from qcompile.quant_math import INT_RANGES
 from qcompile.targets.base import Target
 
@@ -168,6 +168,9 @@ def imported_decisions(model: ir.Model, plan: QuantPlan, target: Target) -> dict
     integer kernel for it; every other node stays float, as the file had it."""
     decisions = {}
     for node in model.graph.all_nodes():
+        if node.op_type in WEIGHT_ONLY_OPS:
+            decisions[name_of(node)] = NodeDecision("float", f"weight-only {node.op_type}: kept as the file has it")
+            continue
         touched = any(v is not None and v.name in plan.tensors for v in (*node.inputs, *node.outputs))
         if target.rule(node) is not None and touched:
             decisions[name_of(node)] = NodeDecision("int8", "imported: quantized in the file")

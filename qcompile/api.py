@@ -237,6 +237,7 @@ def compile(
     if {"qdq", "weight-only", "qoperator", "integer-ops"} & set(prepared.form.kinds):
         kept = "its scales are kept (--requantize calibrates afresh)" if prepared.imported else "calibrated afresh"
         kept = "its weights dequantized, calibrated afresh" if dequantize else kept
+        kept = "kept as it is, no activation quantization added" if prepared.form.kinds == ("weight-only",) else kept
         against = "its dequantized graph" if reference is None else "the reference model given"
         message = f"the model arrived quantized ({prepared.form.summary()}): {kept}; fidelity is against {against}"
         warnings.warn(QCompileWarning(message), stacklevel=2)

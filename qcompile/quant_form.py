@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
-__all__ = ["QuantForm", "detect_form", "QDQ_OPS"]
+__all__ = ["QuantForm", "detect_form", "QDQ_OPS", "WEIGHT_ONLY_OPS"]
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 _INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul",
                 "MatMulIntegerToFloat", "DynamicQuantizeLSTM")  # fmt: skip
 _QOPERATOR_OPS = ("QGemm", "QAttention", "QEmbedLayerNormalization", "QOrderedMatMul")
-_WEIGHT_ONLY_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulBnb4")
+WEIGHT_ONLY_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulBnb4")
 _HALF = (ir.DataType.FLOAT16, ir.DataType.BFLOAT16)
 
 
@@ -87,7 +87,7 @@ def detect_form(model: ir.Model) -> QuantForm:
             op in QDQ_OPS
             or op in _INTEGER_OPS
             or op in _QOPERATOR_OPS
-            or op in _WEIGHT_ONLY_OPS
+            or op in WEIGHT_ONLY_OPS
             or op.startswith("QLinear")
         ):
             ops[op] += 1
@@ -106,7 +106,7 @@ def detect_form(model: ir.Model) -> QuantForm:
     kinds = []
     if activation_q:
         kinds.append("qdq")
-    elif ops["DequantizeLinear"] or any(ops[o] for o in _WEIGHT_ONLY_OPS):
+    elif ops["DequantizeLinear"] or any(ops[o] for o in WEIGHT_ONLY_OPS):
         kinds.append("weight-only")
     if any(o.startswith("QLinear") or o in _QOPERATOR_OPS for o in ops):
         kinds.append("qoperator")

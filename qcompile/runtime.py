@@ -22,6 +22,7 @@ from qcompile.errors import QCompileError, first_line
 from qcompile.expose import expose_branch_values
 from qcompile.ir_utils import external_tensors, values_by_name
 from qcompile.model_io import proto_without_value_info
+from qcompile.quant_form import WEIGHT_ONLY_OPS
 
 __all__ = [
     "SessionSource",
@@ -203,15 +204,18 @@ _FLOAT_COMPUTE = (
 
 def fused_op_counts(optimized: Iterable[onnx.NodeProto]) -> dict[str, int]:
     """Integer kernels (QLinear*, integer MatMul/Conv) and float compute kernels (Conv, Gemm,
-    MatMul, recurrent ops) in ORT's optimized graph, inside If/Loop/Scan bodies too."""
+    MatMul, recurrent ops) in ORT's optimized graph, inside If/Loop/Scan bodies too; and, when
+    there are any, weight-only kernels (MatMulNBits: low-bit weights, float activations)."""
     counts = {"integer": 0, "float": 0}
     for n in optimized:
         if n.op_type in _INTEGER_OPS or n.op_type.startswith("QLinear") or n.op_type == "DynamicQuantizeLSTM":
             counts["integer"] += 1
         elif n.op_type in _FLOAT_COMPUTE:
             counts["float"] += 1
+        elif n.op_type in WEIGHT_ONLY_OPS:
+            counts["weight_only"] = counts.get("weight_only", 0) + 1
         for attr in n.attribute:
             for body in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 for kind, count in fused_op_counts(body.node).items():
-                    counts[kind] += count
+                    counts[kind] = counts.get(kind, 0) + count
     return counts

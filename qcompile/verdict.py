@@ -22,6 +22,7 @@ ADVICE = {
     "collapsed": "let a search choose calibrators and float nodes: try --policy selective",
     "nothing": "see which ops the target quantizes: qcompile inspect MODEL",
     "slower": "this CPU's int8 kernels do not pay off for this model",
+    "weight-only": "qcompile adds no activation quantization to it; pass the float model to quantize activations",
     "searched": "the selective search could not do better: give more calibration data, a larger --margin, "
     "or a lower budget",
     "search": "set a lower budget, or expect it to be missed",
@@ -69,7 +70,11 @@ def problems(card: dict[str, Any], plan: QuantPlan) -> list[Problem]:
     if budget and not budget["met"]:
         found.append(Problem(f"budget not met: {_budget_line(budget)}", remedy, True))
     kernels = card["ort_kernels"]
-    if not any(d.precision != "float" for d in plan.nodes.values()) or kernels["integer"] == 0:
+    weight_only = "weight-only" in (card.get("given_quantization") or {}).get("kinds", [])
+    if weight_only and kernels.get("weight_only") and kernels["integer"] == 0:
+        kept = f"{kernels['weight_only']} weight-only kernels (low-bit weights, float activations), kept as they were"
+        found.append(Problem(f"a weight-only model: {kept}", ADVICE["weight-only"], False))
+    elif not any(d.precision != "float" for d in plan.nodes.values()) or kernels["integer"] == 0:
         what = f"{kernels['integer']} integer and {kernels['float']} float compute kernels after ORT's fusions"
         found.append(Problem(f"nothing runs in integer: {what}", ADVICE["nothing"], True))
     search = card.get("search")

@@ -176,3 +176,33 @@ def test_ddddocrs_dynamically_quantized_recognizer_dequantizes_and_compiles(tmp_
     for s in samples[8:]:  # both int8 models of the same network: their per-frame classes mostly agree
         a, b = given.run(None, s)[0], ours.run(None, s)[0]
         assert np.mean(a.argmax(-1) == b.argmax(-1)) >= 0.9
+
+
+def test_a_weight_only_model_passes_through_with_a_note(rng):
+    from onnx import TensorProto, helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    weights = [(rng.normal(size=shape) * 0.1).astype(np.float32) for shape in ((64, 64), (64, 32))]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], "mm1"),
+            helper.make_node("Relu", ["h"], ["r"], "relu"),
+            helper.make_node("MatMul", ["r", "w2"], ["y"], "mm2"),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+        [onnx.numpy_helper.from_array(w, f"w{i + 1}") for i, w in enumerate(weights)],
+    )
+    quantizer = MatMulNBitsQuantizer(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), block_size=32
+    )
+    quantizer.process()
+    proto = quantizer.model.model
+    data = [{"x": rng.normal(size=(4, 64)).astype(np.float32)} for _ in range(6)]
+    with pytest.warns(QCompileWarning, match=r"weight-only: 2 MatMulNBits\): kept as it is"):
+        result = qcompile.compile(proto, calibration=data, evaluation=data, measure_latency=False)
+    assert result.card["ort_kernels"] == {"integer": 0, "float": 0, "weight_only": 2}
+    assert [v["fails"] for v in result.card["verdict"]] == [False]
+    assert result.card["verdict"][0]["problem"].startswith("a weight-only model: 2 weight-only kernels")
+    assert result.card["fidelity"]["outputs"][0]["max_abs_error"] == 0.0  # nothing else was changed
