@@ -46,13 +46,27 @@ DEFAULT_BUDGET = Budget(parse_metric("fidelity"), floor=20.0)
 _DB_METRICS = ("fidelity", "sqnr")
 
 
+DB_MARGIN = 1.0  # dB: 26% more noise power than the budget allows is kept in reserve
+_DISTANCE_MARGIN = 1 - 10 ** (-DB_MARGIN / 10)  # the same reserve, as a share of a distance to perfect
+
+
 def default_margin(budget: Budget) -> float:
-    """1 dB for metrics in dB, 0.01 for the others (cosine, agreement, user metrics), and for a
-    task budget at most half the allowed drop (a margin as large as the drop would ask int8 to
-    beat float)."""
+    """What the search keeps in reserve above the budget, for data it did not see: 1 dB for dB
+    metrics; for metrics whose distance to perfect is what grows with noise (cosine and top-1
+    agreement below 1, max-rel-error above 0) the same 1 dB as a share of that distance, 20.6%
+    of 1 − floor or of |floor| (0.0021 for cosine ≥ 0.99: a fixed 0.01 would ask for a cosine
+    of 1); 0.01 for user metrics; for a task budget at most half the allowed drop (a margin as
+    large as the drop would ask int8 to beat float)."""
     if budget.max_drop is not None:
         return min(0.01, budget.max_drop / 2)
-    return 1.0 if budget.metric.name.split(":")[0] in _DB_METRICS else 0.01
+    name, floor = budget.metric.name.split(":")[0], budget.floor
+    if name in _DB_METRICS:
+        return DB_MARGIN
+    if name in ("cosine", "top1") and floor is not None:
+        return _DISTANCE_MARGIN * max(1.0 - floor, 0.0)
+    if name == "max-rel-error" and floor is not None:
+        return _DISTANCE_MARGIN * abs(floor)
+    return 0.01
 
 
 @dataclass

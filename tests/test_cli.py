@@ -158,7 +158,7 @@ def test_a_hybrid_search_that_cannot_reach_its_budget_exits_1_and_a_stray_margin
     # float's own max-rel-error is 0: a floor above it cannot be reached, not even with every node float
     missed = qc(*args, "--policy", "hybrid", "--metric", "max-rel-error", "--floor", "0.5", "-o", tmp_path / "out")
     assert missed.returncode == 1, missed.stderr
-    assert "warning: the precision search did not reach max-rel-error ≥ 0.5 with its margin 0.01" in missed.stderr
+    assert "warning: the precision search did not reach max-rel-error ≥ 0.5 with its margin 0.103" in missed.stderr
     plan = json.loads((tmp_path / "out" / "plan.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert plan["meta"]["search"]["met"] is False
     stray = qc(*args, "--margin", "2", "-o", tmp_path / "stray")

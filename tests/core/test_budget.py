@@ -84,3 +84,19 @@ def test_error_messages(tmp_path, make, message):
 def test_a_metric_of_nan_outputs_is_as_bad_as_can_be():
     result = Budget(parse_metric(lambda f, q: float("nan")), floor=-1e9).evaluate(REF, GOT, KINDS, None)
     assert result.value == -math.inf and not result.met
+
+
+def test_the_default_margin_never_asks_for_more_than_perfect():
+    from qcompile.budget import Budget, parse_metric
+    from qcompile.search import default_margin
+
+    def margin(metric, floor=None, max_drop=None):
+        return default_margin(Budget(parse_metric(metric, task=max_drop is not None), floor=floor, max_drop=max_drop))
+
+    assert margin("fidelity", 20) == 1.0 and margin("sqnr:y", 30) == 1.0
+    # 1 dB less noise, as a share of the distance to a cosine (or agreement) of 1
+    assert abs(margin("cosine", 0.99) - 0.01 * (1 - 10**-0.1)) < 1e-12
+    assert 0.99 + margin("cosine", 0.99) < 1.0 and 0.9 + margin("top1", 0.9) < 1.0
+    assert margin("cosine", 1.0) == 0.0
+    assert abs(margin("max-rel-error", -0.05) - 0.05 * (1 - 10**-0.1)) < 1e-12
+    assert margin("accuracy", max_drop=0.01) == 0.005
