@@ -53,7 +53,11 @@ def build_card(
     if not prepared.form.is_float:
         card["given_quantization"] = prepared.form.describe()
     if prepared.imported is not None:
-        card["imported"] = {"tensors": len(prepared.imported.tensors), "reference": verification.reference}
+        card["imported"] = {
+            "tensors": len(prepared.imported.tensors),
+            "reference": verification.reference,
+            "legalised": dict(plan.meta.get("legalised", {})),
+        }
     elif "integer-ops" in prepared.form.kinds:
         card["dequantized"] = {"reference": verification.reference}
     if verification.latency_ms is not None:
@@ -247,10 +251,14 @@ def _imported_lines(card: dict) -> list[str]:
         else "**the dequantized graph** (the float graph beneath the file's Q/DQ, not an original float "
         "model: pass `--reference FLOAT.onnx` to compare with one)"
     )
+    legalised = imported.get("legalised") or {}
+    fixes = [f"  - re-planned {t}: {why}" for t, why in list(legalised.items())[:8]]
+    fixes += [f"  - … and {len(legalised) - 8} more (plan.json, meta.legalised)"] if len(legalised) > 8 else []
     return [
         f"- **imported**: the given model was already quantized ({card['given_quantization']['summary']}); its "
         f"{imported['tensors']} tensor specs are the plan, nothing was calibrated. "
         f"Fidelity below is against {against}.",
+        *fixes,
     ]
 
 

@@ -20,7 +20,8 @@ from qcompile.config import CompileConfig
 from qcompile.data import LABELS_KEY, Sample
 from qcompile.deadline import Deadline
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import onnx_opset
+from qcompile.ir_utils import all_initializers, onnx_opset
+from qcompile.legalise_import import legalise_imported
 from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_serialised, weights_nbytes
 from qcompile.passes.assign_specs import assign_specs
 from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
@@ -137,7 +138,12 @@ def _imported_plan(prepared: Prepared, config: CompileConfig) -> QuantPlan:
             tensors.pop(name, None)
         else:
             tensors[name] = spec
-    plan = QuantPlan(tensors, {}, {"policy": "imported", "calibrator": "imported", IMPORTED: True})
+    weights = set(all_initializers(prepared.model.graph))
+    tensors, changes = legalise_imported(tensors, weights, config.target)
+    meta: dict = {"policy": "imported", "calibrator": "imported", IMPORTED: True}
+    if changes:
+        meta["legalised"] = changes
+    plan = QuantPlan(tensors, {}, meta)
     decisions = imported_decisions(prepared.model, plan, config.target)
     decisions.update({n: NodeDecision(d.precision, "pinned by the user plan") for n, d in pins.nodes.items()})
     return QuantPlan(tensors, decisions, plan.meta)

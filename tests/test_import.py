@@ -135,14 +135,22 @@ def test_an_nncf_qdq_file_keeps_every_scale(rng):
     assert dq_params_by_reader(result.to_proto()) == dq_params_by_reader(proto)
 
 
-def test_an_imported_dtype_the_target_does_not_run_is_a_legality_error(rng):
+def test_an_imported_dtype_the_target_does_not_run_is_replanned_and_recorded(rng):
     proto = qat_export(rng)
     for init in proto.graph.initializer:  # the Gemm's output in uint16, as an NPU export might have it
         if init.name == "h_z":
             init.CopyFrom(onnx.numpy_helper.from_array(np.array(0, np.uint16), "h_z"))
     samples = [{"x": rng.normal(size=(4, 16)).astype(np.float32)} for _ in range(4)]
-    with pytest.raises(QCompileError, match=r"ort-cpu: rule qdq-dtype fails at node '\w+': QuantizeLinear uses uint16"):
-        qcompile.compile(proto, calibration=samples, evaluation=samples, measure_latency=False)
+    result = qcompile.compile(proto, calibration=samples, evaluation=samples, measure_latency=False)
+    spec = result.plan.tensors["h"]
+    assert spec.dtype == "uint8" and result.plan.meta["legalised"] == {
+        "h": "uint16 → uint8: ort-cpu runs int8, uint8, int32 (range kept)"
+    }
+    # the real range the file gave h, [0, 65535 · 0.05], is kept: 255 steps of 65535 · 0.05 / 255
+    np.testing.assert_allclose(spec.scale_array(), 65535 * 0.05 / 255, rtol=1e-6)
+    x = result.plan.tensors["x"]  # a legal spec stays the file's
+    assert spec.zero_point == (0,) and x.dtype == "int8" and x.scale_array() == np.float32(0.03)
+    assert "  - re-planned h: uint16 → uint8" in render_markdown(result.card)
 
 
 def test_dequantize_compiles_a_dynamic_model_afresh(tmp_path, rng):
