@@ -45,3 +45,38 @@ def test_an_unknown_pattern_is_named(tmp_path, rng):
     del cast.attribute[:]
     with pytest.raises(QCompileError, match=r"ConvInteger '\w*': its output is not cast to float and scaled"):
         dequantize_dynamic(ir.from_proto(proto))
+
+
+def _edited(tmp_path, rng, edit):
+    proto = onnx.load(ort_dynamic(tmp_path, rng))
+    edit(proto)
+    return ir.from_proto(proto)
+
+
+def test_an_op_not_fed_by_dynamic_quantization_is_named(tmp_path, rng):
+    def direct(proto):
+        conv = next(n for n in proto.graph.node if n.op_type == "ConvInteger")
+        proto.graph.node.insert(0, onnx.helper.make_node("Cast", ["x"], ["x_u8"], "to_u8", to=onnx.TensorProto.UINT8))
+        conv.input[0] = "x_u8"
+
+    with pytest.raises(QCompileError, match=r"ConvInteger '\w*': not a dynamically quantized op with stored weights"):
+        dequantize_dynamic(_edited(tmp_path, rng, direct))
+
+
+def test_an_output_not_scaled_back_is_named(tmp_path, rng):
+    def unscaled(proto):
+        mul = next(n for n in proto.graph.node if n.op_type == "Mul" and "cast_output" in n.input[0])
+        mul.op_type = "Add"
+
+    with pytest.raises(QCompileError, match=r"ConvInteger '\w*': its output is not scaled by s_x·s_W"):
+        dequantize_dynamic(_edited(tmp_path, rng, unscaled))
+
+
+def test_a_weight_scale_computed_at_run_time_is_named(tmp_path, rng):
+    def runtime_scale(proto):
+        factor = next(n for n in proto.graph.node if n.op_type == "Mul" and "w_scale" in n.input)
+        proto.graph.node.insert(0, onnx.helper.make_node("Identity", ["w_scale"], ["w_scale_copy"], "copy"))
+        factor.input[list(factor.input).index("w_scale")] = "w_scale_copy"
+
+    with pytest.raises(QCompileError, match=r"ConvInteger '\w*': its weight scale is not stored"):
+        dequantize_dynamic(_edited(tmp_path, rng, runtime_scale))

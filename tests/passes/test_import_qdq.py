@@ -2,7 +2,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from qcompile.errors import QCompileError
 from qcompile.passes.import_qdq import import_qdq, imported_decisions
@@ -110,3 +110,48 @@ def test_quantized_inputs_are_refused(rng):
 
     with pytest.raises(QCompileError, match="input 'x' is already int8: qcompile takes float inputs"):
         import_qdq(_edited(rng, int8_input))
+
+
+def test_a_zero_point_computed_at_run_time_is_refused(rng):
+    def runtime_zp(proto):
+        proto.graph.node.insert(0, onnx.helper.make_node("Identity", ["x_z"], ["x_z_copy"], "copy"))
+        for n in proto.graph.node:
+            if n.name in ("x_Q", "x_DQ"):
+                n.input[2] = "x_z_copy"
+
+    with pytest.raises(QCompileError, match="QuantizeLinear 'x_Q': its zero point is computed at run time"):
+        import_qdq(_edited(rng, runtime_zp))
+
+
+def test_a_float8_pair_is_refused(rng):
+    def float8(proto):
+        for i, init in enumerate(proto.graph.initializer):
+            if init.name == "h_z":
+                proto.graph.initializer[i].CopyFrom(onnx.helper.make_tensor("h_z", TensorProto.FLOAT8E4M3FN, [], [0.0]))
+
+    with pytest.raises(QCompileError, match="QuantizeLinear 'h_Q' uses float8e4m3fn, which qcompile does not quantize"):
+        import_qdq(_edited(rng, float8))
+
+
+def test_blocked_weights_are_refused(rng):
+    def blocked(proto):
+        w = next(i for i in proto.graph.initializer if i.name == "w")
+        q = np.clip(np.round(numpy_helper.to_array(w) / 0.02), -127, 127).astype(np.int8)
+        proto.graph.initializer.extend(
+            [numpy_helper.from_array(q, "w_q8"), numpy_helper.from_array(np.full((8, 2), 0.02, np.float32), "w_bs")]
+        )
+        proto.graph.node.insert(0, onnx.helper.make_node("DequantizeLinear", ["w_q8", "w_bs"], ["w_blk"], "w_DQb",
+                                                         axis=1, block_size=8))  # fmt: skip
+        next(n for n in proto.graph.node if n.name == "fc").input[1] = "w_blk"
+
+    with pytest.raises(QCompileError, match="DequantizeLinear 'w_DQb': blocked weights are not imported yet"):
+        import_qdq(_edited(rng, blocked))
+
+
+def test_integers_made_at_run_time_are_refused(rng):
+    def cast_in(proto):
+        proto.graph.node.insert(0, onnx.helper.make_node("Cast", ["x"], ["x_i8"], "to_int8", to=TensorProto.INT8))
+        next(n for n in proto.graph.node if n.name == "x_DQ").input[0] = "x_i8"
+
+    with pytest.raises(QCompileError, match="DequantizeLinear 'x_DQ' reads a value computed at run time"):
+        import_qdq(_edited(rng, cast_in))

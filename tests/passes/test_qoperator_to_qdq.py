@@ -53,3 +53,35 @@ def test_an_op_without_a_rewrite_is_named():
     )
     with pytest.raises(QCompileError, match="QLinearSoftmax 'softmax' has no QDQ rewrite in qcompile yet"):
         qoperator_to_qdq(ir.from_proto(proto))
+
+
+def _qlinear_conv(scale_from_node: bool):
+    inits = {
+        "s": np.array(0.1, np.float32),
+        "z": np.array(0, np.uint8),
+        "w": np.ones((2, 1, 1, 1), np.int8),
+        "ws": np.array(0.01, np.float32),
+        "wz": np.array(0, np.int8),
+        "b": np.zeros(2, np.int32),
+    }
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_q"], "q")]
+    x_scale = "s"
+    if scale_from_node:
+        nodes.append(helper.make_node("Identity", ["s"], ["s_copy"], "copy"))
+        x_scale = "s_copy"
+    nodes += [
+        helper.make_node("QLinearConv", ["x_q", x_scale, "z", "w", "ws", "wz", "s", "z", "b"], ["y_q"], "conv"),
+        helper.make_node("DequantizeLinear", ["y_q", "s", "z"], ["y"], "dq"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )  # fmt: skip
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+
+
+def test_run_time_scales_are_refused():
+    qoperator_to_qdq(_qlinear_conv(False))  # stored scales: rewritten
+    with pytest.raises(QCompileError, match="QLinearConv 'conv': its scales are computed at run time"):
+        qoperator_to_qdq(_qlinear_conv(True))
