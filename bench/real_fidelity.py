@@ -78,11 +78,13 @@ def _task_metric(name: str, f_outs: list, q_outs: list) -> dict:
 
 
 def main(names: list[str]) -> None:
+    out = HERE / "results" / "real_fidelity.json"
     report = {
         "machine": cpu_info().summary(),
         "date": time.strftime("%Y-%m-%d"),
         "onnxruntime": ort.__version__,
-        "models": {},
+        # models named on the command line replace their entries; the others are kept
+        "models": json.loads(out.read_text())["models"] if out.exists() else {},
     }
     for name in names:
         path = fetch(name)
@@ -105,10 +107,10 @@ def main(names: list[str]) -> None:
             "eval_samples": len(held),
             **_task_metric(name, f_outs, q_outs),
         }
-        report["models"][name] = entry
+        report["models"][name] = {"machine": report["machine"], "date": report["date"], **entry}
         print(name, json.dumps(entry), file=sys.stderr)
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "real_fidelity.json").write_text(json.dumps(report, indent=1) + "\n")
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -169,19 +169,26 @@ def float_search(
     margin: float,
     progress: Callable | None = None,
     deadline: Deadline | None = None,
+    ranking: Sequence[Sensitivity] | None = None,
 ) -> FloatSearch:
     """Rank `evaluator`'s groups (unless all int8 already meets the budget with `margin`), then
     keep the fewest in float that meet it (see the module docstring).  When `deadline` expires,
-    each step stops where it is: the best choice found so far wins."""
+    each step stops where it is: the best choice found so far wins.  A `ranking` made on another
+    configuration of the same groups (another calibrator choice) orders the candidates instead
+    of a ranking of its own: the greedy step and the give-back still measure every choice."""
     deadline = deadline or Deadline()
     fixed = {g.name for g in evaluator.groups if pinned.intersection(g.nodes)}
     metric = evaluator.budget.metric.name
     everything = evaluator.score(set(), margin)
     if everything.met:  # every group int8 keeps the budget with its margin: nothing to rank
         return FloatSearch(evaluator.groups, fixed, everything.value, [], [], everything, 1, metric)
-    all_int8, table = rank_groups(evaluator, progress, exclude=fixed, deadline=deadline)
-    chosen, result, evaluations = _greedy(evaluator, table, margin, deadline)
-    evaluations += 2 * len(table) + 2
+    if ranking is None:
+        all_int8, table = rank_groups(evaluator, progress, exclude=fixed, deadline=deadline)
+        evaluations = 2 * len(table) + 2
+    else:
+        all_int8, table, evaluations = everything.value, list(ranking), 1
+    chosen, result, greedy = _greedy(evaluator, table, margin, deadline)
+    evaluations += greedy
     return FloatSearch(evaluator.groups, fixed, all_int8, table, chosen, result, evaluations, metric, deadline.cut)
 
 

@@ -14,8 +14,8 @@ A calibrator choice costs no integer compute; a float group does.  So, on the se
 3. only if the budget (with its margin) still fails: groups kept in float, ranked and chosen
    as the hybrid policy does (`qcompile.search.float_search`), on top of those calibrators;
    if that falls short too, the same float search from the given calibrator alone, and the
-   better of the two wins (met, then fewer float MACs, then the metric): selective never
-   ends below what hybrid finds;
+   better of the two wins (met, then fewer float MACs, then the metric); that second search
+   reuses the first one's ranking (the candidates' order), so groups are ranked once;
 4. when latency is measured, the speed step (`qcompile.speed`): the groups whose int8 kernels
    are slower than float on this CPU stay float if the whole model gets faster and the budget
    still holds on the search samples.
@@ -112,7 +112,7 @@ def selective_search(
     found = float_search(evaluator.choosing(choice), pinned, margin, progress, deadline)
     evaluations += found.evaluations
     if not found.result.met and choice and not deadline.expired():  # the float search from the given calibrator too
-        plain = float_search(evaluator, pinned, margin, progress, deadline)
+        plain = float_search(evaluator, pinned, margin, progress, deadline, ranking=found.table)
         evaluations += plain.evaluations
         if _rank(plain) > _rank(found):
             found, choice, best = plain, {}, base

@@ -89,3 +89,24 @@ def test_a_budget_that_holds_all_int8_needs_no_ranking(rng):
         "hybrid: int8, sqnr met with all int8"
     }
     assert "Nothing ranked: the budget holds with every group in int8." in render_markdown(result.card)
+
+
+def test_a_given_ranking_is_reused_instead_of_ranking_again(rng):
+    from qcompile.budget import Budget, parse_metric
+    from qcompile.metrics import OutputKind
+    from qcompile.passes.quant_groups import quant_groups
+    from qcompile.passes.switchable import Evaluator
+    from qcompile.search import float_search
+    from qcompile.targets import get_target
+    from tests.support.quant_models import planned
+
+    model = planted_chain(rng)
+    samples = _data(rng, 16)
+    plan, _ = planned(model, samples)
+    groups = quant_groups(model, plan, get_target("ort-cpu"))
+    evaluator = Evaluator(model, plan, groups, samples, {"y": OutputKind()}, Budget(parse_metric("sqnr"), floor=30))
+    first = float_search(evaluator, set(), 1.0)
+    again = float_search(evaluator, set(), 1.0, ranking=first.table)
+    assert first.result.met and again.result.met
+    assert {g for c in again.chosen for g in c.groups} == {g for c in first.chosen for g in c.groups}
+    assert again.evaluations == first.evaluations - 2 * len(first.table) - 1  # no ranking runs of its own
