@@ -185,7 +185,9 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     out = sys.stdout
-    out.write(f"{args.model}: opset {onnx_opset(model)}, ir_version {model.ir_version}, {len(model.graph)} nodes\n")
+    total = sum(1 for _ in model.graph.all_nodes())
+    inner = f" ({total - len(model.graph)} inside If/Loop/Scan bodies)" if total > len(model.graph) else ""
+    out.write(f"{args.model}: opset {onnx_opset(model)}, ir_version {model.ir_version}, {total} nodes{inner}\n")
     for kind, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
         for v in values:
             if not v.is_initializer():

@@ -130,7 +130,10 @@ def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, fresh: FreshN
 
 
 def op_histogram(model: ir.Model) -> Counter:
-    return Counter(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph)
+    """Op type → count, over the main graph and every If/Loop/Scan body."""
+    return Counter(
+        n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}" for n in model.graph.all_nodes()
+    )
 
 
 def onnx_opset(model: ir.Model) -> int:

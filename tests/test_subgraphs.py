@@ -85,3 +85,13 @@ def test_naive_quantizes_inside_a_loop_body(rng, tmp_path):
     assert fused_op_counts(onnx.load(tmp_path / "opt.onnx").graph.node)["integer"] >= 1
     assert result.card["ort_kernels"]["integer"] >= 1
     assert sqnr_db(want, got) > 25.0
+
+
+def test_inspect_counts_nodes_inside_bodies(tmp_path, rng):
+    from tests.test_cli import qc
+
+    ir.save(if_model(rng), tmp_path / "if.onnx")
+    r = qc("inspect", tmp_path / "if.onnx")
+    assert r.returncode == 0, r.stderr
+    assert "7 nodes (4 inside If/Loop/Scan bodies)" in r.stdout
+    assert "4 quantizable (Conv, Relu)" in r.stdout
