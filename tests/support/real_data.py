@@ -235,36 +235,12 @@ def speech_16k() -> list[np.ndarray]:
 VAD_CONTEXT = 64  # silero v5+ reads the last 64 samples of the previous window before each 512 (16 kHz)
 
 
-def vad_samples(model_path: Path, n: int = 80) -> list[dict]:
-    """512-sample windows, each after the 64 samples that precede it (the context silero's own
-    wrapper prepends; without it the model never detects speech), with the recurrent state the
-    float model carries into each."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    out = []
-    for clip in speech_16k():
-        state = np.zeros((2, 1, 128), np.float32)
-        context = np.zeros((1, VAD_CONTEXT), np.float32)
-        for i in range(0, len(clip) - 512, 512):
-            window = clip[None, i : i + 512]
-            sample = {
-                "input": np.concatenate([context, window], axis=1),
-                "state": state,
-                "sr": np.array(16000, np.int64),
-            }
-            out.append(sample)
-            state = sess.run(None, sample)[1]
-            context = window[:, -VAD_CONTEXT:]
-    step = max(1, len(out) // n)
-    return out[::step][:n]
-
-
-def vad_stream(session) -> np.ndarray:
-    """Speech probability of every window of every recording, the model carrying its own state
-    from window to window (how a VAD runs): errors in the state accumulate, unlike in
-    `vad_samples`, whose windows each start from the float model's state."""
-    probabilities = []
+def _vad_run(session) -> list[tuple[dict, np.ndarray]]:
+    """Every recording, window by window, as a VAD runs it: each 512-sample window after the 64
+    samples that precede it (the context silero's own wrapper prepends; without it the model
+    never detects speech), with the state `session`'s model carried out of the window before.
+    (feeds, speech probability) per window."""
+    run = []
     for clip in speech_16k():
         state = np.zeros((2, 1, 128), np.float32)
         context = np.zeros((1, VAD_CONTEXT), np.float32)
@@ -275,10 +251,27 @@ def vad_stream(session) -> np.ndarray:
                 "state": state,
                 "sr": np.array(16000, np.int64),
             }
-            p, state = session.run(None, feeds)
-            probabilities.append(float(np.ravel(p)[0]))
+            probability, state = session.run(None, feeds)
+            run.append((feeds, probability))
             context = window[:, -VAD_CONTEXT:]
-    return np.array(probabilities)
+    return run
+
+
+def vad_samples(model_path: Path, n: int = 80) -> list[dict]:
+    """Windows of the recordings, each with the state the float model carries into it."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    out = [feeds for feeds, _ in _vad_run(session)]
+    step = max(1, len(out) // n)
+    return out[::step][:n]
+
+
+def vad_stream(session) -> np.ndarray:
+    """Speech probability of every window of every recording, the model carrying its own state
+    from window to window (how a VAD runs): errors in the state accumulate, unlike in
+    `vad_samples`, whose windows each start from the float model's state."""
+    return np.array([float(np.ravel(p)[0]) for _, p in _vad_run(session)])
 
 
 def split(samples: list[dict], every: int = 3) -> tuple[list[dict], list[dict]]:
