@@ -252,7 +252,9 @@ def _imported_lines(card: dict) -> list[str]:
         "model: pass `--reference FLOAT.onnx` to compare with one)"
     )
     legalised = imported.get("legalised") or {}
-    fixes = [f"  - re-planned {t}: {why}" for t, why in list(legalised.items())[:8]]
+    fixes = [
+        f"  - {'' if t.startswith('node ') else 're-planned '}{t}: {why}" for t, why in list(legalised.items())[:8]
+    ]
     fixes += [f"  - … and {len(legalised) - 8} more (plan.json, meta.legalised)"] if len(legalised) > 8 else []
     return [
         f"- **imported**: the given model was already quantized ({card['given_quantization']['summary']}); its "

@@ -11,6 +11,11 @@ so the tensor loses resolution but not range.  Every change is written into the 
 (`legalised`: tensor → what changed and why) and shown in the card; int32 biases are
 re-derived by the lowering from their input and weight scales, so an imported int32 spec is
 left as it is.
+
+Ops the target runs on integers only when their input and output share one quantization
+(MaxPool, Reshape, Concat...: the rule's "tied" outputs) but whose file gave them different
+ones keep the file's scales: the runtime then runs them as DequantizeLinear → float op →
+QuantizeLinear, a requantization, and that is recorded the same way (keyed by the node).
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+import onnx_ir as ir
 
 from qcompile.plan import QuantSpec
 from qcompile.quant_math import INT_RANGES, int_range, scale_zero_point
 from qcompile.targets.base import Target
 
-__all__ = ["legalise_imported"]
+__all__ = ["legalise_imported", "untied_requantizations"]
 
 
 def _replanned(spec: QuantSpec, dtype: str, symmetric: bool) -> QuantSpec:
@@ -51,3 +57,20 @@ def legalise_imported(
             f"{spec.dtype} → {dtype}: {target.name} runs {', '.join(target.allowed_qdq_dtypes)} (range kept)"
         )
     return legal, changes
+
+
+def untied_requantizations(model: ir.Model, specs: Mapping[str, QuantSpec], target: Target) -> dict[str, str]:
+    """Node → note, for each op the target ties whose imported input and output specs differ."""
+    notes = {}
+    for node in model.graph.all_nodes():
+        rule = target.rule(node)
+        if rule is None or rule.output not in ("tied", "tied_all") or not node.outputs:
+            continue
+        names = [v.name for v in (*node.inputs, node.outputs[0]) if v is not None and v.name in specs]
+        distinct = {(specs[n].dtype, specs[n].scale, specs[n].zero_point) for n in names}
+        if len(distinct) > 1:
+            notes[f"node {node.name}"] = (
+                f"{node.op_type} reads and writes different scales in the file: runs as DequantizeLinear → "
+                f"float {node.op_type} → QuantizeLinear (a requantization), not as one integer op"
+            )
+    return notes

@@ -21,7 +21,7 @@ from qcompile.data import LABELS_KEY, Sample
 from qcompile.deadline import Deadline
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import all_initializers, onnx_opset
-from qcompile.legalise_import import legalise_imported
+from qcompile.legalise_import import legalise_imported, untied_requantizations
 from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_serialised, weights_nbytes
 from qcompile.passes.assign_specs import assign_specs
 from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
@@ -140,6 +140,7 @@ def _imported_plan(prepared: Prepared, config: CompileConfig) -> QuantPlan:
             tensors[name] = spec
     weights = set(all_initializers(prepared.model.graph))
     tensors, changes = legalise_imported(tensors, weights, config.target)
+    changes.update(untied_requantizations(prepared.model, tensors, config.target))
     meta: dict = {"policy": "imported", "calibrator": "imported", IMPORTED: True}
     if changes:
         meta["legalised"] = changes

@@ -214,3 +214,22 @@ def test_a_weight_only_model_passes_through_with_a_note(rng):
     assert [v["fails"] for v in result.card["verdict"]] == [False]
     assert result.card["verdict"][0]["problem"].startswith("a weight-only model: 2 weight-only kernels")
     assert result.card["fidelity"]["outputs"][0]["max_abs_error"] == 0.0  # nothing else was changed
+
+
+def test_a_tied_op_with_two_scales_in_the_file_is_kept_and_said(tmp_path, rng):
+    _, path = ort_static(tmp_path, rng)
+    proto = onnx.load(path)
+    scale = next(i for i in proto.graph.initializer if i.name == "r_scale")
+    proto.graph.initializer.append(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(scale) * 2, "p_scale"))
+    for node in proto.graph.node:  # MaxPool's output quantized with twice its input's scale
+        if node.input[0] in ("p", "p_QuantizeLinear_Output"):
+            node.input[1] = "p_scale"
+    result = _compile(proto, rng)
+    assert dq_params_by_reader(result.to_proto()) == dq_params_by_reader(proto)  # the file's scales, both
+    notes = result.plan.meta["legalised"]
+    assert sorted(notes) == ["node flatten", "node pool"]  # p, between them, is the odd one out
+    assert notes["node pool"] == (
+        "MaxPool reads and writes different scales in the file: runs as DequantizeLinear → float "
+        "MaxPool → QuantizeLinear (a requantization), not as one integer op"
+    )
+    assert "  - node pool: MaxPool reads and writes different scales" in render_markdown(result.card)
