@@ -66,7 +66,7 @@ def untied_requantizations(model: ir.Model, specs: Mapping[str, QuantSpec], targ
         rule = target.rule(node)
         if rule is None or rule.output not in ("tied", "tied_all") or not node.outputs:
             continue
-        names = [v.name for v in (*node.inputs, node.outputs[0]) if v is not None and v.name in specs]
+        names = [v.name for v in (*node.inputs, node.outputs[0]) if v is not None and v.name and v.name in specs]
         distinct = {(specs[n].dtype, specs[n].scale, specs[n].zero_point) for n in names}
         if len(distinct) > 1:
             notes[f"node {node.name}"] = (
