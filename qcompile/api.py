@@ -241,6 +241,9 @@ def compile(
         against = "its dequantized graph" if reference is None else "the reference model given"
         message = f"the model arrived quantized ({prepared.form.summary()}): {kept}; fidelity is against {against}"
         warnings.warn(QCompileWarning(message), stacklevel=2)
+    elif prepared.form.kinds == ("float16",):
+        half = "the model holds float16/bfloat16 weights: compiled in float32 around its int8 kernels"
+        warnings.warn(QCompileWarning(f"{half}, its inputs and outputs keep their half type"), stacklevel=2)
     if reference is not None:
         float_ref, reference_kind = reference_source(reference, prepared), "given"
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))

@@ -53,7 +53,8 @@ def test_a_half_constant_attribute_is_named(rng):
 
 def test_a_half_model_compiles_to_integer_kernels_and_says_so(rng):
     data = [{"x": rng.normal(size=(1, 2, 4, 4)).astype(np.float16)} for _ in range(8)]
-    result = qcompile.compile(half_model(rng), calibration=data, evaluation=data, measure_latency=False)
+    with pytest.warns(qcompile.errors.QCompileWarning, match="holds float16/bfloat16 weights: compiled in float32"):
+        result = qcompile.compile(half_model(rng), calibration=data, evaluation=data, measure_latency=False)
     assert result.card["ort_kernels"] == {"integer": 1, "float": 0}
     assert result.card["fidelity"]["outputs"][0]["sqnr_db"] > 25
     assert "holds float16/bfloat16 weights: compiled in float32" in render_markdown(result.card)
