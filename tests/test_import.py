@@ -31,7 +31,7 @@ def test_an_ort_qdq_file_keeps_every_scale_and_says_what_it_compared_with(tmp_pa
     # every op sees the quantization the file gave it, tensor by tensor
     assert dq_params_by_reader(result.to_proto()) == dq_params_by_reader(onnx.load(path))
     assert result.card["ort_kernels"] == {"integer": 3, "float": 0}
-    assert result.card["imported"] == {"tensors": 10, "reference": "dequantized"}
+    assert result.card["imported"] == {"tensors": 10, "reference": "dequantized", "legalised": {}}
     assert result.card["calibration_samples"] == 0 and result.plan.meta["imported"] is True
     card = render_markdown(result.card)
     assert "- **imported**: the given model was already quantized" in card.splitlines()[2]
