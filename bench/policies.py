@@ -90,6 +90,8 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
             for k in ("all_int8", "chosen", "met", "float_groups", "evaluations", "calibrator", "calibrators")
             if k in search
         },
+        # the speed step's choice (selective): groups kept float because their int8 kernels were slower here
+        "speed_kept_float": (search.get("speed") or {}).get("kept_float"),
         "verdict": [v["problem"] for v in result.card["verdict"]],
     }
 
