@@ -87,3 +87,30 @@ def test_the_precision_search_makes_the_same_plan_on_every_executor(policy):
     serial = plan("serial")
     for kind in ("processes", "dask"):
         assert plan(kind) == serial, kind
+
+
+@pytest.mark.slow
+def test_a_model_quantized_inside_its_if_gets_the_same_files_from_a_process_pool(tmp_path):
+    import numpy as np
+
+    from tests.support.quant_models import if_feeds, if_model
+
+    def files(kind: str) -> dict[str, bytes]:
+        rng = np.random.default_rng(5)
+        calib, held = if_feeds(rng, 32, loud=1000), if_feeds(rng, 8, loud=1000)
+        with _executor(kind) as executor:
+            result = qcompile.compile(
+                if_model(np.random.default_rng(7), loud=1000),
+                calibration=calib,
+                evaluation=held,
+                policy="hybrid",
+                metric="sqnr",
+                floor=30,
+                measure_latency=False,
+                executor=executor,
+            )
+        assert result.plan.nodes["then_conv1"].precision == "int8"  # the branch was searched, not skipped
+        saved = result.save(tmp_path / kind)
+        return {k: saved[k].read_bytes() for k in ("model", "plan")}
+
+    assert files("processes") == files("serial")
