@@ -1,24 +1,24 @@
 """The quantization card: what was compiled, how, and how close it is to float.
 
-`card.json` holds every figure; `card.md` is the same for people.
+`card.json` holds every figure; `card.md` is the same for people (`qcompile.card_markdown`).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import onnx
 import onnxruntime as ort
 
 from qcompile.budget import Budget
+from qcompile.card_markdown import format_changes, render_markdown
 from qcompile.ir_utils import external_tensors, onnx_opset
 from qcompile.prepare import Prepared
 from qcompile.quantize import Quantized
 from qcompile.targets import Target
 from qcompile.verify import Verification
 
-__all__ = ["build_card", "render_markdown", "format_changes"]
+__all__ = ["build_card", "render_markdown", "format_changes"]  # the last two live in qcompile.card_markdown
 
 
 def build_card(
@@ -75,251 +75,3 @@ def build_card(
         }
     )
     return card
-
-
-def format_changes(removed: dict[str, int], added: dict[str, int]) -> str:
-    return ", ".join([f"−{n} {op}" for op, n in removed.items()] + [f"+{n} {op}" for op, n in added.items()])
-
-
-def _search_lines(search: dict | None) -> list[str]:
-    if not search:
-        return []
-    bound = (
-        f"≥ {search['bound']['floor']:g}" if "floor" in search["bound"] else f"drop ≤ {search['bound']['max_drop']:g}"
-    )
-    where = "samples set aside from calibration" if search.get("unseen") else "calibration samples"
-    lines = [
-        f"## Precision search ({search.get('policy', 'hybrid')})",
-        "",
-        f"Budget {search['metric']} {bound}, kept with a margin of {search['margin']:g} on {search['search_samples']} "
-        f"{where}: all int8 gives {_fmt(search['all_int8'], 3)}; with {len(search['float_groups'])} "
-        f"group(s) in float, {_fmt(search['chosen'], 3)} ({'met' if search['met'] else '**not met**'}; "
-        f"{search['evaluations']} evaluations).",
-        "",
-    ]
-    if search.get("cut"):
-        lines += ["**The search was cut by its time budget**: the plan is the best choice found by then.", ""]
-    if search.get("calibrator"):
-        own = search.get("calibrators") or {}
-        lines += [
-            f"Calibrator **{search['calibrator']}** for every tensor"
-            + (f" but {len(own)}: " + ", ".join(f"{t} ({c})" for t, c in list(own.items())[:8]) if own else "")
-            + ("…" if len(own) > 8 else "")
-            + ".",
-            "",
-        ]
-    speed = search.get("speed")
-    if speed and speed.get("budget_blocked"):
-        lines += [
-            f"Speed: {len(speed['slower'])} group(s) ran slower in int8 than in float on this CPU, but the "
-            "budget would not hold with them in float: left in int8.",
-            "",
-        ]
-    elif speed and speed["slower"]:
-        lat = speed["latency_ms"]
-        kept = speed["kept_float"]
-        lines += [
-            f"Speed: {len(speed['slower'])} group(s) ran slower in int8 than in float on this CPU "
-            f"({', '.join(list(speed['slower'])[:8])}{'…' if len(speed['slower']) > 8 else ''}); with them in float "
-            f"the model takes {_fmt(lat['with float groups'], 3)} ms against {_fmt(lat['int8'], 3)} ms "
-            f"(float {_fmt(lat['float'], 3)} ms), so they were "
-            + ("**kept in float for speed**." if kept else "left in int8."),
-            "",
-        ]
-    if search.get("plots"):
-        lines += [f"![{name}]({name})" for name in search["plots"]] + [""]
-    if not search["table"]:
-        return [*lines, "Nothing ranked: the budget holds with every group in int8.", ""]
-    lines += [
-        "| rank | candidate | ops | MACs | local SQNR (dB) | only it int8 | all but it int8 | gain | precision |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    floats = set(search["float_groups"])
-    for k, s in enumerate(search["table"][:15], 1):
-        lines.append(
-            f"| {k} | {s['candidate']} | {'+'.join(s['ops'])} | {s['macs']:,} | {_fmt(s['local_sqnr_db'])} | "
-            f"{_fmt(s['only'], 3)} | {_fmt(s['without'], 3)} | {_fmt(s['gain'], 3)} | "
-            f"{'float' if set(s['groups']) <= floats else 'int8'} |"
-        )
-    return [*lines, ""]
-
-
-def _verdict_lines(verdict: list[dict] | None) -> list[str]:
-    if verdict is None:
-        return []
-    if not verdict:
-        return ["## Verdict", "", "No problem found: no output collapsed, integer kernels run, int8 is not slower.", ""]
-    return ["## Verdict", "", *(f"- **{v['problem']}**: {v['advice']}" for v in verdict), ""]
-
-
-def _prepare_lines(prep: dict | None, imported: bool = False) -> list[str]:
-    if not prep:
-        return []
-    after = (
-        "the graph beneath its Q/DQ"
-        if imported
-        else "prepare (outputs equal within float rounding; fidelity below is against the given model)"
-    )
-    counts = f"{prep['nodes_before']} nodes in the given model, {prep['nodes_after']} in {after}."
-    lines = ["## Float graph", "", counts]
-    lines += [f"- {p['pass']}: {format_changes(p['removed'], p['added'])}" for p in prep["passes"]]
-    check = prep.get("float_check")
-    if check and check.get("canonical_stage") == "skipped":
-        lines.append(
-            f"- **canonical stage skipped**: it changed the outputs by {check['max_relative_difference']:.2g} "
-            "(relative) on calibration sample 0, a qcompile bug"
-        )
-    elif check:
-        drift = check["max_relative_difference"]
-        within = "identical to" if drift == 0 else f"within {drift:.1g} (relative) of"
-        lines.append(f"- checked on calibration sample 0: outputs {within} the given model's")
-    return [*lines, ""]
-
-
-def _fmt(x: Any, digits: int = 2) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, float):
-        if math.isinf(x):
-            return "∞" if x > 0 else "-∞"
-        return f"{x:.{digits}f}"
-    return str(x)
-
-
-def _fidelity_lines(card: dict) -> list[str]:
-    fid = card.get("fidelity")
-    if not fid:
-        return ["_Not verified._"]
-    where = "held-out calibration split" if card["evaluation"].get("held_out") else card["evaluation"].get("source", "")
-    lines = [
-        f"Evaluated on {fid['samples']} samples ({where}).",
-        "",
-        "| output | SQNR (dB) | worst channel (dB) | cosine | max abs err | top-1 agreement |",
-        "|---|---|---|---|---|---|",
-    ]
-    for o in fid["outputs"]:
-        agree = None if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.1f}%"
-        cells = [
-            o["name"],
-            _fmt(o["sqnr_db"]),
-            _fmt(o["channel_sqnr_db"]),
-            _fmt(o["cosine"], 5),
-            _fmt(o["max_abs_error"], 4),
-            _fmt(agree),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    budget = card.get("budget")
-    if budget:
-        bound = f"≥ {budget['floor']:g}" if "floor" in budget else f"within {budget['max_drop']:g} of float"
-        lines += [
-            "",
-            f"Budget: {budget['metric']} {bound}: {budget['value']:.4g} here, "
-            f"**{'met' if budget['met'] else 'not met'}**.",
-        ]
-    if fid.get("float_accuracy") is not None:
-        lines += [
-            "",
-            f"Top-1 accuracy on labels: float {100 * fid['float_accuracy']:.2f}%, "
-            f"quantized {100 * fid['quant_accuracy']:.2f}%.",
-        ]
-    return lines
-
-
-def _cpu_line(target: dict) -> list[str]:
-    cpu = target.get("options", {}).get("cpu")
-    if not cpu:
-        return []
-    return [
-        f"- CPU {cpu['model']} ({cpu['machine']}, VNNI {'yes' if cpu['vnni'] else 'no'}): {'; '.join(target['notes'])}"
-    ]
-
-
-def _imported_lines(card: dict) -> list[str]:
-    imported = card.get("imported")
-    if "dequantized" in card:
-        against = "the reference model given" if card["dequantized"]["reference"] == "given" else "that float graph"
-        return [
-            f"- **dequantized**: the given model was dynamically quantized ({card['given_quantization']['summary']});"
-            " its int8 weights were taken back to float and it was compiled afresh. "
-            f"Fidelity below is against {against}.",
-        ]
-    if imported is None:
-        return []
-    against = (
-        "the reference model given"
-        if imported["reference"] == "given"
-        else "**the dequantized graph** (the float graph beneath the file's Q/DQ, not an original float "
-        "model: pass `--reference FLOAT.onnx` to compare with one)"
-    )
-    legalised = imported.get("legalised") or {}
-    fixes = [
-        f"  - {'' if t.startswith('node ') else 're-planned '}{t}: {why}" for t, why in list(legalised.items())[:8]
-    ]
-    fixes += [f"  - … and {len(legalised) - 8} more (plan.json, meta.legalised)"] if len(legalised) > 8 else []
-    return [
-        f"- **imported**: the given model was already quantized ({card['given_quantization']['summary']}); its "
-        f"{imported['tensors']} tensor specs are the plan, nothing was calibrated. "
-        f"Fidelity below is against {against}.",
-        *fixes,
-    ]
-
-
-def _half_lines(card: dict) -> list[str]:
-    given = card.get("given_quantization") or {}
-    if "float16" not in given.get("kinds", []):
-        return []
-    return [
-        "- the given model holds float16/bfloat16 weights: compiled in float32 around its int8 kernels "
-        "(float parts run in float32), its inputs and outputs keep their half type",
-    ]
-
-
-def render_markdown(card: dict) -> str:
-    t = card["target"]
-    sizes = card["sizes"]
-    policy = (
-        f"- policy **{card['policy']}**, calibrator **{card['calibrator']}** on {card['calibration_samples']} samples"
-        if "imported" not in card
-        else "- policy **imported**: the file's own scales and zero points"
-    )
-    lines = [
-        f"# Quantization card: {card['model']} → {t['name']}",
-        "",
-        *_imported_lines(card),
-        *_half_lines(card),
-        policy,
-        f"- activations {t['activation_dtype']}, weights {t['weight_dtype']} "
-        f"{'per-channel' if card['per_channel'] else 'per-tensor'}{' (7-bit)' if t['weight_reduce_range'] else ''}"
-        if "imported" not in card
-        else "- dtypes, granularity and scales as the file has them",
-        *_cpu_line(t),
-        f"- opset {card['opset']['before']} → {card['opset']['after']}; shape inference: {card['shape_inference']}",
-        f"- size {sizes['float_bytes']:,} B → {sizes['quantized_bytes']:,} B ({100 * sizes['ratio']:.1f}%)",
-        f"- nodes: {card['nodes']['int8']} int8, {card['nodes']['float']} float; "
-        f"ORT kernels after fusion: {card['ort_kernels']['integer']} integer, "
-        f"{card['ort_kernels']['float']} float compute",
-        "",
-        *_verdict_lines(card.get("verdict")),
-        *_prepare_lines(card.get("prepare"), "imported" in card),
-        "## Fidelity",
-        "",
-        *_fidelity_lines(card),
-        "",
-        *_search_lines(card.get("search")),
-    ]
-    lat = card.get("latency_ms")
-    if lat:
-        lines += [
-            "",
-            "## Latency (ONNX Runtime CPU, median ms)",
-            "",
-            "| threads | float | quantized | ratio |",
-            "|---|---|---|---|",
-        ]
-        for k in ("1", "default"):
-            f, q = lat["float"][k], lat["quantized"][k]
-            lines.append(f"| {k} | {_fmt(f, 3)} | {_fmt(q, 3)} | {_fmt(q / f if f else None)} |")
-    lines += ["", "## Per-node precision", "", "| node | op | precision | reason |", "|---|---|---|---|"]
-    for n in card["per_node"]:
-        lines.append(f"| {n['name']} | {n['op']} | {n['precision']} | {n['reason']} |")
-    return "\n".join(lines) + "\n"
