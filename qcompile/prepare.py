@@ -36,20 +36,18 @@ from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass, 
 # onnxscript 0.7 exports the pass only from its module (its public `fold_constants` wraps it)
 from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT, FoldConstantsPass
 
+from qcompile.arrival import check_names_kept, imported_passes, take_in
 from qcompile.data import InputSpec, model_input_specs
 from qcompile.errors import QCompileError, first_line
-from qcompile.ir_utils import const_array, onnx_opset, op_histogram, values_by_name
+from qcompile.ir_utils import const_array, onnx_opset, op_histogram
 from qcompile.metrics import OutputKind, output_kinds
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
 from qcompile.passes.cleanup import cleanup_passes
-from qcompile.passes.dequantize_dynamic import dequantize_dynamic
 from qcompile.passes.fold_affine import fold_affine_pass
 from qcompile.passes.fold_batchnorm import fold_batchnorm_pass
 from qcompile.passes.fuse_patterns import FUSED_OPS, FusePatterns
-from qcompile.passes.import_qdq import import_qdq
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.layout_transposes import PushTransposes
-from qcompile.passes.qoperator_to_qdq import qoperator_to_qdq
 from qcompile.passes.upcast_half import UpcastHalf
 from qcompile.passes.upgrade_opset import UpgradeOpset
 from qcompile.pipeline import CHANGES_KEY, ReadOnlyPass, Recorded, run_passes
@@ -171,28 +169,16 @@ def prepare(
     _check_input(source if isinstance(source, (str, os.PathLike)) else _session_source(model).model)
     float_bytes = model.meta.get(SOURCE_BYTES_KEY)
     form = detect_form(model)
-    if dequantize and "integer-ops" in form.kinds:
-        run_passes(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0), model)
-        dequantize_dynamic(model)
-    elif dequantize:
-        raise QCompileError(f"--dequantize is for dynamically quantized models; this one is {form.summary()}")
-    else:
-        check_importable(form)
     opset_before = onnx_opset(model)
     ops_before = op_histogram(model)
-    imported = None
-    if {"qdq", "weight-only", "qoperator"} & set(form.kinds) and not dequantize:
-        run_passes(LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0), model)
-        if "qoperator" in form.kinds:
-            qoperator_to_qdq(model)  # the same integer kernels, written as Q/DQ around float ops
-        imported = import_qdq(model)
+    imported = take_in(model, form, dequantize)
     float_ref = _session_source(model)
     float_bytes = float_bytes if float_bytes is not None else len(float_ref.model)
     inputs = tuple(model_input_specs(model))
     keep_names = imported is not None and not requantize
-    run_passes(imported_passes(target) if keep_names else prepare_passes(target, canonicalize), model)
+    run_passes(imported_passes(target, CheckWeights()) if keep_names else prepare_passes(target, canonicalize), model)
     if keep_names and imported is not None:
-        _check_names_kept(model, imported)
+        check_names_kept(model, imported)
     changes = tuple((name, c["removed"], c["added"]) for name, c in model.meta.pop(CHANGES_KEY, {}).items())
     path = Path(source) if isinstance(source, (str, os.PathLike)) else None
     name = path.stem if path else "model"
@@ -230,34 +216,6 @@ def reference_source(reference: ModelSource, prepared: Prepared) -> SessionSourc
     if not detect_form(model).is_float:
         raise QCompileError(f"the reference model is quantized too ({detect_form(model).summary()}); pass a float one")
     return _session_source(model)
-
-
-def imported_passes(target: Target) -> ir.passes.Sequential:
-    """For an imported QDQ model: what keeps every tensor name and weight the file's plan refers to."""
-    return ir.passes.Sequential(
-        UpgradeOpset(target.preferred_opset, target.min_opset),
-        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-        CheckWeights(),
-        InferShapes(),
-        NameFixPass(),
-    )
-
-
-def check_importable(form: QuantForm) -> None:
-    """Quantized forms with no stored plan (scales computed at run time) are refused, named."""
-    if "integer-ops" in form.kinds:
-        raise QCompileError(
-            f"the model is dynamically quantized ({form.summary()}): its activation scales are computed at run"
-            " time, so there is no plan to import; pass the float model it was made from, or --dequantize to"
-            " take its weights back to float and compile afresh"
-        )
-
-
-def _check_names_kept(model: ir.Model, imported: QuantPlan) -> None:
-    known = values_by_name(model.graph)
-    lost = sorted(set(imported.tensors) - set(known))
-    if lost:
-        raise QCompileError(f"imported tensor(s) {lost[:3]} did not survive preparing the float graph")
 
 
 def _session_source(model: ir.Model) -> SessionSource:
