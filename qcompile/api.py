@@ -149,6 +149,7 @@ def compile(
     max_drop: float | None = None,
     margin: float | None = None,
     time_budget: float | None = None,
+    search_samples: int | None = None,
     requantize: bool = False,
     reference: ModelSource | None = None,
     dequantize: bool = False,
@@ -193,6 +194,9 @@ def compile(
         time_budget: seconds the precision search may take; when they run out, the best
             choice found so far wins and the card says the search was cut (the plan then
             depends on the machine's speed).
+        search_samples: how many calibration samples the precision search sets aside to judge
+            on (default 8; more cost search time in proportion and judge ranges more like the
+            held-out check will).
         requantize: for a model that arrives quantized (QDQ), calibrate and choose precision
             afresh on the float graph beneath its Q/DQ instead of keeping the file's scales.
         reference: the float model to compare with (same inputs and outputs), for a model that
@@ -230,6 +234,7 @@ def compile(
         budget=_budget(metric, floor, max_drop),
         margin=margin,
         time_budget=time_budget,
+        search_samples=search_samples,
     )
     prepared = prepare(model, config.target, config.canonicalize, requantize=requantize, dequantize=dequantize)
     dequantized = prepared.imported is not None or dequantize

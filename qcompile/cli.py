@@ -128,6 +128,13 @@ def _add_budget_options(c: argparse.ArgumentParser) -> None:
         help="what --policy hybrid or selective keeps above the budget on its search samples "
         "(default 1 dB; for cosine, top1 and max-rel-error the same 1 dB as 20.6%% of the distance to perfect)",
     )
+    c.add_argument(
+        "--search-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="calibration samples the precision search sets aside to judge on (default 8; time grows with N)",
+    )
     c.add_argument("--report", action="store_true", help="also write card.html, one page with the plots inlined")
     c.add_argument(
         "--time-budget",
@@ -165,6 +172,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             max_drop=args.max_drop,
             margin=args.margin,
             time_budget=args.time_budget,
+            search_samples=args.search_samples,
             requantize=args.requantize,
             reference=args.reference,
             dequantize=args.dequantize,

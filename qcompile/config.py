@@ -36,6 +36,7 @@ class CompileConfig:
     budget: Budget | None = None
     margin: float | None = None  # kept in reserve by the precision search (qcompile.search.default_margin)
     time_budget: float | None = None  # seconds the precision search may take
+    search_samples: int | None = None  # calibration samples the search judges on (None: SEARCH_SAMPLES)
 
     def __post_init__(self) -> None:
         check_calibrator(self.calibrator)
@@ -47,6 +48,11 @@ class CompileConfig:
                 raise QCompileError("a time budget only applies to the search of --policy hybrid or selective")
             if not math.isfinite(self.time_budget) or self.time_budget < 0:
                 raise QCompileError(f"the time budget must be a finite number of seconds ≥ 0, got {self.time_budget}")
+        if self.search_samples is not None:
+            if self.policy == "naive":
+                raise QCompileError("search samples only apply to --policy hybrid or selective, not naive")
+            if self.search_samples < 1:
+                raise QCompileError(f"the search needs at least 1 sample, got {self.search_samples}")
         if self.margin is not None:
             if self.policy == "naive":
                 raise QCompileError("a margin only applies to the search of --policy hybrid or selective, not naive")

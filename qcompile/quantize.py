@@ -61,7 +61,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     if prepared.imported is not None:
         return _lower(prepared.model, config, _imported_plan(prepared, config), CalibrationResult("imported"))
     model, target = prepared.model, config.target
-    kept = SearchSplit(samples, SEARCH_SAMPLES if config.policy != "naive" else 0)
+    kept = SearchSplit(samples, (config.search_samples or SEARCH_SAMPLES) if config.policy != "naive" else 0)
 
     def calibrated(data: Iterable[Sample]) -> CalibrationResult:
         return calibrate(

@@ -110,3 +110,14 @@ def test_a_given_ranking_is_reused_instead_of_ranking_again(rng):
     assert first.result.met and again.result.met
     assert {g for c in again.chosen for g in c.groups} == {g for c in first.chosen for g in c.groups}
     assert again.evaluations == first.evaluations - 2 * len(first.table) - 1  # no ranking runs of its own
+
+
+def test_the_number_of_search_samples_is_the_users_to_choose(rng):
+    data = _data(rng, 32)
+    options = {"policy": "hybrid", "metric": "sqnr", "floor": 30, "measure_latency": False, "search_samples": 12}
+    result = qcompile.compile(planted_chain(np.random.default_rng(1234)), "ort-cpu", data, _data(rng, 8), **options)
+    assert result.card["search"]["search_samples"] == 12 and result.card["calibration_samples"] == 20
+    with pytest.raises(QCompileError, match="search samples only apply to --policy hybrid or selective, not naive"):
+        qcompile.compile(planted_chain(rng), calibration=data, search_samples=12, measure_latency=False)
+    with pytest.raises(QCompileError, match="the search needs at least 1 sample, got 0"):
+        qcompile.compile(planted_chain(rng), calibration=data, policy="hybrid", search_samples=0)
