@@ -24,6 +24,7 @@ from onnx_ir.passes.common import RemoveUnusedNodesPass
 
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import FreshNames, add_initializer, const_array, name_of, replace_value, single_consumer
+from qcompile.quant_math import dequantize
 
 __all__ = ["dequantize_dynamic", "INTEGER_OPS"]
 
@@ -32,16 +33,6 @@ INTEGER_OPS = ("ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM")
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
     return const_array(value) if value is not None else None
-
-
-def _weights(q: np.ndarray, zp: np.ndarray | None, scale: np.ndarray, axis: int) -> np.ndarray:
-    """(q − z)·s in float32, z and s per slice along `axis` when they are vectors."""
-    shape = [1] * q.ndim
-    shape[axis] = -1
-    zp = np.zeros(1, np.int64) if zp is None else zp.astype(np.int64)
-    z = zp.reshape(shape) if zp.size > 1 else zp.reshape(())
-    s = scale.astype(np.float32).reshape(shape) if scale.size > 1 else scale.astype(np.float32).reshape(())
-    return ((q.astype(np.int64) - z).astype(np.float32) * s).astype(np.float32)
 
 
 def _weight_scale(factor: ir.Node, x_scale: ir.Value) -> np.ndarray | None:
@@ -85,7 +76,8 @@ def _rewrite_integer(graph: ir.Graph, node: ir.Node, fresh: FreshNames) -> None:
     if w_scale is None:
         raise QCompileError(f"{node.op_type} {node.name!r}: its weight scale is not stored")
     conv = node.op_type == "ConvInteger"
-    w_f = add_initializer(graph, f"{name_of(w_q)}_float", _weights(w, w_zp, w_scale, 0 if conv else w.ndim - 1), fresh)
+    zp = np.zeros((), np.int64) if w_zp is None else w_zp
+    w_f = add_initializer(graph, f"{name_of(w_q)}_float", dequantize(w, w_scale, zp, 0 if conv else w.ndim - 1), fresh)
     inputs = [x, w_f]
     if bias is not None and conv:
         inputs.append(add_initializer(graph, f"{name_of(w_q)}_bias", bias.reshape(-1).astype(np.float32), fresh))

@@ -21,7 +21,15 @@ from onnx_ir.passes.common import (
     TopologicalSortPass,
 )
 
-from qcompile.ir_utils import FreshNames, add_initializer, all_initializers, const_array, name_of, release_external
+from qcompile.ir_utils import (
+    FreshNames,
+    add_initializer,
+    all_initializers,
+    const_array,
+    name_of,
+    release_external,
+    uses_by_graph,
+)
 from qcompile.passes.insert_qdq import qdq_params
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.quant_math import INT_RANGES, quantize
@@ -61,13 +69,10 @@ def _fold_bias(graph: ir.Graph, value: ir.Value, spec: QuantSpec, fresh: FreshNa
     b_q = np.clip(np.rint(b / scale), INT_RANGES["int32"].qmin, INT_RANGES["int32"].qmax).astype(np.int32)
     stored = add_initializer(graph, name + "_int32", b_q, fresh)
     s, _, attrs = qdq_params(graph, name, spec, fresh, with_zero_point=False)  # int32 zero point is 0 by default
-    by_graph: dict[int, list[tuple[ir.Node, int]]] = {}
-    for node, idx in value.uses():  # one DQ in each graph reading the bias (an If branch's own)
-        by_graph.setdefault(id(node.graph), []).append((node, idx))
-    for readers in by_graph.values():
+    for reader_graph, readers in uses_by_graph(value).values():  # one DQ in each graph reading the bias
         dq_out = ir.Value(name=fresh(name + "_dq"), type=value.type, shape=value.shape)
         dq = ir.Node("", "DequantizeLinear", [stored, s], attributes=attrs, outputs=[dq_out], name=fresh(name + "_DQ"))
-        (readers[0][0].graph or graph).insert_before(readers[0][0], [dq])
+        reader_graph.insert_before(readers[0][0], [dq])
         for node, idx in readers:
             node.replace_input_with(idx, dq_out)
 

@@ -32,7 +32,7 @@ from qcompile.errors import QCompileError
 from qcompile.ir_utils import FreshNames, add_initializer, const_array, name_of, replace_value
 from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
 from qcompile.quant_form import QDQ_OPS, WEIGHT_ONLY_OPS
-from qcompile.quant_math import INT_RANGES
+from qcompile.quant_math import INT_RANGES, dequantize
 from qcompile.targets.base import Target
 
 __all__ = ["import_qdq", "imported_decisions", "IMPORTED"]
@@ -97,14 +97,9 @@ def _import_weights(model: ir.Model, plan: QuantPlan, fresh: FreshNames) -> None
         if q is None or source is None:
             continue
         spec = _spec(dq, source.dtype)
-        scale, zp = spec.scale_array(), spec.zero_point_array()
-        if spec.axis is not None:
-            shape = [1] * q.ndim
-            shape[spec.axis] = -1
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
         if spec.block_size is not None:
             raise QCompileError(f"DequantizeLinear {dq.name!r}: blocked weights are not imported yet")
-        weights = ((q.astype(np.int64) - zp.astype(np.int64)).astype(np.float32) * scale).astype(np.float32)
+        weights = dequantize(q, spec.scale_array(), spec.zero_point_array(), spec.axis)
         fresh.taken.discard(name_of(dq.outputs[0]))  # the DQ goes: its output's name is free for the weight
         value = add_initializer(model.graph, _float_name(source), weights, fresh)
         replace_value(dq.outputs[0], value)

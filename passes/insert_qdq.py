@@ -17,7 +17,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import TopologicalSortPass
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import FreshNames, add_initializer, name_of, values_by_name
+from qcompile.ir_utils import FreshNames, add_initializer, name_of, prepend, uses_by_graph, values_by_name
 from qcompile.plan import QuantPlan, QuantSpec
 
 __all__ = ["InsertQDQ", "qdq_params"]
@@ -84,10 +84,7 @@ class InsertQDQ(ir.passes.InPlacePass):
         name = name_of(value)
         scale, zp, attrs = qdq_params(graph, name, spec, fresh)
         home = value.graph or graph
-        readers: dict[int, tuple[ir.Graph, list[tuple[ir.Node, int]]]] = {id(home): (home, [])}
-        for node, idx in value.uses():
-            reader_graph = node.graph or home
-            readers.setdefault(id(reader_graph), (reader_graph, []))[1].append((node, idx))
+        readers = {id(home): (home, []), **uses_by_graph(value)}  # its own graph first, read there or not
         for reader_graph, uses in readers.values():
             if reader_graph is home and not uses and not value.is_graph_output():
                 continue
@@ -96,18 +93,11 @@ class InsertQDQ(ir.passes.InPlacePass):
             if reader_graph is home and producer is not None:
                 home.insert_after(producer, [q, dq])
             else:  # an input, initializer or outer-scope value: available from the graph's start
-                _prepend(reader_graph, [q, dq])
+                prepend(reader_graph, [q, dq])
             for node, idx in uses:
                 node.replace_input_with(idx, dq.outputs[0])
             if reader_graph is home and value.is_graph_output():
                 _take_output_name(home, value, dq.outputs[0], fresh)
-
-
-def _prepend(graph: ir.Graph, nodes: list[ir.Node]) -> None:
-    if len(graph):
-        graph.insert_before(graph.node(0), nodes)
-    else:
-        graph.extend(nodes)
 
 
 def _qdq_pair(

@@ -27,7 +27,7 @@ from onnx_ir.passes.common import TopologicalSortPass
 
 from qcompile.budget import Budget, BudgetResult, stacked
 from qcompile.data import LABELS_KEY, Sample
-from qcompile.ir_utils import FreshNames, all_initializers, values_by_name
+from qcompile.ir_utils import FreshNames, all_initializers, prepend, values_by_name
 from qcompile.metrics import OutputKind
 from qcompile.passes.insert_qdq import qdq_params
 from qcompile.passes.quant_groups import QuantGroup, quantized_tensors_when
@@ -87,7 +87,7 @@ def _insert_switches(
         by_variant[variant], chosen = switch.name or "", picked
     producer, home = value.producer(), value.graph or graph  # switches stay main-graph inputs, read
     if producer is None:  # from any body; the nodes go where the value is defined
-        home.insert_before(home.node(0), nodes) if len(home) else home.extend(nodes)
+        prepend(home, nodes)
     else:
         home.insert_after(producer, nodes)
     for use in readers:

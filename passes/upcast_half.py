@@ -18,7 +18,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from qcompile.errors import QCompileError
-from qcompile.ir_utils import FreshNames, name_of
+from qcompile.ir_utils import FreshNames, name_of, prepend
 
 __all__ = ["UpcastHalf", "HALF"]
 
@@ -100,7 +100,7 @@ def _cast_input(graph: ir.Graph, value: ir.Value, fresh: FreshNames) -> None:
     )
     cast = ir.Node("", "Cast", [value], attributes=[ir.AttrInt64("to", ir.DataType.FLOAT.value)], outputs=[cast_out],
                    name=fresh(f"{name_of(value)}_Cast"))  # fmt: skip
-    graph.insert_before(graph.node(0), [cast]) if len(graph) else graph.append(cast)
+    prepend(graph, [cast])
     for use in readers:
         use.node.replace_input_with(use.idx, cast_out)
 

@@ -23,6 +23,8 @@ __all__ = [
     "values_by_name",
     "name_of",
     "in_subgraph",
+    "prepend",
+    "uses_by_graph",
     "all_initializers",
 ]
 
@@ -90,6 +92,25 @@ def name_of(item: ir.Value | ir.Node) -> str:
     if not item.name:
         raise ValueError(f"{type(item).__name__} has no name: {item!r}")
     return item.name
+
+
+def prepend(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+    """Put `nodes` at the start of `graph` (where an input, initializer or outer-scope value is ready)."""
+    if len(graph):
+        graph.insert_before(graph.node(0), nodes)
+    else:
+        graph.extend(nodes)
+
+
+def uses_by_graph(value: ir.Value) -> dict[int, tuple[ir.Graph, list[tuple[ir.Node, int]]]]:
+    """id(graph) → (graph, [(node, input index)]) for the readers of `value`, per graph they sit in
+    (its own, and the If/Loop bodies that read it from the outer scope), in order of first use."""
+    found: dict[int, tuple[ir.Graph, list[tuple[ir.Node, int]]]] = {}
+    for node, idx in value.uses():
+        graph = node.graph
+        assert graph is not None, "a reader outside any graph"
+        found.setdefault(id(graph), (graph, []))[1].append((node, idx))
+    return found
 
 
 def in_subgraph(node: ir.Node, model: ir.Model) -> bool:

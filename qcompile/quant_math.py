@@ -120,10 +120,11 @@ def quantize(
 
 
 def dequantize(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None = None) -> np.ndarray:
-    """ONNX DequantizeLinear in numpy."""
+    """ONNX DequantizeLinear in numpy, as ONNX Runtime computes it: float32(q − z) · s in float32
+    (for an int32 bias beyond 2^24 the float32 conversion rounds, as it does there)."""
     s = _broadcast(scale, q.ndim, axis).astype(np.float32)
     z = _broadcast(zero_point, q.ndim, axis).astype(np.int64)
-    return ((q.astype(np.int64) - z) * s).astype(np.float32)
+    return (q.astype(np.int64) - z).astype(np.float32) * s
 
 
 def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
