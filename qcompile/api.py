@@ -108,6 +108,24 @@ def _budget(metric: str | Callable[..., float] | None, floor: float | None, max_
     return Budget(parse_metric(metric, task=max_drop is not None), floor, max_drop)
 
 
+def _arrival_note(prepared: Prepared, dequantize: bool, has_reference: bool) -> str | None:
+    """What stderr says of a model that arrived quantized or in half precision."""
+    form = prepared.form
+    if form.quantized:
+        if form.kinds == ("weight-only",):
+            kept = "kept as it is, no activation quantization added"
+        elif dequantize:
+            kept = "its weights dequantized, calibrated afresh"
+        else:
+            kept = "its scales are kept (--requantize calibrates afresh)" if prepared.imported else "calibrated afresh"
+        against = "the reference model given" if has_reference else "its dequantized graph"
+        return f"the model arrived quantized ({form.summary()}): {kept}; fidelity is against {against}"
+    if "float16" in form.kinds:
+        half = "the model holds float16/bfloat16 weights: compiled in float32 around its int8 kernels"
+        return f"{half}, its inputs and outputs keep their half type"
+    return None
+
+
 def _checked(prepared: Prepared, sample: Sample | None, source: ModelSource, config: CompileConfig) -> Prepared:
     """`prepared`, with its float graph checked against the user's on the first calibration sample;
     if the canonical stage changed what the model computes, prepared again without it."""
@@ -237,18 +255,10 @@ def compile(
         search_samples=search_samples,
     )
     prepared = prepare(model, config.target, config.canonicalize, requantize=requantize, dequantize=dequantize)
-    dequantized = prepared.imported is not None or dequantize
-    float_ref, reference_kind = prepared.float_ref, "dequantized" if dequantized else "float"
-    if {"qdq", "weight-only", "qoperator", "integer-ops"} & set(prepared.form.kinds):
-        kept = "its scales are kept (--requantize calibrates afresh)" if prepared.imported else "calibrated afresh"
-        kept = "its weights dequantized, calibrated afresh" if dequantize else kept
-        kept = "kept as it is, no activation quantization added" if prepared.form.kinds == ("weight-only",) else kept
-        against = "its dequantized graph" if reference is None else "the reference model given"
-        message = f"the model arrived quantized ({prepared.form.summary()}): {kept}; fidelity is against {against}"
-        warnings.warn(QCompileWarning(message), stacklevel=2)
-    elif prepared.form.kinds == ("float16",):
-        half = "the model holds float16/bfloat16 weights: compiled in float32 around its int8 kernels"
-        warnings.warn(QCompileWarning(f"{half}, its inputs and outputs keep their half type"), stacklevel=2)
+    # a model that arrived quantized is compared with the float graph beneath its quantization
+    float_ref, reference_kind = prepared.float_ref, "dequantized" if prepared.form.quantized else "float"
+    if (note := _arrival_note(prepared, dequantize, reference is not None)) is not None:
+        warnings.warn(QCompileWarning(note), stacklevel=2)
     if reference is not None:
         float_ref, reference_kind = reference_source(reference, prepared), "given"
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))

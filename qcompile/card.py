@@ -58,7 +58,7 @@ def build_card(
             "reference": verification.reference,
             "legalised": dict(plan.meta.get("legalised", {})),
         }
-    elif "integer-ops" in prepared.form.kinds:
+    elif prepared.form.quantized:  # --dequantize or --requantize: compiled afresh from the graph beneath
         card["dequantized"] = {"reference": verification.reference}
     if verification.latency_ms is not None:
         card["latency_ms"] = verification.latency_ms

@@ -169,11 +169,14 @@ def _imported_lines(card: dict) -> list[str]:
     imported = card.get("imported")
     if "dequantized" in card:
         against = "the reference model given" if card["dequantized"]["reference"] == "given" else "that float graph"
-        return [
-            f"- **dequantized**: the given model was dynamically quantized ({card['given_quantization']['summary']});"
-            " its int8 weights were taken back to float and it was compiled afresh. "
-            f"Fidelity below is against {against}.",
-        ]
+        given = card["given_quantization"]
+        how = (
+            f"dynamically quantized ({given['summary']}); its int8 weights were taken back to float"
+            if "integer-ops" in given["kinds"]
+            else f"already quantized ({given['summary']}); --requantize took its Q/DQ off"
+        )
+        done = f"and it was compiled afresh. Fidelity below is against {against}."
+        return [f"- **dequantized**: the given model was {how} {done}"]
     if imported is None:
         return []
     against = (

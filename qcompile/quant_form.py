@@ -43,6 +43,11 @@ class QuantForm:
     def is_float(self) -> bool:
         return not self.kinds
 
+    @property
+    def quantized(self) -> bool:
+        """Quantized in any form (half-precision weights alone are not)."""
+        return bool(set(self.kinds) - {"float16"})
+
     def summary(self) -> str:
         """One line, e.g. "QDQ: 37 DequantizeLinear, 17 QuantizeLinear (uint8 activations, int8 weights) on 12 Conv"."""
         if self.is_float:

@@ -76,6 +76,9 @@ def test_requantize_calibrates_afresh_and_policies_need_it(tmp_path, rng):
     result = _compile(path, rng, requantize=True)
     assert "imported" not in result.card and result.card["calibration_samples"] == 4
     assert result.card["given_quantization"]["kinds"] == ["qdq"]
+    # compared with the float graph beneath the file's Q/DQ, and the card's first lines say so
+    assert result.card["dequantized"] == {"reference": "dequantized"}
+    assert "--requantize took its Q/DQ off and it was compiled afresh" in render_markdown(result.card).splitlines()[2]
 
 
 def test_a_dynamically_quantized_file_is_refused_with_its_ops_named(tmp_path, rng):
