@@ -80,3 +80,43 @@ def test_a_weight_scale_computed_at_run_time_is_named(tmp_path, rng):
 
     with pytest.raises(QCompileError, match=r"ConvInteger '\w*': its weight scale is not stored"):
         dequantize_dynamic(_edited(tmp_path, rng, runtime_scale))
+
+
+def _model(nodes, inputs, outputs, inits=()):
+    graph = onnx.helper.make_graph(nodes, "g", inputs, outputs, list(inits))
+    opsets = [onnx.helper.make_opsetid("", 21), onnx.helper.make_opsetid("com.microsoft", 1)]
+    return ir.from_proto(onnx.helper.make_model(graph, opset_imports=opsets))
+
+
+def test_an_lstm_whose_weights_are_not_stored_is_named():
+    t = onnx.TensorProto
+    model = _model(
+        [onnx.helper.make_node("DynamicQuantizeLSTM", ["x", "w", "r"], ["y"], "lstm", domain="com.microsoft")],
+        [onnx.helper.make_tensor_value_info(n, t.FLOAT if n == "x" else t.INT8, None) for n in ("x", "w", "r")],
+        [onnx.helper.make_tensor_value_info("y", t.FLOAT, None)],
+    )
+    with pytest.raises(QCompileError, match="DynamicQuantizeLSTM 'lstm': its weights or scales are not stored"):
+        dequantize_dynamic(model)
+
+
+def test_an_integer_op_inside_a_branch_is_named():
+    t = onnx.TensorProto
+    branch = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMulInteger", ["a", "b"], ["c"], "inner")],
+        "then",
+        [],
+        [onnx.helper.make_tensor_value_info("c", t.INT32, None)],
+    )
+    other = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMulInteger", ["b", "a"], ["d"], "other")],
+        "else",
+        [],
+        [onnx.helper.make_tensor_value_info("d", t.INT32, None)],
+    )
+    model = _model(
+        [onnx.helper.make_node("If", ["flag"], ["y"], "branch", then_branch=branch, else_branch=other)],
+        [onnx.helper.make_tensor_value_info(n, t.BOOL if n == "flag" else t.UINT8, [2, 2]) for n in ("flag", "a", "b")],
+        [onnx.helper.make_tensor_value_info("y", t.INT32, None)],
+    )
+    with pytest.raises(QCompileError, match="MatMulInteger '\\w+' is still integer after dequantizing; not rewritten"):
+        dequantize_dynamic(model)

@@ -85,3 +85,18 @@ def test_run_time_scales_are_refused():
     qoperator_to_qdq(_qlinear_conv(False))  # stored scales: rewritten
     with pytest.raises(QCompileError, match="QLinearConv 'conv': its scales are computed at run time"):
         qoperator_to_qdq(_qlinear_conv(True))
+
+
+def test_a_missing_scale_is_named():
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_q"], "q"),
+        helper.make_node("QLinearMatMul", ["x_q", "s", "z", "x_q"], ["y_q"], "mm"),  # b's scale left out
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])],
+        [helper.make_tensor_value_info("y_q", TensorProto.UINT8, [2, 2])],
+        [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z")],
+    )  # fmt: skip
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))
+    with pytest.raises(QCompileError, match="QLinearMatMul 'mm': input 3 or its scale is missing"):
+        qoperator_to_qdq(model)
