@@ -5,7 +5,9 @@ For every int8 node, the target's `OpRule` says which tensors are quantized:
 - activations get `target.activation_dtype` from the calibrated range [lo, hi]
   (asymmetric unless the target says otherwise); tensors tied by the rule
   (MaxPool in/out, Concat inputs/output) share one spec computed from the
-  union of their ranges;
+  union of their ranges; an op whose runtime fixes its output's quantization
+  (`rule.fixed`: TFLite's LOGISTIC and SOFTMAX write scale 1/256, zero point
+  -128) gives that spec to its output's whole group;
 - weights (constant inputs at `rule.weight`) get `target.weight_dtype`,
   symmetric, per channel along `rule.weight_axis` (or per tensor), from their
   own values: scale_c = max|W_c| / qmax;
@@ -82,6 +84,7 @@ class _Roles:
     weights: dict[str, int | None] = field(default_factory=dict)  # name → per-channel axis
     biases: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (activation, weight)
     groups: _Groups = field(default_factory=_Groups)
+    fixed: dict[str, tuple[float, int]] = field(default_factory=dict)  # name → the op's fixed (scale, zero point)
 
 
 def assign_specs(
@@ -143,7 +146,7 @@ class _Assigner:
             rule = self.target.rule(node)
             if rule is not None and self._int8(node):
                 self._collect(node, rule, roles)
-        self._assign_activations(model, roles.activations, roles.groups)
+        self._assign_activations(model, roles.activations, roles.groups, roles.fixed)
         self._assign_weights(model, roles.weights)
         self._assign_biases(model, roles.biases)
         self._apply_pins(model)
@@ -174,6 +177,8 @@ class _Assigner:
             roles.groups.union([name_of(v) for v in acts])
         elif rule.output == "tied" and quantize_out and is_float_value(src := node.inputs[0]):
             roles.groups.union([name_of(src), name_of(out)])
+        elif rule.output == "fixed" and quantize_out and rule.fixed is not None:
+            roles.fixed[name_of(out)] = rule.fixed
 
     def _range_of(self, model: ir.Model, name: str) -> tuple[float, float] | None:
         if name in self.calib.ranges:
@@ -184,7 +189,9 @@ class _Assigner:
             return float(arr.min()), float(arr.max())
         return None
 
-    def _assign_activations(self, model: ir.Model, names: list[str], groups: _Groups) -> None:
+    def _assign_activations(
+        self, model: ir.Model, names: list[str], groups: _Groups, fixed: dict[str, tuple[float, int]]
+    ) -> None:
         members: dict[str, list[str]] = {}
         for n in dict.fromkeys(names):
             members.setdefault(groups.find(n), []).append(n)
@@ -193,10 +200,14 @@ class _Assigner:
         qrange = int_range(dtype, symmetric=sym)
         for group in members.values():
             ranges = [r for n in group if (r := self._range_of(model, n)) is not None]
-            if not ranges:
+            pinned = [fixed[n] for n in group if n in fixed]
+            if pinned:  # an op with a fixed output range (Sigmoid, Softmax on TFLite) sets its whole group's
+                scale, zp = np.asarray(pinned[0][0], np.float32), np.asarray(pinned[0][1], np.int64)
+            elif not ranges:
                 continue
-            lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
-            scale, zp = scale_zero_point(lo, hi, qrange, symmetric=sym)
+            else:
+                lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+                scale, zp = scale_zero_point(lo, hi, qrange, symmetric=sym)
             spec = QuantSpec(dtype, symmetric=sym).with_params(scale, zp)
             for n in group:
                 self.plan.tensors[n] = spec

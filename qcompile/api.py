@@ -34,9 +34,9 @@ from qcompile.plan import QuantPlan, json_safe
 from qcompile.prepare import Prepared, prepare, reference_source
 from qcompile.quantize import quantize
 from qcompile.report import plots, render_html
-from qcompile.targets import Target, get_target
+from qcompile.targets import Lowered, Target, get_target
 from qcompile.verdict import problems
-from qcompile.verify import EvaluationSet, verify
+from qcompile.verify import EvaluationSet, Verification, verify
 
 __all__ = ["compile", "CompileResult"]
 
@@ -53,6 +53,7 @@ class CompileResult:
     source: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
     scratch: tempfile.TemporaryDirectory | None = field(default=None, repr=False)  # holds spilled weights
+    lowered: dict[str, bytes] = field(default_factory=dict, repr=False)  # the target's own files ("{stem}" named)
 
     def to_proto(self) -> onnx.ModelProto:
         return ir.to_proto(self.model)
@@ -87,6 +88,8 @@ class CompileResult:
                 stage.file(name).write_text(text)
             for name, data in images.items():
                 stage.file(name).write_bytes(data)
+            for name, data in self.lowered.items():
+                stage.file(name.format(stem=self.stem)).write_bytes(data)
             stage.commit(order=[model_name + ".data", model_name])
         self.files = {
             "model": out / model_name,
@@ -97,7 +100,20 @@ class CompileResult:
         }
         if report:
             self.files["card_html"] = out / "card.html"
+        for name in self.lowered:
+            self.files[name.format(stem=self.stem)] = out / name.format(stem=self.stem)
         return self.files
+
+
+def deployment_section(lowered: Lowered, verification: Verification) -> dict[str, Any]:
+    """The card's account of a target's own file: what it holds, its runtime, the same plan's QDQ
+    model on ORT beside it, and the other runtimes' agreement with that QDQ model."""
+    section = dict(lowered.summary)
+    if verification.qdq_fidelity is not None:
+        section["qdq_on_ort"] = verification.qdq_fidelity.to_dict()
+    if lowered.check is not None and verification.qdq_outputs is not None:
+        section["runtimes_vs_qdq"] = lowered.check(verification.evaluation.samples, verification.qdq_outputs)
+    return section
 
 
 def _budget(metric: str | Callable[..., float] | None, floor: float | None, max_drop: float | None) -> Budget | None:
@@ -268,6 +284,7 @@ def compile(
     quantized = quantize(prepared, split.calibration() if split else samples, config)
 
     evaluation_set = EvaluationSet.choose(evaluation, split, prepared.inputs)
+    lowered = tgt.lower(quantized.model, tgt) if tgt.lower is not None else None
     verification = verify(
         float_ref,
         quantized.session,
@@ -277,13 +294,23 @@ def compile(
         kinds=prepared.kinds,
         budget=config.budget,
         reference=reference_kind,
+        runner=lowered.runner if lowered is not None else None,
     )
 
     card = build_card(prepared, quantized, verification, config.target, config.budget)
+    if lowered is not None:
+        card["deployment"] = deployment_section(lowered, verification)
     found = problems(card, quantized.plan)
     card["verdict"] = [{"problem": p.text, "advice": p.advice, "fails": p.fails} for p in found]
     for p in found:
         warnings.warn(QCompileWarning(f"{p.text}; {p.advice}"), stacklevel=2)
     return CompileResult(
-        quantized.model, quantized.plan, card, config.target, prepared.name, prepared.source, scratch=quantized.scratch
+        quantized.model,
+        quantized.plan,
+        card,
+        config.target,
+        prepared.name,
+        prepared.source,
+        scratch=quantized.scratch,
+        lowered=lowered.files if lowered is not None else {},
     )

@@ -26,6 +26,7 @@ from qcompile.runtime import SessionSource, fused_op_counts, make_session, media
 __all__ = [
     "Fidelity",
     "compare",
+    "figures",
     "EvaluationSet",
     "Verification",
     "verify",
@@ -47,7 +48,10 @@ class Fidelity:
 
 
 def run_outputs(model: Any, samples: Sequence[Sample], progress=None) -> dict[str, list[np.ndarray]]:
-    """Every output of `model` on every sample; the session is gone when this returns."""
+    """Every output of `model` on every sample; the session is gone when this returns.
+    `model` is anything `make_session` takes, or a runner of a target's own file (`Lowered.runner`)."""
+    if hasattr(model, "outputs") and callable(model.outputs):
+        return model.outputs(list(samples), progress)
     session = make_session(model)
     names = [o.name for o in session.get_outputs()]
     out: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -69,9 +73,19 @@ def compare(
 
     One session exists at a time, so peak memory holds one model's weights, not both.
     """
-    kinds = kinds or {}
     ref = run_outputs(float_model, samples, progress)
-    got = run_outputs(quant_model, samples, progress)
+    return figures(ref, run_outputs(quant_model, samples, progress), samples, kinds, budget)
+
+
+def figures(
+    ref: dict[str, list[np.ndarray]],
+    got: dict[str, list[np.ndarray]],
+    samples: Sequence[Sample],
+    kinds: Mapping[str, OutputKind] | None = None,
+    budget: Budget | None = None,
+) -> tuple[Fidelity, BudgetResult | None]:
+    """The fidelity figures of outputs `got` against `ref` (both: name → one array per sample)."""
+    kinds = kinds or {}
     outputs = [
         output_figures(n, ref[n], got[n], kinds.get(n, OutputKind()))
         for n in ref
@@ -120,6 +134,8 @@ class Verification:
     latency_ms: dict[str, dict[str, float]] | None = None
     budget: BudgetResult | None = None
     reference: str = "float"  # what the outputs were compared with: "float", "dequantized" or "given"
+    qdq_fidelity: Fidelity | None = None  # a target with its own file: the same plan's QDQ model on ORT
+    qdq_outputs: dict[str, list[np.ndarray]] | None = None
 
 
 def verify(
@@ -132,16 +148,25 @@ def verify(
     kinds: Mapping[str, OutputKind] | None = None,
     budget: Budget | None = None,
     reference: str = "float",
+    runner: Any = None,
 ) -> Verification:
     """Fidelity on `evaluation`, ORT's kernel choice, and (optionally) the latency of both models;
     `reference` names what `float_ref` is (the float model, an imported model's dequantized graph,
-    or a reference the user gave)."""
+    or a reference the user gave).  With `runner` (a target's own file on its runtime), fidelity and
+    budget are that runner's, and the QDQ model on ORT is measured beside it."""
     kernels = integer_kernels(quant_ref)
-    fidelity, budget_result = compare(float_ref, quant_ref, evaluation.samples, progress, kinds, budget)
-    latency = None
-    if measure_latency and evaluation.samples:
-        latency = measure_latencies(float_ref, quant_ref, evaluation.samples[0])
-    return Verification(fidelity, evaluation, kernels, latency, budget_result, reference)
+    if runner is None:
+        fidelity, budget_result = compare(float_ref, quant_ref, evaluation.samples, progress, kinds, budget)
+        latency = None
+        if measure_latency and evaluation.samples:
+            latency = measure_latencies(float_ref, quant_ref, evaluation.samples[0])
+        return Verification(fidelity, evaluation, kernels, latency, budget_result, reference)
+    samples = evaluation.samples
+    ref = run_outputs(float_ref, samples, progress)
+    qdq = run_outputs(quant_ref, samples, progress)
+    fidelity, budget_result = figures(ref, run_outputs(runner, samples, progress), samples, kinds, budget)
+    qdq_fidelity, _ = figures(ref, qdq, samples, kinds)
+    return Verification(fidelity, evaluation, kernels, None, budget_result, reference, qdq_fidelity, qdq)
 
 
 def integer_kernels(quant: SessionSource) -> dict[str, int]:

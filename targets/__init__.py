@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qcompile.errors import QCompileError
-from qcompile.targets.base import LegalityError, OpRule, Target
+from qcompile.targets.base import LegalityError, Lowered, OpRule, Target
 
-__all__ = ["get_target", "TARGET_NAMES", "Target", "OpRule", "LegalityError"]
+__all__ = ["get_target", "TARGET_NAMES", "Target", "OpRule", "LegalityError", "Lowered"]
 
 
 def _ort_cpu(**options) -> Target:
@@ -16,7 +16,19 @@ def _ort_cpu(**options) -> Target:
     return make_target(**options)
 
 
-_FACTORIES: dict[str, Callable[..., Target]] = {"ort-cpu": _ort_cpu}
+def _tflite(**options) -> Target:
+    from qcompile.targets.tflite import make_tflite
+
+    return make_tflite(**options)
+
+
+def _tflm(**options) -> Target:
+    from qcompile.targets.tflite import make_tflm
+
+    return make_tflm(**options)
+
+
+_FACTORIES: dict[str, Callable[..., Target]] = {"ort-cpu": _ort_cpu, "tflite": _tflite, "tflm": _tflm}
 TARGET_NAMES = tuple(_FACTORIES)
 
 

@@ -8,7 +8,9 @@ and how the output's quantization relates to the inputs:
 - "own":   the output gets its own scale from calibration;
 - "tied":  the output shares input 0's scale and zero point (MaxPool, Reshape…:
            pure data movement, so ORT can drop the Q/DQ pair around it);
-- "tied_all": every input and the output share one scale (Concat).
+- "tied_all": every input and the output share one scale (Concat);
+- "fixed": the runtime fixes the output's (scale, zero point) to `fixed` (TFLite's
+           LOGISTIC and SOFTMAX: 1/256, -128 in int8).
 
 `fuses_activation` marks ops whose following Relu/Clip the runtime folds into
 the output quantization, so the tensor between them is not quantized.
@@ -27,9 +29,9 @@ import onnx_ir as ir
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import is_float_value
 
-__all__ = ["OpRule", "Target", "WeightAxis", "OUTPUT_MODES", "LegalityError"]
+__all__ = ["OpRule", "Target", "WeightAxis", "OUTPUT_MODES", "LegalityError", "Lowered", "Lower"]
 
-OUTPUT_MODES = ("own", "tied", "tied_all")
+OUTPUT_MODES = ("own", "tied", "tied_all", "fixed")
 WeightAxis = Callable[[ir.Node, int], int | None]  # (node, weight rank) -> channel axis
 
 
@@ -49,10 +51,32 @@ class OpRule:
     output: str = "own"
     fuses_activation: bool = False
     float_output_ok: bool = False  # integer kernel with a float output (graph outputs stay float)
+    fixed: tuple[float, int] | None = None  # the output's (scale, zero point) when output == "fixed"
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
             raise ValueError(f"{self.op_type}: output mode {self.output!r} not in {OUTPUT_MODES}")
+        if (self.output == "fixed") != (self.fixed is not None):
+            raise ValueError(f"{self.op_type}: output mode 'fixed' goes with a fixed (scale, zero point)")
+
+
+@dataclass
+class Lowered:
+    """What a target writes besides the QDQ ONNX model (e.g. a `.tflite`), and how to run it.
+
+    `runner.outputs(samples, progress)` returns every output on every sample, as the float ONNX
+    model would (its layout, float values), so fidelity is measured as for ONNX models;
+    `check(samples, qdq_outputs)` runs the other runtimes and compares them with the QDQ model
+    on ONNX Runtime, for the card.
+    """
+
+    files: dict[str, bytes]  # file name suffix ("tflite", "cc", ...) → content
+    runner: Any
+    summary: dict[str, Any]
+    check: Callable[[list, dict[str, list]], dict[str, Any]] | None = None
+
+
+Lower = Callable[[ir.Model, "Target"], Lowered]
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,7 @@ class Target:
     allowed_qdq_dtypes: tuple[str, ...] = ("int8", "uint8", "int32")
     notes: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
+    lower: Lower | None = None  # writes the deployment file and runs it; None: the QDQ ONNX model is the file
 
     def rule(self, node: ir.Node) -> OpRule | None:
         if node.domain not in ("", "ai.onnx"):

@@ -1,0 +1,154 @@
+"""Targets `tflite` (LiteRT on phones) and `tflm` (TFLite Micro): full-integer `.tflite` files.
+
+The quantization rules follow TFLite's int8 spec: activations int8 asymmetric, weights
+int8 symmetric in [-127, 127] with zero point 0 (per channel: axis 0 of CONV_2D and
+FULLY_CONNECTED filters, axis 3 of DEPTHWISE_CONV_2D's, which the lowering re-lays), bias
+int32 with scale = s_input · s_weight; LOGISTIC and SOFTMAX outputs fixed at (1/256, −128),
+TANH at (1/128, 0); ops that move data keep their input's scale and zero point.
+
+The plan is first realised as a QDQ ONNX model (the same plan on ONNX Runtime), then lowered
+(`tflite_model`) and run in LiteRT with its reference kernels; `check` adds LiteRT's default
+(XNNPACK) kernels and TFLite Micro, each compared with the QDQ model on ONNX Runtime.
+`tflm` is integer-only (a float op is an error) and also writes the C array and the op list.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.targets.base import (
+    Lowered,
+    OpRule,
+    Target,
+    conv_weight_axis,
+    gemm_weight_axis,
+    matmul_weight_axis,
+)
+from qcompile.targets.tflite_model import TfliteModel, lower_to_tflite
+
+__all__ = ["make_tflite", "make_tflm", "OPS"]
+
+_RULES = [
+    OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True),
+    OpRule("Gemm", weight=1, weight_axis=gemm_weight_axis, bias=2, fuses_activation=True),
+    OpRule("MatMul", weight=1, weight_axis=matmul_weight_axis, fuses_activation=True),
+    OpRule("Add", activations=(0, 1), fuses_activation=True),
+    OpRule("Sub", activations=(0, 1), fuses_activation=True),
+    OpRule("Mul", activations=(0, 1), fuses_activation=True),
+    OpRule("Max", activations=(0, 1), output="tied_all"),
+    OpRule("Min", activations=(0, 1), output="tied_all"),
+    OpRule("Relu"),
+    OpRule("Clip"),
+    OpRule("LeakyRelu"),
+    OpRule("HardSwish"),
+    OpRule("PRelu", weight=1),
+    OpRule("Sigmoid", output="fixed", fixed=(1 / 256, -128)),
+    OpRule("Softmax", output="fixed", fixed=(1 / 256, -128)),
+    OpRule("Tanh", output="fixed", fixed=(1 / 128, 0)),
+    OpRule("GlobalAveragePool"),
+    OpRule("ReduceMean"),
+    OpRule("Concat", activations=(), output="tied_all"),
+    OpRule("Split", output="tied"),
+    *(
+        OpRule(op, output="tied")
+        for op in (
+            "MaxPool",
+            "AveragePool",
+            "Reshape",
+            "Transpose",
+            "Flatten",
+            "Squeeze",
+            "Unsqueeze",
+            "Slice",
+            "Gather",
+            "Resize",
+            "Pad",
+            "Identity",
+        )
+    ),
+]
+OPS = {r.op_type: r for r in _RULES}
+
+
+def _check(model: TfliteModel, integer_only: bool) -> Any:
+    """Run the other runtimes on the evaluation samples; compare each with the QDQ model on ORT."""
+
+    def check(samples: list, qdq: dict[str, list]) -> dict[str, Any]:
+        from qcompile.targets.tflite_run import LiteRtRunner, TflmRunner
+
+        runners: dict[str, Any] = {
+            "litert_reference": LiteRtRunner(model),
+            "litert_xnnpack": LiteRtRunner(model, "xnnpack"),
+        }
+        if integer_only:
+            runners["tflm"] = TflmRunner(model)
+        return {name: agreement(model, runner.outputs(samples), qdq) for name, runner in runners.items()}
+
+    return check
+
+
+def agreement(model: TfliteModel, got: dict[str, list], qdq: dict[str, list]) -> dict[str, Any]:
+    """Per output: max |difference| from the QDQ model on ORT, in steps of the output's scale (LSB)."""
+    out = {}
+    for t in model.outputs:
+        diff = max(
+            float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+            for a, b in zip(got[t.name], qdq[t.name], strict=True)
+        )
+        step = t.quant.scale[0] if t.quant is not None else None
+        out[t.name] = {"max_abs_diff": diff, "max_lsb": None if step is None else round(diff / step, 3)}
+    return out
+
+
+def _lower(model: ir.Model, target: Target) -> Lowered:
+    from qcompile.targets.tflite_run import LiteRtRunner, TflmRunner, tflm_arena_bytes
+
+    integer_only = bool(target.options.get("integer_only"))
+    tm = lower_to_tflite(model, integer_io=bool(target.options.get("integer_io", True)), integer_only=integer_only)
+    summary: dict[str, Any] = {"format": "tflite", **tm.summary(), "runtime": "LiteRT, reference kernels"}
+    files = {"{stem}.tflite": tm.data}
+    runner: Any = LiteRtRunner(tm)
+    if integer_only:
+        from qcompile.targets.tflm_source import c_source, op_resolver_calls
+
+        arena = tflm_arena_bytes(tm)
+        summary.update(
+            runtime="TFLite Micro (host interpreter)",
+            arena_bytes=arena,
+            arena_rounded=-(-arena * 5 // 4 // 1024) * 1024,
+            op_resolver=op_resolver_calls(tm),
+        )
+        files.update(c_source(tm, summary["arena_rounded"]))
+        runner = TflmRunner(tm, arena=summary["arena_rounded"])
+    return Lowered(files, runner, summary, _check(tm, integer_only))
+
+
+def _make(name: str, description: str, integer_only: bool, options: dict[str, Any]) -> Target:
+    integer_io = not options.pop("float_io", False)
+    if options:
+        raise ValueError(f"{name} takes no option(s) {sorted(options)}; known: float_io")
+    return Target(
+        name=name,
+        description=description,
+        ops=OPS,
+        activation_dtype="int8",
+        weight_dtype="int8",
+        min_opset=13,
+        max_opset=21,
+        fusable_activations=("Relu", "Clip"),
+        allowed_qdq_dtypes=("int8", "int32"),
+        notes=("int8 activations, int8 symmetric weights per channel, int32 bias (TFLite's int8 spec)",),
+        options={"integer_io": integer_io, "integer_only": integer_only},
+        lower=_lower,
+    )
+
+
+def make_tflite(**options) -> Target:
+    return _make("tflite", "LiteRT (TensorFlow Lite) int8 .tflite, NHWC", False, options)
+
+
+def make_tflm(**options) -> Target:
+    return _make("tflm", "TFLite Micro: integer-only .tflite, C array, op list, arena size", True, options)

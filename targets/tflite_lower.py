@@ -1,0 +1,351 @@
+"""Lower a QDQ ONNX graph (qcompile's, or any valid one) to a TFLite graph, NHWC, integer where quantized.
+
+Reading the Q/DQ pairs: a compute node whose activation inputs all come out of
+DequantizeLinear nodes and whose output goes into a QuantizeLinear becomes one integer
+TFLite op; its input tensors are the DQs' integer inputs, its output tensor carries the Q's
+scale and zero point, and the weights are the DQs' integer initializers.  Any other node
+becomes a float32 op, reading DEQUANTIZE'd tensors (a float island).
+
+Layout: every lowered value has a permutation p with  tflite = onnx.transpose(p).  Ops that
+need NHWC (convolutions, pools, resizes) ask for p = (0, 2, 3, 1); elementwise ops keep
+their input's p; axis attributes are mapped through p (an ONNX axis a is TFLite axis
+p.index(a)); an ONNX Transpose with permutation t only re-labels: its output keeps the
+data and takes p' = t⁻¹[p].  A TRANSPOSE is emitted only where an op needs a layout its
+input does not have and no re-labelling gives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.errors import QCompileError
+from qcompile.ir_utils import const_array, name_of
+from qcompile.targets.tflite_graph import TflGraph, TflQuant, TflTensor
+
+__all__ = [
+    "Bound",
+    "Lowering",
+    "LOWERINGS",
+    "register",
+    "NHWC",
+    "identity",
+    "UnsupportedOp",
+    "quant_of_qdq",
+    "activation_bounds",
+    "fusable_activation",
+    "readers",
+    "value_name",
+]
+
+NHWC = (0, 2, 3, 1)
+_QDQ = ("QuantizeLinear", "DequantizeLinear")
+
+
+class UnsupportedOp(QCompileError):
+    """A node the TFLite lowering has no rule for, or an attribute value it cannot express."""
+
+
+def value_name(value: ir.Value | None) -> str:
+    return (value.name if value is not None else None) or "?"
+
+
+def identity(rank: int) -> tuple[int, ...]:
+    return tuple(range(rank))
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The TFLite tensor holding an ONNX value, and the permutation p with tflite = onnx.transpose(p)."""
+
+    index: int
+    perm: tuple[int, ...]
+
+
+Lower = Callable[["Lowering", ir.Node], None]
+LOWERINGS: dict[str, Lower] = {}
+
+
+def register(*op_types: str) -> Callable[[Lower], Lower]:
+    def wrap(fn: Lower) -> Lower:
+        for op in op_types:
+            LOWERINGS[op] = fn
+        return fn
+
+    return wrap
+
+
+def quant_of_qdq(node: ir.Node) -> tuple[TflQuant, str]:
+    """The scale, zero point and integer type of a QuantizeLinear or DequantizeLinear."""
+    scale = const_array(node.inputs[1])
+    zp_value = node.inputs[2] if len(node.inputs) > 2 else None
+    zp = const_array(zp_value) if zp_value is not None else None
+    if scale is None:
+        raise UnsupportedOp(f"{node.op_type} {node.name!r}: its scale is not a constant")
+    side = node.outputs[0] if node.op_type == "QuantizeLinear" else node.inputs[0]
+    assert side is not None
+    dtype = (zp.dtype.name if zp is not None else None) or (side.dtype.name.lower() if side.dtype else "uint8")
+    zp = np.zeros(np.shape(scale), np.int64) if zp is None else zp.astype(np.int64)
+    axis = node.attributes.get("axis")
+    rank = len(side.shape) if side.shape is not None else 1
+    ax = (axis.as_int() % max(rank, 1)) if axis is not None and np.size(scale) > 1 else 0
+    return TflQuant.of(scale, zp, ax), dtype
+
+
+class Lowering:
+    """Per-graph state of one lowering: the TFLite graph and where each ONNX value went."""
+
+    def __init__(self, model: ir.Model, *, integer_io: bool = True):
+        self.model, self.integer_io = model, integer_io
+        self.g = TflGraph()
+        self.ints: dict[str, Bound] = {}  # ONNX value → integer TFLite tensor
+        self.floats: dict[str, Bound] = {}  # ONNX value → float32 TFLite tensor
+        self.requantized: list[str] = []  # nodes where a QUANTIZE re-scales an input
+        self.transposes: list[str] = []  # nodes that needed a TRANSPOSE
+        self.mode = "float"
+        self.fused: set[int] = set()  # ids of Relu/Clip nodes folded into their producer
+        self.done: set[int] = set()  # ids of Q nodes whose output a lowered op already wrote
+        # tensor index → order: the tensor's row-major data is the ONNX value's flattened data taken at `order`
+        # (a Flatten of NHWC data read only by fully connected layers, whose weight columns take the same order)
+        self.flat_order: dict[int, np.ndarray] = {}
+
+    # --- reading values -------------------------------------------------------------------
+    def shape(self, value: ir.Value | None) -> tuple[int, ...]:
+        """The ONNX shape, static; a dimension inference left symbolic is the one calibration saw."""
+        if value is None:
+            raise UnsupportedOp("an input the lowering needs is missing")
+        observed = value.meta.get("qcompile.observed_shape")
+        dims = list(value.shape) if value.shape is not None else None
+        if dims is None or not all(isinstance(d, int) for d in dims):
+            if observed is None:
+                raise QCompileError(f"tensor {name_of(value)!r} has no static shape; give the input shapes")
+            return tuple(int(d) for d in observed)
+        return tuple(d for d in dims if isinstance(d, int))
+
+    def dq_source(self, value: ir.Value | None) -> ir.Node | None:
+        node = value.producer() if value is not None else None
+        return node if node is not None and node.op_type == "DequantizeLinear" else None
+
+    def weight(self, value: ir.Value | None) -> tuple[np.ndarray, TflQuant, str] | None:
+        """A quantized constant: (integers, quantization, dtype) of a DQ reading an initializer."""
+        dq = self.dq_source(value)
+        if dq is None or dq.inputs[0] is None or const_array(dq.inputs[0]) is None:
+            return None
+        quant, dtype = quant_of_qdq(dq)
+        return const_array(dq.inputs[0]), quant, dtype  # type: ignore[return-value]
+
+    def constant(self, value: ir.Value | None) -> np.ndarray | None:
+        """A float or index constant (an initializer or Constant output), not a quantized weight."""
+        return const_array(value) if value is not None else None
+
+    def is_integer(self, value: ir.Value) -> bool:
+        return name_of(value) in self.ints or self.weight(value) is not None
+
+    # --- producing tensors ----------------------------------------------------------------
+    def int_input(self, value: ir.Value, perm: tuple[int, ...] | None = None) -> Bound:
+        bound = self.ints.get(name_of(value))
+        if bound is None:
+            w = self.weight(value)
+            if w is None:
+                raise QCompileError(f"tensor {name_of(value)!r} is not quantized")
+            data, quant = _as_signed(w[0], w[1])
+            index = self.g.constant(name_of(value), data, data.dtype.name, quant)
+            bound = Bound(index, identity(data.ndim))
+        return self.permuted(bound, perm) if perm is not None else bound
+
+    def float_input(self, value: ir.Value, perm: tuple[int, ...] | None = None) -> Bound:
+        name = name_of(value)
+        bound = self.floats.get(name)
+        if bound is None:
+            if name in self.ints:
+                src = self.ints[name]
+                index = self.g.add(TflTensor(f"{name}_float", self.g.tensors[src.index].shape, "float32"))
+                self.g.emit("DEQUANTIZE", [src.index], [index])
+                bound = Bound(index, src.perm)
+            elif (arr := self.constant(value)) is not None or (w := self.weight(value)) is not None:
+                arr = arr if arr is not None else _dequantized(*w)  # type: ignore[misc]
+                bound = Bound(self.g.constant(name, arr.astype(np.float32), "float32"), identity(arr.ndim))
+            else:
+                raise QCompileError(f"tensor {name!r} was not lowered before its reader")
+            self.floats[name] = bound
+        return self.permuted(bound, perm) if perm is not None else bound
+
+    def input(self, node: ir.Node, i: int, perm: tuple[int, ...] | None = None) -> Bound:
+        """Input `i` in the current mode, in layout `perm` (TRANSPOSE'd if needed)."""
+        value = node.inputs[i]
+        assert value is not None
+        return self.int_input(value, perm) if self.mode == "int" else self.float_input(value, perm)
+
+    def permuted(self, bound: Bound, perm: tuple[int, ...]) -> Bound:
+        if bound.perm == perm:
+            return bound
+        t = self.g.tensors[bound.index]
+        if t.data is not None:  # constants are re-laid at compile time
+            data = np.transpose(np.transpose(t.data, np.argsort(bound.perm)), perm)
+            quant = t.quant
+            if quant is not None and quant.per_channel:
+                quant = TflQuant(quant.scale, quant.zero_point, perm.index(bound.perm[quant.axis]))
+            return Bound(self.g.constant(f"{t.name}_{''.join(map(str, perm))}", data, t.dtype, quant), perm)
+        relative = tuple(bound.perm.index(a) for a in perm)  # tflite_new = tflite_old.transpose(relative)
+        shape = tuple(t.shape[a] for a in relative)
+        out = self.g.add(TflTensor(f"{t.name}_{''.join(map(str, perm))}", shape, t.dtype, t.quant))
+        perm_t = self.g.constant(f"{t.name}_perm", np.asarray(relative, np.int32), "int32")
+        self.g.emit("TRANSPOSE", [bound.index, perm_t], [out], "TransposeOptions")
+        self.transposes.append(t.name)
+        return Bound(out, perm)
+
+    def output(
+        self,
+        value: ir.Value,
+        perm: tuple[int, ...],
+        shape: tuple[int, ...] | None = None,
+        fixed: TflQuant | None = None,
+    ) -> int:
+        """A new tensor for `value` in layout `perm`: in int mode with the reading Q's quantization
+        (or `fixed`, the op's own, re-scaled by a QUANTIZE to each reading Q that differs)."""
+        onnx_shape = shape or self.shape(value)
+        tfl_shape = tuple(onnx_shape[a] for a in perm)
+        if self.mode == "float":
+            index = self.g.add(TflTensor(name_of(value), tfl_shape, "float32"))
+            self.floats[name_of(value)] = Bound(index, perm)
+            return index
+        q_nodes = [u.node for u in value.uses() if u.node.op_type == "QuantizeLinear"]
+        wanted = [self.quant_of_q(q) for q in q_nodes]
+        quant = fixed or wanted[0]
+        name = name_of(q_nodes[0].outputs[0]) if fixed is None else name_of(value)
+        index = self.g.add(TflTensor(name, tfl_shape, "int8", quant))
+        for q, q_quant in zip(q_nodes, wanted, strict=True):
+            target = index if q_quant == quant else self.requantize(index, q_quant, name_of(q.outputs[0]))
+            self.ints[name_of(q.outputs[0])] = Bound(target, perm)
+            self.done.add(id(q))
+        return index
+
+    def requantize(self, index: int, quant: TflQuant, name: str) -> int:
+        t = self.g.tensors[index]
+        out = self.g.add(TflTensor(name, t.shape, t.dtype, quant))
+        self.g.emit("QUANTIZE", [index], [out])
+        if index in self.flat_order:
+            self.flat_order[out] = self.flat_order[index]
+        self.requantized.append(name)
+        return out
+
+    def same_quant(self, bound: Bound, quant: TflQuant | None, name: str) -> Bound:
+        """`bound`, re-scaled by a QUANTIZE unless it already has `quant` (ops that keep scale and zero point)."""
+        t = self.g.tensors[bound.index]
+        if quant is None or t.quant == quant or t.data is not None and t.quant is None:
+            return bound
+        return Bound(self.requantize(bound.index, quant, f"{name}_requantized"), bound.perm)
+
+    def scratch(self, like: ir.Value, tfl_shape: tuple[int, ...]) -> int:
+        """An unbound tensor with `like`'s type and quantization (an intermediate of a multi-op lowering)."""
+        dtype = "int8" if self.mode == "int" else "float32"
+        return self.g.add(
+            TflTensor(f"{name_of(like)}_{len(self.g.tensors)}", tfl_shape, dtype, self.quant_of_output(like))
+        )
+
+    def reshape(self, bound: Bound, tfl_shape: tuple[int, ...], perm: tuple[int, ...] = NHWC) -> Bound:
+        """`bound`'s data under another shape (RESHAPE: a view, no data moves)."""
+        t = self.g.tensors[bound.index]
+        out = self.g.add(TflTensor(f"{t.name}_{'x'.join(map(str, tfl_shape))}", tfl_shape, t.dtype, t.quant))
+        self._emit_reshape(bound.index, out)
+        return Bound(out, perm)
+
+    def reshape_into(self, src: int, value: ir.Value, perm: tuple[int, ...]) -> int:
+        """RESHAPE tensor `src` into a new tensor bound to `value` in layout `perm`; its index."""
+        out = self.output(value, perm)
+        self._emit_reshape(src, out)
+        return out
+
+    def _emit_reshape(self, src: int, out: int) -> None:
+        shape = self.g.tensors[out].shape
+        new_shape = self.g.constant(f"{self.g.tensors[out].name}_shape", np.asarray(shape, np.int32), "int32")
+        self.g.emit("RESHAPE", [src, new_shape], [out], "ReshapeOptions", newShape=list(shape))
+
+    def dequantized(self, w: tuple[np.ndarray, TflQuant, str]) -> np.ndarray:
+        return _dequantized(*w)
+
+    def take_activation(self, node: ir.Node) -> tuple[str, ir.Value]:
+        """The Relu/Clip that follows `node` alone, folded into it: (TFLite fused activation, value after it)."""
+        found = fusable_activation(node)
+        if found is None:
+            return "NONE", node.outputs[0]
+        act_node, name = found
+        self.fused.add(id(act_node))
+        return name, act_node.outputs[0]
+
+    def quant_of_output(self, value: ir.Value) -> TflQuant | None:
+        """The quantization the first Q reading `value` asks for (None in float mode)."""
+        if self.mode == "float":
+            return None
+        return self.quant_of_q(next(u.node for u in value.uses() if u.node.op_type == "QuantizeLinear"))
+
+    def quant_of_q(self, q: ir.Node) -> TflQuant:
+        return _signed(*quant_of_qdq(q))
+
+
+_FUSED_BOUNDS = {(0.0, np.inf): "RELU", (0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1"}
+FUSES_ACTIVATION = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "MaxPool", "AveragePool", "ConvTranspose")
+
+
+def activation_bounds(node: ir.Node) -> tuple[float, float] | None:
+    """[lo, hi] of a Relu or of a Clip with constant bounds."""
+    if node.op_type == "Relu":
+        return 0.0, np.inf
+    if node.op_type != "Clip":
+        return None
+    lo = const_array(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    hi = const_array(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if (len(node.inputs) > 1 and node.inputs[1] is not None and lo is None) or (
+        len(node.inputs) > 2 and node.inputs[2] is not None and hi is None
+    ):
+        return None
+    return float(lo) if lo is not None else -np.inf, float(hi) if hi is not None else np.inf
+
+
+def fusable_activation(node: ir.Node) -> tuple[ir.Node, str] | None:
+    """The single Relu/Clip reading `node`'s output with no quantization between, if TFLite can fuse it."""
+    if node.op_type not in FUSES_ACTIVATION or node.outputs[0].is_graph_output():
+        return None
+    uses = list(node.outputs[0].uses())
+    if len(uses) != 1:
+        return None
+    reader = uses[0].node
+    bounds = activation_bounds(reader)
+    name = _FUSED_BOUNDS.get(bounds) if bounds is not None else None
+    return (reader, name) if name is not None else None
+
+
+def readers(value: ir.Value) -> Iterator[ir.Node]:
+    """The nodes that read `value`, looking through Q/DQ pairs."""
+    for use in value.uses():
+        if use.node.op_type in _QDQ:
+            yield from readers(use.node.outputs[0])
+        else:
+            yield use.node
+
+
+def _signed(quant: TflQuant, dtype: str) -> TflQuant:
+    """uint8 (s, z) is int8 (s, z − 128): the same reals, TFLite's integer-only type."""
+    if dtype == "uint8":
+        return TflQuant(quant.scale, tuple(z - 128 for z in quant.zero_point), quant.axis)
+    if dtype != "int8":
+        raise UnsupportedOp(f"{dtype} quantization has no TFLite int8 form")
+    return quant
+
+
+def _as_signed(data: np.ndarray, quant: TflQuant) -> tuple[np.ndarray, TflQuant]:
+    if data.dtype == np.uint8:
+        return (data.astype(np.int16) - 128).astype(np.int8), _signed(quant, "uint8")
+    return data, quant
+
+
+def _dequantized(data: np.ndarray, quant: TflQuant, dtype: str) -> np.ndarray:
+    shape = [1] * data.ndim
+    if quant.per_channel:
+        shape[quant.axis] = -1
+    scale = np.asarray(quant.scale, np.float32).reshape(shape)
+    zp = np.asarray(quant.zero_point, np.int64).reshape(shape)
+    return ((data.astype(np.int64) - zp) * scale).astype(np.float32)

@@ -1,0 +1,197 @@
+"""Lower a whole (QDQ or float) ONNX model to a `.tflite` file, and say what the file's edges are.
+
+1. Every node must have a lowering (`LOWERINGS`), else one error lists the nodes and the set.
+2. Graph inputs: with integer I/O an input read only by QuantizeLinear becomes an int8 TFLite
+   input with the Q's quantization (its Q is the caller's job), else a float32 input; 4-D
+   inputs that feed a convolution or pool take NHWC.
+3. Nodes in order: a Q/DQ binds or re-scales integers (QUANTIZE / DEQUANTIZE where a float
+   tensor meets an integer one); any other node lowers in int mode when its activations are
+   integer and its (fused) output is read only by Qs, else in float mode.
+4. Graph outputs: NHWC at rank 4, integer (the DQ's input) with integer I/O where possible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from qcompile.errors import QCompileError
+from qcompile.ir_utils import const_array, is_float_value, name_of
+from qcompile.targets import tflite_ops_conv, tflite_ops_data, tflite_ops_math  # noqa: F401  (register lowerings)
+from qcompile.targets.tflite_graph import TflQuant, TflTensor
+from qcompile.targets.tflite_lower import (
+    LOWERINGS,
+    NHWC,
+    Bound,
+    Lowering,
+    UnsupportedOp,
+    fusable_activation,
+    identity,
+    readers,
+)
+from qcompile.targets.tflite_writer import write_tflite
+
+__all__ = ["IoTensor", "TfliteModel", "lower_to_tflite", "supported_ops"]
+
+_SKIPPED = ("Constant",)
+_NEEDS_NHWC = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "ConvTranspose")
+
+
+@dataclass(frozen=True)
+class IoTensor:
+    """A TFLite input or output: its ONNX name, index, layout (tflite = onnx.transpose(perm)) and type."""
+
+    name: str
+    index: int
+    perm: tuple[int, ...]
+    dtype: str
+    quant: TflQuant | None
+    shape: tuple[int, ...] = ()  # in TFLite layout
+
+
+@dataclass
+class TfliteModel:
+    data: bytes
+    inputs: list[IoTensor]
+    outputs: list[IoTensor]
+    op_counts: dict[str, int]
+    float_ops: list[str] = field(default_factory=list)  # ONNX nodes lowered in float32
+    transposes: list[str] = field(default_factory=list)  # tensors a TRANSPOSE re-lays inside the graph
+    requantized: list[str] = field(default_factory=list)  # tensors a QUANTIZE re-scales
+
+    def summary(self) -> dict:
+        return {
+            "bytes": len(self.data),
+            "ops": dict(sorted(self.op_counts.items())),
+            "float_ops": len(self.float_ops),
+            "transposes_inside": len(self.transposes),
+            "requantized": len(self.requantized),
+        }
+
+
+def supported_ops() -> list[str]:
+    return sorted(LOWERINGS)
+
+
+def _check_supported(model: ir.Model) -> None:
+    missing = [
+        n
+        for n in model.graph
+        if n.op_type not in LOWERINGS and n.op_type not in (*_SKIPPED, "QuantizeLinear", "DequantizeLinear")
+    ]
+    if missing:
+        listed = ", ".join(f"{n.name or '?'} ({n.op_type})" for n in missing[:10])
+        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise UnsupportedOp(
+            f"no TFLite lowering for {len(missing)} node(s): {listed}{more}; supported: {', '.join(supported_ops())}"
+        )
+
+
+def _input_perm(value: ir.Value, rank: int) -> tuple[int, ...]:
+    return NHWC if rank == 4 and any(n.op_type in _NEEDS_NHWC for n in readers(value)) else identity(rank)
+
+
+def _bind_inputs(low: Lowering) -> list[IoTensor]:
+    inputs = []
+    for value in low.model.graph.inputs:
+        shape = low.shape(value)
+        perm = _input_perm(value, len(shape))
+        tfl_shape = tuple(shape[a] for a in perm)
+        readers = [u.node for u in value.uses()]
+        quants = {low.quant_of_q(q) for q in readers if q.op_type == "QuantizeLinear"}
+        if low.integer_io and readers and len(quants) == 1 and all(q.op_type == "QuantizeLinear" for q in readers):
+            quant = quants.pop()
+            index = low.g.add(TflTensor(name_of(value), tfl_shape, "int8", quant))
+            for q in readers:
+                low.ints[name_of(q.outputs[0])] = Bound(index, perm)
+                low.done.add(id(q))
+            inputs.append(IoTensor(name_of(value), index, perm, "int8", quant, tfl_shape))
+        else:
+            index = low.g.add(TflTensor(name_of(value), tfl_shape, "float32"))
+            low.floats[name_of(value)] = Bound(index, perm)
+            inputs.append(IoTensor(name_of(value), index, perm, "float32", None, tfl_shape))
+    return inputs
+
+
+def _lower_quantize(low: Lowering, q: ir.Node) -> None:
+    source, quant = q.inputs[0], low.quant_of_q(q)
+    assert source is not None
+    if name_of(source) in low.ints:  # Q(DQ(x)): a re-scale
+        src = low.ints[name_of(source)]
+        index = low.requantize(src.index, quant, name_of(q.outputs[0]))
+    else:
+        src = low.float_input(source)
+        index = low.g.add(TflTensor(name_of(q.outputs[0]), low.g.tensors[src.index].shape, "int8", quant))
+        low.g.emit("QUANTIZE", [src.index], [index])
+    low.ints[name_of(q.outputs[0])] = Bound(index, src.perm)
+
+
+def _lower_dequantize(low: Lowering, dq: ir.Node) -> None:
+    source = dq.inputs[0]
+    assert source is not None
+    if const_array(source) is not None:
+        return  # a weight: its readers take the integers
+    if name_of(source) not in low.ints:
+        raise QCompileError(f"DequantizeLinear {dq.name!r} reads {name_of(source)!r}, which no Q produced")
+    low.ints[name_of(dq.outputs[0])] = low.ints[name_of(source)]
+
+
+def _integer(low: Lowering, node: ir.Node) -> bool:
+    """Activations integer, and every output (after a fusable Relu/Clip) read by Qs only."""
+    activations = [v for v in node.inputs if is_float_value(v) and low.constant(v) is None]
+    if not activations or not all(low.is_integer(v) for v in activations):
+        return False
+    found = fusable_activation(node)
+    outputs = [found[0].outputs[0]] if found is not None else list(node.outputs)
+    return all(
+        not o.is_graph_output() and (uses := list(o.uses())) and all(u.node.op_type == "QuantizeLinear" for u in uses)
+        for o in outputs
+    )
+
+
+def _bind_outputs(low: Lowering) -> list[IoTensor]:
+    outputs = []
+    for value in low.model.graph.outputs:
+        name, rank = name_of(value), len(low.shape(value))
+        if low.integer_io and name in low.ints:
+            bound = low.ints[name]
+        else:
+            bound = low.float_input(value)
+        edge = NHWC if rank == 4 else identity(rank)
+        inside = len(low.transposes)
+        bound = low.permuted(bound, edge)
+        del low.transposes[inside:]  # a TRANSPOSE at the edge is the layout the user asked for
+        t = low.g.tensors[bound.index]
+        outputs.append(IoTensor(name, bound.index, bound.perm, t.dtype, t.quant, t.shape))
+    return outputs
+
+
+def lower_to_tflite(model: ir.Model, *, integer_io: bool = True, integer_only: bool = False) -> TfliteModel:
+    """The `.tflite` bytes of `model` and its edges; `integer_only` makes a float op an error."""
+    _check_supported(model)
+    low = Lowering(model, integer_io=integer_io)
+    inputs = _bind_inputs(low)
+    float_ops: list[str] = []
+    for node in model.graph:
+        if id(node) in low.fused or id(node) in low.done or node.op_type in _SKIPPED:
+            continue
+        if node.op_type == "QuantizeLinear":
+            _lower_quantize(low, node)
+        elif node.op_type == "DequantizeLinear":
+            _lower_dequantize(low, node)
+        else:
+            low.mode = "int" if _integer(low, node) else "float"
+            if low.mode == "float" and any(is_float_value(o) for o in node.outputs):
+                float_ops.append(f"{node.name} ({node.op_type})")
+            LOWERINGS[node.op_type](low, node)
+    if integer_only and float_ops:
+        raise UnsupportedOp(
+            f"integer-only target: {len(float_ops)} node(s) would run in float: {', '.join(float_ops[:10])}; "
+            "quantize them (policy naive) or choose target tflite, which keeps float islands"
+        )
+    outputs = _bind_outputs(low)
+    low.g.inputs, low.g.outputs = [t.index for t in inputs], [t.index for t in outputs]
+    low.g.signature = {"inputs": [t.name for t in inputs], "outputs": [t.name for t in outputs]}
+    data = write_tflite(low.g)
+    return TfliteModel(data, inputs, outputs, low.g.op_counts(), float_ops, list(low.transposes), list(low.requantized))

@@ -1,0 +1,247 @@
+"""Lowering of data movement: Reshape family, Transpose, Concat, Split, Slice, Pad, Resize, Gather, Identity.
+
+These ops move integers without arithmetic, so in TFLite their output keeps the input's
+scale and zero point; where the plan's Q differs, the input is re-scaled first.
+
+Reshape in a permuted layout: the TFLite data, read in row-major order, equals the ONNX
+data read in row-major order exactly when the axes of size > 1 appear in the same order
+in both (unit axes can move freely); then a RESHAPE is a view.  Otherwise the input is
+first transposed back to ONNX order.  A Transpose is never emitted for an ONNX Transpose:
+the output re-labels the data (p' = t⁻¹ ∘ p).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.ir_utils import name_of
+from qcompile.targets.tflite_lower import NHWC, Bound, Lowering, UnsupportedOp, identity, readers, register, value_name
+from qcompile.targets.tflite_ops_math import reduced_perm
+
+__all__ = ["reshape_is_view"]
+
+
+def reshape_is_view(shape: tuple[int, ...], perm: tuple[int, ...]) -> bool:
+    """The permuted data, read row-major, is the ONNX data read row-major."""
+    return [a for a in perm if shape[a] != 1] == [a for a in range(len(shape)) if shape[a] != 1]
+
+
+def _alias(low: Lowering, node: ir.Node, src: Bound, perm: tuple[int, ...]) -> None:
+    """Bind `node`'s output to `src`'s tensor, re-labelled `perm` (re-scaled where a reading Q differs)."""
+    out = node.outputs[0]
+    if low.mode == "float":
+        low.floats[name_of(out)] = Bound(src.index, perm)
+        return
+    quant = low.g.tensors[src.index].quant
+    for use in out.uses():
+        q = use.node
+        if q.op_type != "QuantizeLinear":
+            continue
+        wanted = low.quant_of_q(q)
+        index = src.index if wanted == quant else low.requantize(src.index, wanted, name_of(q.outputs[0]))
+        low.ints[name_of(q.outputs[0])] = Bound(index, perm)
+        low.done.add(id(q))
+
+
+@register("Identity", "Dropout")
+def lower_identity(low: Lowering, node: ir.Node) -> None:
+    x = low.input(node, 0)
+    _alias(low, node, x, x.perm)
+
+
+@register("Transpose")
+def lower_transpose(low: Lowering, node: ir.Node) -> None:
+    x = low.input(node, 0)
+    attr = node.attributes.get("perm")
+    t = list(attr.as_ints()) if attr is not None else list(reversed(range(len(x.perm))))
+    inverse = np.argsort(t)
+    _alias(low, node, x, tuple(int(inverse[a]) for a in x.perm))
+
+
+@register("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+def lower_reshape(low: Lowering, node: ir.Node) -> None:
+    in_shape, out_shape = low.shape(node.inputs[0]), low.shape(node.outputs[0])
+    x = low.input(node, 0)
+    order = None
+    if not reshape_is_view(in_shape, x.perm) and _feeds_fully_connected(low, node, out_shape):
+        order = np.arange(int(np.prod(in_shape))).reshape(in_shape).transpose(x.perm).reshape(-1)
+    elif not reshape_is_view(in_shape, x.perm):
+        x = low.permuted(x, identity(len(in_shape)))
+    x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "reshape")
+    out_perm = identity(len(out_shape))
+    if len(out_shape) == 4 and reshape_is_view(out_shape, NHWC):  # (N, C, 1, 1): NHWC costs nothing
+        out_perm = NHWC
+    index = low.reshape_into(x.index, node.outputs[0], out_perm)
+    if order is not None:
+        low.flat_order[index] = order
+
+
+def _feeds_fully_connected(low: Lowering, node: ir.Node, out_shape: tuple[int, ...]) -> bool:
+    """A flatten to (N, K) read only by Gemm/MatMul with a constant weight, whose columns can then follow
+    the data's order (no TRANSPOSE)."""
+    found = list(readers(node.outputs[0]))
+    return (
+        len(out_shape) == 2
+        and bool(found)
+        and all(
+            n.op_type in ("Gemm", "MatMul")
+            and (low.weight(n.inputs[1]) is not None or low.constant(n.inputs[1]) is not None)
+            for n in found
+        )
+    )
+
+
+@register("Concat")
+def lower_concat(low: Lowering, node: ir.Node) -> None:
+    rank = len(low.shape(node.outputs[0]))
+    axis = node.attributes["axis"].as_int() % rank
+    perms = [b.perm for v in node.inputs if v is not None and (b := low.ints.get(name_of(v))) is not None]
+    perms += [b.perm for v in node.inputs if v is not None and (b := low.floats.get(name_of(v))) is not None]
+    perm = max(set(perms), key=perms.count) if perms else identity(rank)
+    quant = low.quant_of_output(node.outputs[0])
+    inputs = [low.same_quant(low.input(node, i, perm), quant, node.name or "concat") for i in range(len(node.inputs))]
+    y = low.output(node.outputs[0], perm)
+    low.g.emit(
+        "CONCATENATION",
+        [b.index for b in inputs],
+        [y],
+        "ConcatenationOptions",
+        axis=perm.index(axis),
+        fusedActivationFunction="NONE",
+    )
+
+
+@register("Split")
+def lower_split(low: Lowering, node: ir.Node) -> None:
+    rank = len(low.shape(node.inputs[0]))
+    attr = node.attributes.get("axis")
+    axis = (attr.as_int() if attr is not None else 0) % rank
+    sizes = [low.shape(o)[axis] for o in node.outputs]
+    x = low.input(node, 0)
+    x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "split")
+    outputs = [low.output(o, x.perm) for o in node.outputs]
+    tfl_axis = low.g.constant(f"{node.name}_axis", np.asarray(x.perm.index(axis), np.int32), "int32")
+    if len(set(sizes)) == 1:
+        low.g.emit("SPLIT", [tfl_axis, x.index], outputs, "SplitOptions", numSplits=len(sizes))
+    else:
+        splits = low.g.constant(f"{node.name}_sizes", np.asarray(sizes, np.int32), "int32")
+        low.g.emit("SPLIT_V", [x.index, splits, tfl_axis], outputs, "SplitVOptions", numSplits=len(sizes))
+
+
+def _const_ints(low: Lowering, node: ir.Node, i: int) -> list[int] | None:
+    if len(node.inputs) <= i or node.inputs[i] is None:
+        return None
+    value = node.inputs[i]
+    arr = low.constant(value)
+    if arr is None:
+        raise UnsupportedOp(f"{node.op_type} {node.name!r}: input {i} ({value_name(value)!r}) is not constant")
+    return [int(v) for v in arr.reshape(-1)]
+
+
+@register("Slice")
+def lower_slice(low: Lowering, node: ir.Node) -> None:
+    shape = low.shape(node.inputs[0])
+    rank = len(shape)
+    starts, ends = _const_ints(low, node, 1), _const_ints(low, node, 2)
+    axes = _const_ints(low, node, 3) or list(range(len(starts or [])))
+    steps = _const_ints(low, node, 4) or [1] * len(axes)
+    begin, end, stride = [0] * rank, list(shape), [1] * rank
+    for s, e, a, st in zip(starts or [], ends or [], axes, steps, strict=True):
+        a %= rank
+        if st <= 0:
+            raise UnsupportedOp(f"Slice {node.name!r}: step {st} (only positive steps lower)")
+        size = shape[a]
+        begin[a] = min(max(s + size if s < 0 else s, 0), size)
+        end[a] = min(max(e + size if e < 0 else e, 0), size)
+        stride[a] = st
+    x = low.input(node, 0)
+    x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "slice")
+    consts = [
+        low.g.constant(f"{node.name}_{k}", np.asarray([v[a] for a in x.perm], np.int32), "int32")
+        for k, v in (("begin", begin), ("end", end), ("strides", stride))
+    ]
+    y = low.output(node.outputs[0], x.perm)
+    low.g.emit("STRIDED_SLICE", [x.index, *consts], [y], "StridedSliceOptions")
+
+
+@register("Pad")
+def lower_pad(low: Lowering, node: ir.Node) -> None:
+    mode = node.attributes.get("mode")
+    if mode is not None and mode.as_string() != "constant":
+        raise UnsupportedOp(f"Pad {node.name!r}: mode {mode.as_string()!r} (only constant lowers)")
+    if len(node.inputs) > 3 and node.inputs[3] is not None:
+        raise UnsupportedOp(f"Pad {node.name!r}: the axes input is not supported")
+    pads = _const_ints(low, node, 1) or []
+    value = low.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
+    if value is None and len(node.inputs) > 2 and node.inputs[2] is not None and low.weight(node.inputs[2]):
+        value = low.dequantized(low.weight(node.inputs[2]))  # type: ignore[arg-type]
+    if value is not None and float(np.asarray(value).reshape(-1)[0]) != 0.0:
+        raise UnsupportedOp(f"Pad {node.name!r}: constant value {float(value)} (only 0 lowers)")
+    rank = len(pads) // 2
+    x = low.input(node, 0)
+    x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "pad")
+    paddings = np.asarray([[pads[a], pads[a + rank]] for a in x.perm], np.int32)
+    pad_index = low.g.constant(f"{node.name}_paddings", paddings, "int32")
+    low.g.emit("PAD", [x.index, pad_index], [low.output(node.outputs[0], x.perm)], "PadOptions")
+
+
+_RESIZE = {  # (mode, coordinate transformation, nearest mode) -> (op, align_corners, half_pixel_centers)
+    ("nearest", "asymmetric", "floor"): ("RESIZE_NEAREST_NEIGHBOR", False, False),
+    ("nearest", "half_pixel", "round_prefer_ceil"): ("RESIZE_NEAREST_NEIGHBOR", False, True),
+    ("nearest", "align_corners", "round_prefer_ceil"): ("RESIZE_NEAREST_NEIGHBOR", True, False),
+    ("linear", "asymmetric", None): ("RESIZE_BILINEAR", False, False),
+    ("linear", "half_pixel", None): ("RESIZE_BILINEAR", False, True),
+    ("linear", "pytorch_half_pixel", None): ("RESIZE_BILINEAR", False, True),
+    ("linear", "align_corners", None): ("RESIZE_BILINEAR", True, False),
+}
+
+
+def _attr_str(node: ir.Node, name: str, default: str) -> str:
+    attr = node.attributes.get(name)
+    return attr.as_string() if attr is not None else default
+
+
+@register("Resize", "Upsample")
+def lower_resize(low: Lowering, node: ir.Node) -> None:
+    in_shape, out_shape = low.shape(node.inputs[0]), low.shape(node.outputs[0])
+    if len(in_shape) != 4 or in_shape[:2] != out_shape[:2]:
+        raise UnsupportedOp(f"{node.op_type} {node.name!r}: only spatial resizes of 4-D tensors lower")
+    mode = _attr_str(node, "mode", "nearest")
+    coords = _attr_str(node, "coordinate_transformation_mode", "half_pixel")
+    nearest = _attr_str(node, "nearest_mode", "round_prefer_floor") if mode == "nearest" else None
+    if mode == "pytorch_half_pixel" and min(out_shape[2:]) == 1:
+        coords = "unsupported"
+    choice = _RESIZE.get((mode, coords, nearest))
+    if choice is None:
+        raise UnsupportedOp(
+            f"{node.op_type} {node.name!r}: mode={mode}, coordinate_transformation_mode={coords}"
+            f"{f', nearest_mode={nearest}' if nearest else ''} has no TFLite resize; "
+            f"supported: {sorted(k for k in _RESIZE)}"
+        )
+    code, align, half = choice
+    x = low.input(node, 0, NHWC)
+    x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "resize")
+    size = low.g.constant(f"{node.name}_size", np.asarray(out_shape[2:], np.int32), "int32")
+    options = "ResizeNearestNeighborOptions" if code == "RESIZE_NEAREST_NEIGHBOR" else "ResizeBilinearOptions"
+    low.g.emit(
+        code, [x.index, size], [low.output(node.outputs[0], NHWC)], options, alignCorners=align, halfPixelCenters=half
+    )
+
+
+@register("Gather")
+def lower_gather(low: Lowering, node: ir.Node) -> None:
+    rank = len(low.shape(node.inputs[0]))
+    attr = node.attributes.get("axis")
+    axis = (attr.as_int() if attr is not None else 0) % rank
+    indices = low.constant(node.inputs[1])
+    if indices is None or indices.ndim > 1:
+        raise UnsupportedOp(f"Gather {node.name!r}: indices must be a constant scalar or vector")
+    size = low.shape(node.inputs[0])[axis]
+    idx = np.where(indices < 0, indices + size, indices).astype(np.int32)
+    x = low.input(node, 0)
+    x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "gather")
+    index = low.g.constant(f"{node.name}_indices", idx, "int32")
+    out_perm = x.perm if idx.ndim == 1 else reduced_perm(x.perm, [axis])
+    y = low.output(node.outputs[0], out_perm)
+    low.g.emit("GATHER", [x.index, index], [y], "GatherOptions", axis=x.perm.index(axis))

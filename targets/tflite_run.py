@@ -1,0 +1,164 @@
+"""Run a lowered `.tflite` on the real runtimes: LiteRT (reference or XNNPACK kernels) and TFLite Micro.
+
+A runner takes the same samples as the ONNX model (float, ONNX layout) and returns outputs
+the same way, so that fidelity is measured by the code that measures ONNX models.  On the
+way in an int8 input is quantized as ONNX's QuantizeLinear does it, q = clamp(round_half_even
+(x / s) + z), so that the runtime sees the integers the QDQ model sees; on the way out an int8
+output is dequantized, r = s · (q − z), and both are transposed between layouts.
+
+The tensor arena TFLite Micro needs is found by bisection: the smallest arena (to 16 bytes)
+that the interpreter allocates and invokes in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from qcompile.errors import QCompileError
+from qcompile.targets.tflite_model import IoTensor, TfliteModel
+
+__all__ = ["LiteRtRunner", "TflmRunner", "to_runtime", "from_runtime", "tflm_arena_bytes", "KERNELS"]
+
+KERNELS = ("reference", "xnnpack")
+
+
+def to_runtime(tensor: IoTensor, x: np.ndarray) -> np.ndarray:
+    """A float ONNX-layout array as the TFLite input `tensor` takes it."""
+    x = np.transpose(np.asarray(x, np.float32), tensor.perm)
+    if tensor.quant is None:
+        return np.ascontiguousarray(x, np.float32)
+    q = np.round(x / np.float32(tensor.quant.scale[0])) + tensor.quant.zero_point[0]
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def from_runtime(tensor: IoTensor, y: np.ndarray) -> np.ndarray:
+    """A TFLite output as a float array in ONNX layout."""
+    if tensor.quant is not None:
+        y = (y.astype(np.float32) - np.float32(tensor.quant.zero_point[0])) * np.float32(tensor.quant.scale[0])
+    return np.transpose(y, np.argsort(tensor.perm))
+
+
+class _Runner:
+    """Shared sample handling: `outputs` runs every sample; subclasses `invoke` one."""
+
+    def __init__(self, model: TfliteModel):
+        self.model = model
+
+    def invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def run(self, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = [t.name for t in self.model.inputs if t.name not in sample]
+        if missing:
+            raise QCompileError(f"sample has no input {missing[0]!r}")
+        raw = self.invoke([to_runtime(t, sample[t.name]) for t in self.model.inputs])
+        return {t.name: from_runtime(t, y) for t, y in zip(self.model.outputs, raw, strict=True)}
+
+    def raw(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The runtime's own outputs (integers for int8 outputs), in TFLite layout."""
+        return self.invoke([to_runtime(t, sample[t.name]) for t in self.model.inputs])
+
+    def outputs(
+        self, samples: Sequence[dict[str, np.ndarray]], progress: Callable[[Iterable], Iterable] | None = None
+    ) -> dict[str, list[np.ndarray]]:
+        out: dict[str, list[np.ndarray]] = {t.name: [] for t in self.model.outputs}
+        for sample in (progress or (lambda it: it))(samples):
+            for name, y in self.run(sample).items():
+                out[name].append(y)
+        return out
+
+
+class LiteRtRunner(_Runner):
+    """The `ai-edge-litert` interpreter, one thread, with TFLite's reference kernels or its default
+    (XNNPACK-delegated) ones."""
+
+    def __init__(self, model: TfliteModel, kernels: str = "reference", threads: int = 1):
+        super().__init__(model)
+        if kernels not in KERNELS:
+            raise ValueError(f"kernels {kernels!r} not in {KERNELS}")
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        resolver = OpResolverType.BUILTIN_REF if kernels == "reference" else OpResolverType.AUTO
+        with _quiet():
+            self.interpreter = Interpreter(
+                model_content=model.data, experimental_op_resolver_type=resolver, num_threads=threads
+            )
+            self.interpreter.allocate_tensors()
+
+    def invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        for t, x in zip(self.model.inputs, arrays, strict=True):
+            self.interpreter.set_tensor(t.index, x)
+        self.interpreter.invoke()
+        return [np.array(self.interpreter.get_tensor(t.index)) for t in self.model.outputs]
+
+
+def _tflm_interpreter(data: bytes, arena: int) -> Any:
+    from tflite_micro.python.tflite_micro import runtime
+
+    return runtime.Interpreter.from_bytes(data, arena_size=arena)
+
+
+class TflmRunner(_Runner):
+    """TFLite Micro's host interpreter (the `tflite-micro` package: TFLM's own kernels), in an arena of
+    `arena` bytes (measured if not given)."""
+
+    def __init__(self, model: TfliteModel, arena: int | None = None):
+        super().__init__(model)
+        self.arena = arena or tflm_arena_bytes(model)
+        self.interpreter = _tflm_interpreter(model.data, self.arena)
+
+    def invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        for i, x in enumerate(arrays):
+            self.interpreter.set_input(x, i)
+        self.interpreter.invoke()
+        return [np.array(self.interpreter.get_output(i)) for i in range(len(self.model.outputs))]
+
+
+def _fits(data: bytes, arena: int, inputs: list[np.ndarray]) -> bool:
+    try:
+        with _quiet():
+            it = _tflm_interpreter(data, arena)
+            for i, x in enumerate(inputs):
+                it.set_input(x, i)
+            it.invoke()
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+def tflm_arena_bytes(model: TfliteModel) -> int:
+    """The smallest tensor arena (a multiple of 16 bytes) in which TFLite Micro allocates and runs `model`."""
+    inputs = [np.zeros(t.shape, np.int8 if t.dtype == "int8" else np.float32) for t in model.inputs]
+    hi = max(4096, 4 * len(model.data))
+    while not _fits(model.data, hi, inputs):
+        hi *= 2
+        if hi > 1 << 31:
+            raise QCompileError("TFLite Micro could not run the model in any arena up to 2 GiB")
+    lo = 0
+    while hi - lo > 16:
+        mid = (lo + hi) // 2 // 16 * 16
+        if _fits(model.data, mid, inputs):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the runtimes' C-level chatter on stderr ("Created TensorFlow Lite XNNPACK delegate")."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            with contextlib.redirect_stderr(io.StringIO()):
+                yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
