@@ -43,6 +43,7 @@ from qcompile.ir_utils import const_array, onnx_opset, op_histogram
 from qcompile.metrics import OutputKind, output_kinds
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
 from qcompile.passes.cleanup import cleanup_passes
+from qcompile.passes.expand_ops import EXPANSIONS, ExpandOps
 from qcompile.passes.fold_affine import fold_affine_pass
 from qcompile.passes.fold_batchnorm import fold_batchnorm_pass
 from qcompile.passes.fuse_patterns import FUSED_OPS, FusePatterns
@@ -113,9 +114,19 @@ def prepare_passes(target: Target, canonicalize: bool = True) -> ir.passes.Seque
         InferShapes(),
         Recorded("no-ops", cleanup_passes()),
         Recorded("batchnorm folding", fold_batchnorm_pass()),
+        Recorded("op expansion", ExpandOps(expandable_ops(target))),  # the target lacks the op: not optional
         *([canonical_passes(target), InferShapes()] if canonicalize else []),
         NameFixPass(),
     )
+
+
+def expandable_ops(target: Target) -> list[str]:
+    """Ops the target has no kernel for but can run spelt out (`passes.expand_ops`)."""
+    return [
+        e.op_type
+        for e in EXPANSIONS
+        if not target.has_kernel(e.op_type) and all(target.has_kernel(op) for op in e.uses)
+    ]
 
 
 def canonical_passes(target: Target, steps: int = 3) -> ir.passes.PassManager:

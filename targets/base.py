@@ -100,6 +100,7 @@ class Target:
     notes: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     lower: Lower | None = None  # writes the deployment file and runs it; None: the QDQ ONNX model is the file
+    precheck: Callable[[ir.Model], None] | None = None  # raises on a float graph `lower` could never take
 
     def rule(self, node: ir.Node) -> OpRule | None:
         if node.domain not in ("", "ai.onnx"):

@@ -27,12 +27,13 @@ from qcompile.targets.base import (
     gemm_weight_axis,
     matmul_weight_axis,
 )
-from qcompile.targets.tflite_model import TfliteModel, lower_to_tflite
+from qcompile.targets.tflite_model import TfliteModel, check_lowerable, lower_to_tflite
 
 __all__ = ["make_tflite", "make_tflm", "OPS"]
 
 _RULES = [
     OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True),
+    OpRule("ConvTranspose", weight=1, weight_axis=conv_weight_axis, bias=2),
     OpRule("Gemm", weight=1, weight_axis=gemm_weight_axis, bias=2, fuses_activation=True),
     OpRule("MatMul", weight=1, weight_axis=matmul_weight_axis, fuses_activation=True),
     OpRule("Add", activations=(0, 1), fuses_activation=True),
@@ -143,6 +144,7 @@ def _make(name: str, description: str, integer_only: bool, options: dict[str, An
         notes=("int8 activations, int8 symmetric weights per channel, int32 bias (TFLite's int8 spec)",),
         options={"integer_io": integer_io, "integer_only": integer_only},
         lower=_lower,
+        precheck=check_lowerable,
     )
 
 

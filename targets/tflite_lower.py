@@ -39,6 +39,8 @@ __all__ = [
     "fusable_activation",
     "readers",
     "value_name",
+    "named_bounds",
+    "saturation_clips",
 ]
 
 NHWC = (0, 2, 3, 1)
@@ -104,6 +106,7 @@ class Lowering:
         self.ints: dict[str, Bound] = {}  # ONNX value → integer TFLite tensor
         self.floats: dict[str, Bound] = {}  # ONNX value → float32 TFLite tensor
         self.requantized: list[str] = []  # nodes where a QUANTIZE re-scales an input
+        self.batch_fixed: list[str] = []  # graph inputs whose symbolic batch dimension was set to 1
         self.transposes: list[str] = []  # nodes that needed a TRANSPOSE
         self.mode = "float"
         self.fused: set[int] = set()  # ids of Relu/Clip nodes folded into their producer
@@ -114,16 +117,23 @@ class Lowering:
 
     # --- reading values -------------------------------------------------------------------
     def shape(self, value: ir.Value | None) -> tuple[int, ...]:
-        """The ONNX shape, static; a dimension inference left symbolic is the one calibration saw."""
+        """The ONNX shape, static: a Q/DQ output has its input's; a dimension inference left symbolic is
+        the one calibration saw; a symbolic batch dimension of a graph input is 1."""
         if value is None:
             raise UnsupportedOp("an input the lowering needs is missing")
-        observed = value.meta.get("qcompile.observed_shape")
         dims = list(value.shape) if value.shape is not None else None
-        if dims is None or not all(isinstance(d, int) for d in dims):
-            if observed is None:
-                raise QCompileError(f"tensor {name_of(value)!r} has no static shape; give the input shapes")
+        if dims is not None and all(isinstance(d, int) for d in dims):
+            return tuple(d for d in dims if isinstance(d, int))
+        producer = value.producer()
+        if producer is not None and producer.op_type in _QDQ:
+            return self.shape(producer.inputs[0])
+        observed = value.meta.get("qcompile.observed_shape")
+        if observed is not None:
             return tuple(int(d) for d in observed)
-        return tuple(d for d in dims if isinstance(d, int))
+        if value.is_graph_input() and dims and all(isinstance(d, int) for d in dims[1:]):
+            self.batch_fixed.append(name_of(value))
+            return (1, *(d for d in dims[1:] if isinstance(d, int)))
+        raise QCompileError(f"tensor {name_of(value)!r} has no static shape ({dims}); give the input shapes")
 
     def dq_source(self, value: ir.Value | None) -> ir.Node | None:
         node = value.producer() if value is not None else None
@@ -269,7 +279,7 @@ class Lowering:
 
     def take_activation(self, node: ir.Node) -> tuple[str, ir.Value]:
         """The Relu/Clip that follows `node` alone, folded into it: (TFLite fused activation, value after it)."""
-        found = fusable_activation(node)
+        found = fusable_activation(node, self if self.mode == "int" else None)
         if found is None:
             return "NONE", node.outputs[0]
         act_node, name = found
@@ -287,7 +297,7 @@ class Lowering:
 
 
 _FUSED_BOUNDS = {(0.0, np.inf): "RELU", (0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1"}
-FUSES_ACTIVATION = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "MaxPool", "AveragePool", "ConvTranspose")
+FUSES_ACTIVATION = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "MaxPool", "AveragePool")
 
 
 def activation_bounds(node: ir.Node) -> tuple[float, float] | None:
@@ -305,8 +315,20 @@ def activation_bounds(node: ir.Node) -> tuple[float, float] | None:
     return float(lo) if lo is not None else -np.inf, float(hi) if hi is not None else np.inf
 
 
-def fusable_activation(node: ir.Node) -> tuple[ir.Node, str] | None:
-    """The single Relu/Clip reading `node`'s output with no quantization between, if TFLite can fuse it."""
+def named_bounds(bounds: tuple[float, float] | None, table: dict[tuple[float, float], str]) -> str | None:
+    """The name of `bounds` in `table`, to float32 precision (1/α of a float32 α is 5.9999986, not 6)."""
+    if bounds is None:
+        return None
+    for (lo, hi), name in table.items():
+        if all(a == b or np.isclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(bounds, (lo, hi), strict=True)):
+            return name
+    return None
+
+
+def fusable_activation(node: ir.Node, low: Lowering | None = None) -> tuple[ir.Node, str] | None:
+    """The single Relu/Clip reading `node`'s output with no quantization between, if TFLite can fuse it:
+    a named range (RELU, RELU6, RELU_N1_TO_1), or, in int mode, any Clip that the output quantization's
+    saturation already performs ("NONE")."""
     if node.op_type not in FUSES_ACTIVATION or node.outputs[0].is_graph_output():
         return None
     uses = list(node.outputs[0].uses())
@@ -314,8 +336,24 @@ def fusable_activation(node: ir.Node) -> tuple[ir.Node, str] | None:
         return None
     reader = uses[0].node
     bounds = activation_bounds(reader)
-    name = _FUSED_BOUNDS.get(bounds) if bounds is not None else None
+    name = named_bounds(bounds, _FUSED_BOUNDS)
+    if name is None and bounds is not None and low is not None and saturation_clips(low, reader.outputs[0], bounds):
+        name = "NONE"
     return (reader, name) if name is not None else None
+
+
+def saturation_clips(low: Lowering, value: ir.Value, bounds: tuple[float, float]) -> bool:
+    """Every Q reading `value` represents only reals within `bounds` (to half a step), so that
+    Q(clip(x)) = Q(x): the clip is the integer saturation itself."""
+    qs = [u.node for u in value.uses() if u.node.op_type == "QuantizeLinear"]
+    if not qs or len(qs) != len(list(value.uses())):
+        return False
+    for q in qs:
+        quant = low.quant_of_q(q)
+        s, z = quant.scale[0], quant.zero_point[0]
+        if quant.per_channel or s * (-128 - z) < bounds[0] - s / 2 or s * (127 - z) > bounds[1] + s / 2:
+            return False
+    return True
 
 
 def readers(value: ir.Value) -> Iterator[ir.Node]:

@@ -32,7 +32,7 @@ from qcompile.targets.tflite_lower import (
 )
 from qcompile.targets.tflite_writer import write_tflite
 
-__all__ = ["IoTensor", "TfliteModel", "lower_to_tflite", "supported_ops"]
+__all__ = ["IoTensor", "TfliteModel", "lower_to_tflite", "supported_ops", "check_lowerable"]
 
 _SKIPPED = ("Constant",)
 _NEEDS_NHWC = ("Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize", "ConvTranspose")
@@ -74,11 +74,22 @@ def supported_ops() -> list[str]:
     return sorted(LOWERINGS)
 
 
-def _check_supported(model: ir.Model) -> None:
+def _shape_only(node: ir.Node) -> bool:
+    """A node of a shape computation (integer outputs, not graph outputs): the lowering knows every shape."""
+    return bool(node.outputs) and all(
+        o.dtype in (ir.DataType.INT64, ir.DataType.INT32, ir.DataType.BOOL) and not o.is_graph_output()
+        for o in node.outputs
+    )
+
+
+def check_lowerable(model: ir.Model) -> None:
+    """Every node has a TFLite lowering (one error lists those that do not, and the supported set)."""
     missing = [
         n
-        for n in model.graph
-        if n.op_type not in LOWERINGS and n.op_type not in (*_SKIPPED, "QuantizeLinear", "DequantizeLinear")
+        for n in model.graph.all_nodes()
+        if n.op_type not in LOWERINGS
+        and n.op_type not in (*_SKIPPED, "QuantizeLinear", "DequantizeLinear")
+        and not _shape_only(n)
     ]
     if missing:
         listed = ", ".join(f"{n.name or '?'} ({n.op_type})" for n in missing[:10])
@@ -142,7 +153,7 @@ def _integer(low: Lowering, node: ir.Node) -> bool:
     activations = [v for v in node.inputs if is_float_value(v) and low.constant(v) is None]
     if not activations or not all(low.is_integer(v) for v in activations):
         return False
-    found = fusable_activation(node)
+    found = fusable_activation(node, low)
     outputs = [found[0].outputs[0]] if found is not None else list(node.outputs)
     return all(
         not o.is_graph_output() and (uses := list(o.uses())) and all(u.node.op_type == "QuantizeLinear" for u in uses)
@@ -169,12 +180,12 @@ def _bind_outputs(low: Lowering) -> list[IoTensor]:
 
 def lower_to_tflite(model: ir.Model, *, integer_io: bool = True, integer_only: bool = False) -> TfliteModel:
     """The `.tflite` bytes of `model` and its edges; `integer_only` makes a float op an error."""
-    _check_supported(model)
+    check_lowerable(model)
     low = Lowering(model, integer_io=integer_io)
     inputs = _bind_inputs(low)
     float_ops: list[str] = []
     for node in model.graph:
-        if id(node) in low.fused or id(node) in low.done or node.op_type in _SKIPPED:
+        if id(node) in low.fused or id(node) in low.done or node.op_type in _SKIPPED or _shape_only(node):
             continue
         if node.op_type == "QuantizeLinear":
             _lower_quantize(low, node)

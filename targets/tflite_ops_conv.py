@@ -307,3 +307,46 @@ def lower_global_pool(low: Lowering, node: ir.Node) -> None:
         ("MEAN", "ReducerOptions") if node.op_type == "GlobalAveragePool" else ("REDUCE_MAX", "ReducerOptions")
     )
     low.g.emit(code, [x.index, axes], [y], options, keepDims=True)
+
+
+@register("ConvTranspose")
+def lower_conv_transpose(low: Lowering, node: ir.Node) -> None:
+    """TRANSPOSE_CONV: inputs (output shape, W[o, kh, kw, i], x, bias); out = (in − 1)·s + k (VALID) or in·s (SAME)."""
+    in_shape, out_shape = low.shape(node.inputs[0]), low.shape(node.outputs[0])
+    if len(in_shape) != 4:
+        raise UnsupportedOp(f"ConvTranspose {node.name!r}: only 2-D transposed convolution lowers")
+    weight, w_quant = _filter(low, node, 1)
+    group = node.attributes.get("group")
+    if (group.as_int() if group is not None else 1) != 1 or _ints(node, "dilations", [1, 1]) != [1, 1]:
+        raise UnsupportedOp(f"ConvTranspose {node.name!r}: grouped or dilated transposed convolution")
+    kernel, strides = list(weight.shape[2:]), _ints(node, "strides", [1, 1])
+    pads = _ints(node, "pads", [0, 0, 0, 0])
+    valid = [(in_shape[2 + i] - 1) * strides[i] + kernel[i] for i in range(2)]
+    if not any(pads) and list(out_shape[2:]) == valid:
+        padding = "VALID"
+    elif all(out_shape[2 + i] == in_shape[2 + i] * strides[i] for i in range(2)) and all(
+        pads[i] == max(valid[i] - out_shape[2 + i], 0) // 2 for i in range(2)
+    ):
+        padding = "SAME"
+    else:
+        raise UnsupportedOp(
+            f"ConvTranspose {node.name!r}: pads {pads} with output {list(out_shape[2:])} are neither SAME nor VALID"
+        )
+    x = low.input(node, 0, NHWC)
+    filt = np.transpose(weight, (1, 2, 3, 0))
+    quant = None if w_quant is None else TflQuant(w_quant.scale, w_quant.zero_point, 0)
+    w_index = low.g.constant(f"{value_name(node.inputs[1])}_ohwi", filt, filt.dtype.name, quant)
+    b_index = _bias(low, node, 2, filt.shape[0], _x_scale(low, x), quant)
+    shape_index = low.g.constant(
+        f"{node.name}_output_shape", np.asarray([out_shape[a] for a in NHWC], np.int32), "int32"
+    )
+    y = low.output(node.outputs[0], NHWC)
+    low.g.emit(
+        "TRANSPOSE_CONV",
+        [shape_index, w_index, x.index, b_index],
+        [y],
+        "TransposeConvOptions",
+        padding=padding,
+        strideH=strides[0],
+        strideW=strides[1],
+    )

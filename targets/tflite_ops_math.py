@@ -12,8 +12,18 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.ir_utils import name_of
 from qcompile.targets.tflite_graph import TflQuant
-from qcompile.targets.tflite_lower import Bound, Lowering, UnsupportedOp, activation_bounds, identity, register
+from qcompile.targets.tflite_lower import (
+    Bound,
+    Lowering,
+    UnsupportedOp,
+    activation_bounds,
+    identity,
+    named_bounds,
+    register,
+    saturation_clips,
+)
 
 __all__ = ["FIXED_OUTPUT", "reduced_perm"]
 
@@ -109,7 +119,15 @@ _CLIPS = {(0.0, np.inf): "RELU", (0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1
 @register("Relu", "Clip")
 def lower_clip(low: Lowering, node: ir.Node) -> None:
     bounds = activation_bounds(node)
-    code = _CLIPS.get(bounds) if bounds is not None else None
+    code = named_bounds(bounds, _CLIPS)
+    if code is None and low.mode == "int" and bounds is not None and saturation_clips(low, node.outputs[0], bounds):
+        x = low.input(node, 0)  # the output quantization's saturation is the clip: a re-scale does it
+        for use in node.outputs[0].uses():
+            q = use.node
+            index = low.requantize(x.index, low.quant_of_q(q), name_of(q.outputs[0]))
+            low.ints[name_of(q.outputs[0])] = Bound(index, x.perm)
+            low.done.add(id(q))
+        return
     if code is None:
         raise UnsupportedOp(f"Clip {node.name!r}: bounds {bounds} are not one of TFLite's RELU ranges {list(_CLIPS)}")
     _unary(low, node, code)

@@ -1,0 +1,84 @@
+"""Spell out ops a target has no kernel for in ops it has (the reverse of `fuse_patterns`).
+
+    HardSigmoid(x; α, β) = clip(α·x + β, 0, 1) = α · clip(x + β/α, 0, 1/α)      (α > 0)
+
+so with α = 1/6, β = ½ (PP-LCNet's squeeze-excitation gate): Mul(Clip(Add(x, 3), 0, 6), 1/6),
+two integer ops on TFLite (ADD with its RELU6 fused, MUL by a constant) where HARD_SIGMOID
+does not exist.  An op is expanded only where the target's table has no kernel for it
+(`Target.has_kernel`) and has every op of the expansion: data, not a target name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.ir_utils import FreshNames, add_initializer, replace_value
+
+__all__ = ["Expansion", "EXPANSIONS", "ExpandOps"]
+
+Build = Callable[[ir.Node, ir.Graph, FreshNames], list[ir.Node] | None]
+
+
+@dataclass(frozen=True)
+class Expansion:
+    op_type: str
+    uses: tuple[str, ...]  # the ops the expansion is written in
+    build: Build  # new nodes whose last output replaces the node's output; None when it does not apply
+
+
+def _float_attr(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return attr.as_float() if attr is not None else default
+
+
+def _hard_sigmoid(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] | None:
+    alpha, beta = _float_attr(node, "alpha", 0.2), _float_attr(node, "beta", 0.5)
+    x = node.inputs[0]
+    if alpha <= 0 or x is None:
+        return None
+    base = node.name or "hard_sigmoid"
+
+    def const(suffix: str, v: float) -> ir.Value:
+        return add_initializer(graph, f"{base}_{suffix}", np.asarray(v, np.float32), fresh)
+
+    add = ir.Node("", "Add", [x, const("shift", beta / alpha)], name=fresh(f"{base}_add"))
+    clip = ir.Node("", "Clip", [add.outputs[0], const("lo", 0.0), const("hi", 1.0 / alpha)], name=fresh(f"{base}_clip"))
+    mul = ir.Node("", "Mul", [clip.outputs[0], const("alpha", alpha)], name=fresh(f"{base}_mul"))
+    return [add, clip, mul]
+
+
+EXPANSIONS = (Expansion("HardSigmoid", ("Add", "Clip", "Mul"), _hard_sigmoid),)
+
+
+class ExpandOps(ir.passes.InPlacePass):
+    """Replace each node of an `EXPANSIONS` op in `ops` by its expansion (main graph)."""
+
+    def __init__(self, ops: Sequence[str]):
+        super().__init__()
+        self.ops = tuple(ops)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        table = {e.op_type: e for e in EXPANSIONS if e.op_type in self.ops}
+        graph, fresh, modified = model.graph, FreshNames(model.graph), False
+        for node in list(graph):
+            expansion = table.get(node.op_type)
+            if expansion is None or node.domain not in ("", "ai.onnx"):
+                continue
+            new = expansion.build(node, graph, fresh)
+            if not new:
+                continue
+            graph.insert_before(node, new)
+            old = node.outputs[0]
+            for n in new:  # elementwise: every step has the node's shape and type
+                n.outputs[0].shape = old.shape
+                if old.dtype is not None:
+                    n.outputs[0].dtype = old.dtype
+            out = new[-1].outputs[0]
+            replace_value(old, out)
+            graph.remove(node, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
