@@ -176,7 +176,9 @@ class _Assigner:
         if rule.output == "tied_all" and quantize_out:
             roles.groups.union([name_of(v) for v in acts])
         elif rule.output == "tied" and quantize_out and is_float_value(src := node.inputs[0]):
-            roles.groups.union([name_of(src), name_of(out)])
+            extra = [o for o in node.outputs[1:] if is_float_value(o)]  # Split: every piece keeps the scale
+            roles.activations += [name_of(o) for o in extra]
+            roles.groups.union([name_of(src), name_of(out), *(name_of(o) for o in extra)])
         elif rule.output == "fixed" and quantize_out and rule.fixed is not None:
             roles.fixed[name_of(out)] = rule.fixed
 

@@ -105,7 +105,7 @@ def agreement(model: TfliteModel, got: dict[str, list], qdq: dict[str, list]) ->
 
 
 def _lower(model: ir.Model, target: Target) -> Lowered:
-    from qcompile.targets.tflite_run import LiteRtRunner, TflmRunner, tflm_arena_bytes
+    from qcompile.targets.tflite_run import LiteRtRunner, TflmRunner, arena_with_headroom, tflm_arena_bytes
 
     integer_only = bool(target.options.get("integer_only"))
     tm = lower_to_tflite(model, integer_io=bool(target.options.get("integer_io", True)), integer_only=integer_only)
@@ -119,7 +119,7 @@ def _lower(model: ir.Model, target: Target) -> Lowered:
         summary.update(
             runtime="TFLite Micro (host interpreter)",
             arena_bytes=arena,
-            arena_rounded=-(-arena * 5 // 4 // 1024) * 1024,
+            arena_rounded=arena_with_headroom(arena),
             op_resolver=op_resolver_calls(tm),
         )
         files.update(c_source(tm, summary["arena_rounded"]))

@@ -7,7 +7,8 @@
 3. Nodes in order: a Q/DQ binds or re-scales integers (QUANTIZE / DEQUANTIZE where a float
    tensor meets an integer one); any other node lowers in int mode when its activations are
    integer and its (fused) output is read only by Qs, else in float mode.
-4. Graph outputs: NHWC at rank 4, integer (the DQ's input) with integer I/O where possible.
+4. Graph outputs: in NHWC or ONNX order (whichever the data has, else a TRANSPOSE to ONNX order),
+   integer (the DQ's input) with integer I/O where possible.
 """
 
 from __future__ import annotations
@@ -100,7 +101,16 @@ def check_lowerable(model: ir.Model) -> None:
 
 
 def _input_perm(value: ir.Value, rank: int) -> tuple[int, ...]:
-    return NHWC if rank == 4 and any(n.op_type in _NEEDS_NHWC for n in readers(value)) else identity(rank)
+    """Channels last where a convolution or pool reads the input (NHWC, or NLC for 1-D), else ONNX order."""
+    found = list(readers(value))
+    if rank in (3, 4) and any(n.op_type in _NEEDS_NHWC for n in found):
+        return NHWC if rank == 4 else (0, 2, 1)
+    for n in found:  # SOFTMAX runs over the last axis: put the softmax axis there
+        axis = n.attributes.get("axis") if n.op_type == "Softmax" else None
+        if axis is not None and axis.as_int() % rank != rank - 1:
+            a = axis.as_int() % rank
+            return (*(d for d in range(rank) if d != a), a)
+    return identity(rank)
 
 
 def _bind_inputs(low: Lowering) -> list[IoTensor]:
@@ -169,10 +179,10 @@ def _bind_outputs(low: Lowering) -> list[IoTensor]:
             bound = low.ints[name]
         else:
             bound = low.float_input(value)
-        edge = NHWC if rank == 4 else identity(rank)
-        inside = len(low.transposes)
-        bound = low.permuted(bound, edge)
-        del low.transposes[inside:]  # a TRANSPOSE at the edge is the layout the user asked for
+        if bound.perm not in (NHWC, identity(rank)):  # NHWC or ONNX order at the edge, whichever the data has
+            inside = len(low.transposes)
+            bound = low.permuted(bound, identity(rank))
+            del low.transposes[inside:]  # counted apart: the layout the user gets
         t = low.g.tensors[bound.index]
         outputs.append(IoTensor(name, bound.index, bound.perm, t.dtype, t.quant, t.shape))
     return outputs

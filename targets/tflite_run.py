@@ -6,15 +6,19 @@ way in an int8 input is quantized as ONNX's QuantizeLinear does it, q = clamp(ro
 (x / s) + z), so that the runtime sees the integers the QDQ model sees; on the way out an int8
 output is dequantized, r = s · (q − z), and both are transposed between layouts.
 
-The tensor arena TFLite Micro needs is found by bisection: the smallest arena (to 16 bytes)
-that the interpreter allocates and invokes in.
+The tensor arena TFLite Micro needs is what its recording allocator reports after one
+inference (`tflm_arena_bytes`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import os
+import re
+import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -23,7 +27,15 @@ import numpy as np
 from qcompile.errors import QCompileError
 from qcompile.targets.tflite_model import IoTensor, TfliteModel
 
-__all__ = ["LiteRtRunner", "TflmRunner", "to_runtime", "from_runtime", "tflm_arena_bytes", "KERNELS"]
+__all__ = [
+    "LiteRtRunner",
+    "TflmRunner",
+    "to_runtime",
+    "from_runtime",
+    "tflm_arena_bytes",
+    "arena_with_headroom",
+    "KERNELS",
+]
 
 KERNELS = ("reference", "xnnpack")
 
@@ -110,7 +122,7 @@ class TflmRunner(_Runner):
 
     def __init__(self, model: TfliteModel, arena: int | None = None):
         super().__init__(model)
-        self.arena = arena or tflm_arena_bytes(model)
+        self.arena = arena or arena_with_headroom(tflm_arena_bytes(model))
         self.interpreter = _tflm_interpreter(model.data, self.arena)
 
     def invoke(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -120,34 +132,52 @@ class TflmRunner(_Runner):
         return [np.array(self.interpreter.get_output(i)) for i in range(len(self.model.outputs))]
 
 
-def _fits(data: bytes, arena: int, inputs: list[np.ndarray]) -> bool:
-    try:
-        with _quiet():
-            it = _tflm_interpreter(data, arena)
-            for i, x in enumerate(inputs):
-                it.set_input(x, i)
-            it.invoke()
-    except (RuntimeError, ValueError):
-        return False
-    return True
+_GENEROUS_ARENA = 256 << 20
+_TOTAL = re.compile(rb"Arena allocation total (\d+) bytes")
+
+
+def arena_with_headroom(measured: int) -> int:
+    """The arena to ship: the measured one plus 25%, in whole KiB (the allocator aligns each buffer, and a
+    target's kernels may keep more scratch than the host's reference kernels)."""
+    return -(-measured * 5 // 4 // 1024) * 1024
 
 
 def tflm_arena_bytes(model: TfliteModel) -> int:
-    """The smallest tensor arena (a multiple of 16 bytes) in which TFLite Micro allocates and runs `model`."""
+    """The tensor arena TFLite Micro's recording allocator reports after one inference in a generous arena.
+
+    (Bisecting over arena sizes is not an option: the host interpreter may crash, not fail, in an arena
+    that is too small.)"""
     inputs = [np.zeros(t.shape, np.int8 if t.dtype == "int8" else np.float32) for t in model.inputs]
-    hi = max(4096, 4 * len(model.data))
-    while not _fits(model.data, hi, inputs):
-        hi *= 2
-        if hi > 1 << 31:
-            raise QCompileError("TFLite Micro could not run the model in any arena up to 2 GiB")
-    lo = 0
-    while hi - lo > 16:
-        mid = (lo + hi) // 2 // 16 * 16
-        if _fits(model.data, mid, inputs):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    with tempfile.TemporaryFile() as log:
+        with _output_to(log):
+            it = _tflm_interpreter(model.data, _GENEROUS_ARENA)
+            for i, x in enumerate(inputs):
+                it.set_input(x, i)
+            it.invoke()
+            it.print_allocations()
+        log.seek(0)
+        found = _TOTAL.search(log.read())
+    if found is None:
+        raise QCompileError("TFLite Micro did not report its arena use")
+    return int(found.group(1))
+
+
+@contextlib.contextmanager
+def _output_to(file: Any):
+    """C-level stdout and stderr into `file` (TFLite Micro logs its allocation records there)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    libc = ctypes.CDLL(None)
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(file.fileno(), 1)
+        os.dup2(file.fileno(), 2)
+        yield
+    finally:
+        libc.fflush(None)  # C stdio buffers a redirected stream: flush it into `file`, not the restored fd
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 @contextlib.contextmanager

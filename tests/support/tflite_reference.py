@@ -420,6 +420,13 @@ def split(node: _Node) -> list[np.ndarray]:
     return list(np.split(x, node.opts.numSplits, axis=int(np.ravel(node.x(0))[0]) % x.ndim))
 
 
+def split_v(node: _Node) -> list[np.ndarray]:
+    """SPLIT_V: inputs (value, size_splits, axis); pieces of the given sizes."""
+    x = node.x(0)
+    sizes = np.ravel(node.x(1)).astype(np.int64)
+    return list(np.split(x, np.cumsum(sizes)[:-1], axis=int(np.ravel(node.x(2))[0]) % x.ndim))
+
+
 def gather(node: _Node) -> list[np.ndarray]:
     """GATHER along `axis` (batch_dims 0)."""
     if node.opts is not None and node.opts.batchDims:
@@ -622,7 +629,7 @@ _KERNEL_FUNCS: tuple[Kernel, ...] = (
 )
 _KERNEL_FUNCS += (minimum, max_pool_2d, average_pool_2d, mean, reshape, concatenation, pad, transpose, strided_slice)
 _KERNEL_FUNCS += (slice_, split, gather, resize_nearest_neighbor, resize_bilinear, logistic, tanh, softmax, hard_swish)
-_KERNEL_FUNCS += (leaky_relu, prelu, relu, quantize, dequantize)
+_KERNEL_FUNCS += (leaky_relu, prelu, relu, quantize, dequantize, split_v)
 KERNELS: dict[str, Kernel] = {f.__name__.strip("_").upper(): f for f in _KERNEL_FUNCS}
 KERNELS.update(SQUEEZE=reshape, EXPAND_DIMS=reshape, PADV2=pad, RELU6=relu, RELU_N1_TO_1=relu, RELU_0_TO_1=relu)
 _FLOAT_OK = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS"}

@@ -1,0 +1,62 @@
+"""One single-op model per lowered op: compiled for `tflite`, run in LiteRT's reference kernels and
+compared bit-exactly with the numpy model of TFLite's integer arithmetic, and within 1 LSB of the
+same plan's QDQ model on ONNX Runtime; TFLite Micro runs the same file."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import qcompile
+from qcompile.targets.tflite_model import lower_to_tflite
+from qcompile.targets.tflite_run import LiteRtRunner, TflmRunner, to_runtime
+from tests.support.tflite_reference import run_reference
+from tests.targets.tflite_cases import CASES, samples_for
+
+
+def _compile(name: str):
+    case = CASES[name]
+    calib = samples_for(case, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = qcompile.compile(
+            case.build(), "tflite", calibration=calib, evaluation=calib[:6], measure_latency=False
+        )
+    return case, result, lower_to_tflite(result.model)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_op_is_bit_exact_with_the_integer_reference(name):
+    case, result, tm = _compile(name)
+    assert set(case.expect) <= set(tm.op_counts), tm.op_counts
+    assert tm.float_ops == [] and tm.transposes == []
+    litert = LiteRtRunner(tm)
+    for sample in samples_for(case, 4, seed=1):
+        inputs = [to_runtime(t, sample[t.name]) for t in tm.inputs]
+        want = run_reference(tm.data, inputs)
+        got = litert.invoke(inputs)
+        for w, g, t in zip(want, got, tm.outputs, strict=True):
+            assert g.dtype == np.int8 and np.array_equal(w, g), f"{t.name}: {np.abs(w.astype(int) - g).max()} LSB"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_op_is_within_one_step_of_the_qdq_model_on_ort(name):
+    _, result, tm = _compile(name)
+    checks = result.card["deployment"]["runtimes_vs_qdq"]
+    for runtime in ("litert_reference", "litert_xnnpack"):
+        for output, figures in checks[runtime].items():
+            assert figures["max_lsb"] <= 1.0, (runtime, output, figures)
+
+
+@pytest.mark.parametrize(
+    "name", ["conv_same_relu", "depthwise_relu6", "gemm_relu", "add", "softmax", "concat_channels"]
+)
+def test_tflm_runs_the_same_file(name):
+    case, _, tm = _compile(name)
+    tflm, litert = TflmRunner(tm), LiteRtRunner(tm)
+    for sample in samples_for(case, 3, seed=2):
+        raw = [to_runtime(t, sample[t.name]) for t in tm.inputs]
+        for a, b in zip(tflm.invoke(raw), litert.invoke(raw), strict=True):
+            assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
