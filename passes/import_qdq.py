@@ -35,7 +35,7 @@ from qcompile.quant_form import QDQ_OPS, WEIGHT_ONLY_OPS
 from qcompile.quant_math import INT_RANGES, dequantize
 from qcompile.targets.base import Target
 
-__all__ = ["import_qdq", "imported_decisions", "IMPORTED"]
+__all__ = ["import_qdq", "imported_decisions", "IMPORTED", "floor_at_zero", "remove_floors"]
 
 IMPORTED = "imported"  # plan meta key: the specs came from the file
 _SUFFIXES = (*(f"_{d}" for d in INT_RANGES), "_quantized")  # qcompile's names, ONNX Runtime's
@@ -172,3 +172,49 @@ def imported_decisions(model: ir.Model, plan: QuantPlan, target: Target) -> dict
         else:
             decisions[name_of(node)] = NodeDecision("float", "imported: float in the file")
     return decisions
+
+
+_SIGNED_OUTPUT = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "BatchNormalization")
+
+
+def floor_at_zero(model: ir.Model, plan: QuantPlan) -> list[ir.Node]:
+    """Insert in `model` the Relu that an imported Q performs by saturating (for the reference;
+    `remove_floors` takes them out again).
+
+    ONNX Runtime's quantizer drops a Relu after Conv, Gemm, MatMul, Add, BatchNormalization ... and
+    lets the Q that follows clip instead: its zero point sits at the bottom of the integer range, so
+    no real below 0 is representable.  The graph beneath the Q/DQ then lacks the Relu and is not the
+    model that was quantized; with it restored it is.  Where the tensor could not go negative anyway
+    the Relu changes nothing.  Returns the Relu nodes."""
+    restored = []
+    fresh = FreshNames(model.graph)
+    for node in list(model.graph):
+        if node.op_type not in _SIGNED_OUTPUT or not node.outputs:
+            continue
+        out = node.outputs[0]
+        spec = plan.tensors.get(out.name or "")
+        if spec is None or spec.is_float or spec.per_channel or not spec.is_resolved:
+            continue
+        if int(spec.zero_point_array().reshape(-1)[0]) != INT_RANGES[spec.dtype].qmin:
+            continue
+        relu = ir.Node("", "Relu", [out], name=fresh(f"{name_of(out)}_floor"))
+        if out.dtype is not None:
+            relu.outputs[0].dtype = out.dtype
+        relu.outputs[0].shape = out.shape
+        model.graph.insert_after(node, relu)
+        replace_value(out, relu.outputs[0])
+        relu.replace_input_with(0, out)
+        restored.append(relu)
+    return restored
+
+
+def remove_floors(model: ir.Model, relus: list[ir.Node]) -> None:
+    """Undo `floor_at_zero`: each Relu's readers read its input again."""
+    for relu in relus:
+        x = relu.inputs[0]
+        assert x is not None
+        name = relu.outputs[0].name
+        relu.outputs[0].replace_all_uses_with(x, replace_graph_outputs=True)
+        if x.is_graph_output():
+            x.name = name
+        model.graph.remove(relu, safe=True)

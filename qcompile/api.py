@@ -271,8 +271,8 @@ def compile(
         search_samples=search_samples,
     )
     prepared = prepare(model, config.target, config.canonicalize, requantize=requantize, dequantize=dequantize)
-    if tgt.precheck is not None:  # before calibration: a graph the target cannot take fails now, not later
-        tgt.precheck(prepared.model)
+    # before calibration: a graph the target cannot take fails now, not after it
+    early_files = tgt.precheck(prepared.model, tgt) if tgt.precheck is not None else {}
     # a model that arrived quantized is compared with the float graph beneath its quantization
     float_ref, reference_kind = prepared.float_ref, "dequantized" if prepared.form.quantized else "float"
     if (note := _arrival_note(prepared, dequantize, reference is not None)) is not None:
@@ -314,5 +314,5 @@ def compile(
         prepared.name,
         prepared.source,
         scratch=quantized.scratch,
-        lowered=lowered.files if lowered is not None else {},
+        lowered={**early_files, **(lowered.files if lowered is not None else {})},
     )

@@ -57,6 +57,8 @@ def build_card(
             "tensors": len(prepared.imported.tensors),
             "reference": verification.reference,
             "legalised": dict(plan.meta.get("legalised", {})),
+            # tensors whose Q saturates at 0 where the file's tool dropped a Relu: the reference has it back
+            "reference_relus": list(prepared.imported.meta.get("reference_relus", [])),
         }
     elif prepared.form.quantized:  # --dequantize or --requantize: compiled afresh from the graph beneath
         card["dequantized"] = {"reference": verification.reference}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from qcompile.card_deployment import deployment_lines, runtime_note
+
 __all__ = ["render_markdown", "format_changes"]
 
 
@@ -75,11 +77,12 @@ def _search_lines(search: dict | None) -> list[str]:
     return [*lines, ""]
 
 
-def _verdict_lines(verdict: list[dict] | None) -> list[str]:
+def _verdict_lines(verdict: list[dict] | None, latency_measured: bool = True) -> list[str]:
     if verdict is None:
         return []
     if not verdict:
-        return ["## Verdict", "", "No problem found: no output collapsed, integer kernels run, int8 is not slower.", ""]
+        speed = "int8 is not slower" if latency_measured else "latency not measured"
+        return ["## Verdict", "", f"No problem found: no output collapsed, integer kernels run, {speed}.", ""]
     return ["## Verdict", "", *(f"- **{v['problem']}**: {v['advice']}" for v in verdict), ""]
 
 
@@ -190,6 +193,12 @@ def _imported_lines(card: dict) -> list[str]:
         f"  - {'' if t.startswith('node ') else 're-planned '}{t}: {why}" for t, why in list(legalised.items())[:8]
     ]
     fixes += [f"  - … and {len(legalised) - 8} more (plan.json, meta.legalised)"] if len(legalised) > 8 else []
+    relus = imported.get("reference_relus") or []
+    if relus and imported["reference"] != "given":
+        fixes.append(
+            f"  - {len(relus)} Relu(s) the file's Q/DQ perform by saturating at 0 (the quantizer dropped them) "
+            "are back in the dequantized graph: " + ", ".join(relus[:6]) + (" …" if len(relus) > 6 else "")
+        )
     return [
         f"- **imported**: the given model was already quantized ({card['given_quantization']['summary']}); its "
         f"{imported['tensors']} tensor specs are the plan, nothing was calibrated. "
@@ -233,12 +242,14 @@ def render_markdown(card: dict) -> str:
         f"ORT kernels after fusion: {card['ort_kernels']['integer']} integer, "
         f"{card['ort_kernels']['float']} float compute",
         "",
-        *_verdict_lines(card.get("verdict")),
+        *_verdict_lines(card.get("verdict"), bool(card.get("latency_ms"))),
         *_prepare_lines(card.get("prepare"), "imported" in card),
         "## Fidelity",
         "",
+        *runtime_note(card),
         *_fidelity_lines(card),
         "",
+        *deployment_lines(card),
         *_search_lines(card.get("search")),
     ]
     lat = card.get("latency_ms")

@@ -97,6 +97,17 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="a dynamically quantized model: take its int8 weights back to float and compile afresh",
     )
+    c.add_argument(
+        "--float-io",
+        action="store_true",
+        help="tflite/tflm: float inputs and outputs, with QUANTIZE/DEQUANTIZE at the edges (default: int8)",
+    )
+    c.add_argument(
+        "--float",
+        dest="float_model",
+        action="store_true",
+        help="tflite/tflm: also write the float model as MODEL.float.tflite, to compare on the same runtime",
+    )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
     i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
@@ -145,6 +156,11 @@ def _add_budget_options(c: argparse.ArgumentParser) -> None:
     )
 
 
+def _target_options(args: argparse.Namespace) -> dict[str, bool]:
+    """Target options from their flags (a target that has no such option says so)."""
+    return {k: True for k in ("float_io", "float_model") if getattr(args, k)}
+
+
 def _cmd_compile(args: argparse.Namespace) -> int:
     import qcompile
     from qcompile.card import render_markdown
@@ -176,6 +192,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             requantize=args.requantize,
             reference=args.reference,
             dequantize=args.dequantize,
+            target_options=_target_options(args),
         )
     files = result.save(args.output, report=args.report)
     sys.stdout.write(render_markdown(result.card))

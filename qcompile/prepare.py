@@ -39,7 +39,7 @@ from onnxscript.optimizer._constant_folding import DEFAULT_CONSTANT_FOLD_INPUT_S
 from qcompile.arrival import check_names_kept, imported_passes, take_in
 from qcompile.data import InputSpec, model_input_specs
 from qcompile.errors import QCompileError, first_line
-from qcompile.ir_utils import const_array, onnx_opset, op_histogram
+from qcompile.ir_utils import const_array, name_of, onnx_opset, op_histogram
 from qcompile.metrics import OutputKind, output_kinds
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
 from qcompile.passes.cleanup import cleanup_passes
@@ -47,6 +47,7 @@ from qcompile.passes.expand_ops import EXPANSIONS, ExpandOps
 from qcompile.passes.fold_affine import fold_affine_pass
 from qcompile.passes.fold_batchnorm import fold_batchnorm_pass
 from qcompile.passes.fuse_patterns import FUSED_OPS, FusePatterns
+from qcompile.passes.import_qdq import floor_at_zero, remove_floors
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.layout_transposes import PushTransposes
 from qcompile.passes.upcast_half import UpcastHalf
@@ -183,7 +184,11 @@ def prepare(
     opset_before = onnx_opset(model)
     ops_before = op_histogram(model)
     imported = take_in(model, form, dequantize)
-    float_ref = _session_source(model)
+    floors = floor_at_zero(model, imported) if imported is not None else []
+    if floors and imported is not None:
+        imported.meta["reference_relus"] = [name_of(r.inputs[0]) for r in floors if r.inputs[0] is not None]
+    float_ref = _session_source(model)  # with the Relus an imported file's Q/DQ perform
+    remove_floors(model, floors)
     float_bytes = float_bytes if float_bytes is not None else len(float_ref.model)
     inputs = tuple(model_input_specs(model))
     keep_names = imported is not None and not requantize

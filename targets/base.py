@@ -100,7 +100,8 @@ class Target:
     notes: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     lower: Lower | None = None  # writes the deployment file and runs it; None: the QDQ ONNX model is the file
-    precheck: Callable[[ir.Model], None] | None = None  # raises on a float graph `lower` could never take
+    # before calibration: raises on a float graph `lower` could never take; returns extra files to write
+    precheck: Callable[[ir.Model, Target], dict[str, bytes]] | None = None
 
     def rule(self, node: ir.Node) -> OpRule | None:
         if node.domain not in ("", "ai.onnx"):

@@ -27,7 +27,7 @@ from qcompile.targets.base import (
     gemm_weight_axis,
     matmul_weight_axis,
 )
-from qcompile.targets.tflite_model import TfliteModel, check_lowerable, lower_to_tflite
+from qcompile.targets.tflite_model import TfliteModel, lower_to_tflite
 
 __all__ = ["make_tflite", "make_tflm", "OPS"]
 
@@ -127,10 +127,18 @@ def _lower(model: ir.Model, target: Target) -> Lowered:
     return Lowered(files, runner, summary, _check(tm, integer_only))
 
 
+def _precheck(model: ir.Model, target: Target) -> dict[str, bytes]:
+    """Lower the float graph before calibrating: an op or attribute TFLite cannot express fails now.
+    The float `.tflite` it writes is kept when the target's `float_model` option asks for it."""
+    float_model = lower_to_tflite(model, integer_io=False)
+    return {"{stem}.float.tflite": float_model.data} if target.options.get("float_model") else {}
+
+
 def _make(name: str, description: str, integer_only: bool, options: dict[str, Any]) -> Target:
     integer_io = not options.pop("float_io", False)
+    float_model = bool(options.pop("float_model", False))
     if options:
-        raise ValueError(f"{name} takes no option(s) {sorted(options)}; known: float_io")
+        raise ValueError(f"{name} takes no option(s) {sorted(options)}; known: float_io, float_model")
     return Target(
         name=name,
         description=description,
@@ -142,9 +150,9 @@ def _make(name: str, description: str, integer_only: bool, options: dict[str, An
         fusable_activations=("Relu", "Clip"),
         allowed_qdq_dtypes=("int8", "int32"),
         notes=("int8 activations, int8 symmetric weights per channel, int32 bias (TFLite's int8 spec)",),
-        options={"integer_io": integer_io, "integer_only": integer_only},
+        options={"integer_io": integer_io, "integer_only": integer_only, "float_model": float_model},
         lower=_lower,
-        precheck=check_lowerable,
+        precheck=_precheck,
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "Bound",
     "Lowering",
     "LOWERINGS",
+    "FLOAT_ONLY",
     "register",
     "NHWC",
     "identity",
@@ -69,12 +70,15 @@ class Bound:
 
 Lower = Callable[["Lowering", ir.Node], None]
 LOWERINGS: dict[str, Lower] = {}
+FLOAT_ONLY: set[str] = set()  # ops lowered in float32 even between Q/DQ (no integer TFLite form)
 
 
-def register(*op_types: str) -> Callable[[Lower], Lower]:
+def register(*op_types: str, integer: bool = True) -> Callable[[Lower], Lower]:
     def wrap(fn: Lower) -> Lower:
         for op in op_types:
             LOWERINGS[op] = fn
+            if not integer:
+                FLOAT_ONLY.add(op)
         return fn
 
     return wrap
@@ -150,6 +154,13 @@ class Lowering:
     def constant(self, value: ir.Value | None) -> np.ndarray | None:
         """A float or index constant (an initializer or Constant output), not a quantized weight."""
         return const_array(value) if value is not None else None
+
+    def float_constant(self, value: ir.Value | None) -> np.ndarray | None:
+        """A constant as reals: a float initializer, or a quantized one dequantized."""
+        arr = self.constant(value)
+        if arr is None and (w := self.weight(value)) is not None:
+            arr = _dequantized(*w)
+        return arr
 
     def is_integer(self, value: ir.Value) -> bool:
         return name_of(value) in self.ints or self.weight(value) is not None

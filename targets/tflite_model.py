@@ -22,6 +22,7 @@ from qcompile.ir_utils import const_array, is_float_value, name_of
 from qcompile.targets import tflite_ops_conv, tflite_ops_data, tflite_ops_math  # noqa: F401  (register lowerings)
 from qcompile.targets.tflite_graph import TflQuant, TflTensor
 from qcompile.targets.tflite_lower import (
+    FLOAT_ONLY,
     LOWERINGS,
     NHWC,
     Bound,
@@ -160,6 +161,8 @@ def _lower_dequantize(low: Lowering, dq: ir.Node) -> None:
 
 def _integer(low: Lowering, node: ir.Node) -> bool:
     """Activations integer, and every output (after a fusable Relu/Clip) read by Qs only."""
+    if node.op_type in FLOAT_ONLY:
+        return False
     activations = [v for v in node.inputs if is_float_value(v) and low.constant(v) is None]
     if not activations or not all(low.is_integer(v) for v in activations):
         return False

@@ -183,3 +183,31 @@ def lower_reduce(low: Lowering, node: ir.Node) -> None:
     y = low.output(node.outputs[0], out_perm)
     code = "MEAN" if node.op_type == "ReduceMean" else "REDUCE_MAX"
     low.g.emit(code, [x.index, axes_index], [y], "ReducerOptions", keepDims=keep)
+
+
+@register("BatchNormalization", integer=False)
+def lower_batch_norm(low: Lowering, node: ir.Node) -> None:
+    """A batch norm left in the graph (a QDQ file from another tool keeps it float):
+    y = x · s + (β − μ · s),  s = γ / √(σ² + ε), as MUL and ADD over the channel axis."""
+    params = [low.float_constant(v) for v in node.inputs[1:5]]
+    if any(p is None for p in params):
+        raise UnsupportedOp(f"BatchNormalization {node.name!r}: scale, bias, mean and variance must be constant")
+    gamma, beta, mean, var = (np.asarray(p, np.float64) for p in params)
+    eps = node.attributes.get("epsilon")
+    scale = gamma / np.sqrt(var + (eps.as_float() if eps is not None else 1e-5))
+    shift = beta - mean * scale
+    rank = len(low.shape(node.inputs[0]))
+    x = low.float_input(node.inputs[0])  # type: ignore[arg-type]
+    shape = (1, -1) + (1,) * (rank - 2)
+    s, b = (
+        low.permuted(
+            Bound(low.g.constant(f"{node.name}_{k}", v.reshape(shape).astype(np.float32), "float32"), identity(rank)),
+            x.perm,
+        )
+        for k, v in (("scale", scale), ("shift", shift))
+    )
+    scaled = low.scratch(node.outputs[0], low.g.tensors[x.index].shape)
+    low.g.emit("MUL", [x.index, s.index], [scaled], "MulOptions", fusedActivationFunction="NONE")
+    low.g.emit(
+        "ADD", [scaled, b.index], [low.output(node.outputs[0], x.perm)], "AddOptions", fusedActivationFunction="NONE"
+    )

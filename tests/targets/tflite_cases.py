@@ -35,12 +35,13 @@ def single_op(
     weights: dict[str, np.ndarray] | None = None,
     outputs: tuple[str, ...] = ("y",),
     opset: int = 17,
+    output_shape: tuple | None = None,
 ) -> ir.Model:
     graph = helper.make_graph(
         nodes,
         "case",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(s)) for n, s in inputs.items()],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in outputs],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, output_shape) for n in outputs],
         [onnx.numpy_helper.from_array(a, n) for n, a in (weights or {}).items()],
     )
     proto = onnx.shape_inference.infer_shapes(

@@ -1,0 +1,224 @@
+"""Every message of the TFLite lowering: what cannot be lowered, named with the node, the rule and
+what to do, raised before any file is written (most before calibration: the float graph is lowered
+first)."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from onnx import helper
+
+import qcompile
+from qcompile.errors import QCompileError
+from qcompile.targets import get_target
+from qcompile.targets.tflite_graph import TflQuant
+from qcompile.targets.tflite_model import IoTensor, TfliteModel
+from qcompile.targets.tflite_run import LiteRtRunner
+from tests.targets.tflite_cases import single_op
+
+
+def _w(*shape: int) -> np.ndarray:
+    return np.random.default_rng(0).normal(size=shape).astype(np.float32)
+
+
+def _i64(*v: int) -> np.ndarray:
+    return np.asarray(v, np.int64)
+
+
+def _compile(model, target="tflite", shape=None, **kwargs):
+    name = model.graph.inputs[0].name
+    shape = shape or tuple(model.graph.inputs[0].shape)
+    rng = np.random.default_rng(0)
+    calib = [{name: rng.normal(size=shape).astype(np.float32)} for _ in range(8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return qcompile.compile(model, target, calibration=calib, measure_latency=False, **kwargs)
+
+
+def _node(op, inputs, out="y", **attrs):
+    return helper.make_node(op, inputs, [out], name=f"{op.lower()}_node", **attrs)
+
+
+CASES = {
+    "unsupported op": (
+        lambda: single_op([_node("Erf", ["x"])], {"x": (1, 8)}),
+        r"no TFLite lowering for 1 node\(s\): erf_node \(Erf\); supported: Add, .*Conv,",
+    ),
+    "grouped conv": (
+        lambda: single_op([_node("Conv", ["x", "w"], group=2)], {"x": (1, 4, 6, 6)}, {"w": _w(4, 2, 3, 3)}),
+        r"Conv 'conv_node': grouped convolution \(group=2 of 4 channels\) has no TFLite kernel; group=1 and "
+        r"depthwise",
+    ),
+    "3-d conv": (
+        lambda: single_op([_node("Conv", ["x", "w"])], {"x": (1, 2, 4, 4, 4)}, {"w": _w(3, 2, 1, 1, 1)}),
+        r"Conv 'conv_node': 3-D convolution has no TFLite kernel",
+    ),
+    "gemm transA": (
+        lambda: single_op([_node("Gemm", ["x", "w"], transA=1)], {"x": (8, 1)}, {"w": _w(8, 4)}),
+        r"Gemm 'gemm_node': transA=1 has no FULLY_CONNECTED form",
+    ),
+    "matmul weight rank": (
+        lambda: single_op([_node("MatMul", ["x", "w"])], {"x": (2, 3, 4)}, {"w": _w(2, 4, 5)}),
+        r"MatMul 'matmul_node': a constant operand of rank 3 is not a weight matrix",
+    ),
+    "max pool pads": (
+        lambda: single_op([_node("MaxPool", ["x"], kernel_shape=[3, 3], pads=[0, 0, 2, 2])], {"x": (1, 2, 6, 6)}),
+        r"MaxPool 'maxpool_node': pads \[\(0, 2\), \(0, 2\)\] are neither SAME nor VALID in TFLite and padding",
+    ),
+    "average pool pads": (
+        lambda: single_op([_node("AveragePool", ["x"], kernel_shape=[3, 3], pads=[0, 0, 2, 2])], {"x": (1, 2, 6, 6)}),
+        r"AveragePool 'averagepool_node': pads .* with count_include_pad=0 are neither SAME nor VALID",
+    ),
+    "dilated pool": (
+        lambda: single_op([_node("MaxPool", ["x"], kernel_shape=[2, 2], dilations=[2, 2])], {"x": (1, 2, 6, 6)}),
+        r"MaxPool 'maxpool_node': dilated pooling has no TFLite kernel",
+    ),
+    "1-d pool": (
+        lambda: single_op([_node("MaxPool", ["x"], kernel_shape=[2])], {"x": (1, 2, 6)}),
+        r"MaxPool 'maxpool_node': only 2-D pooling lowers \(input rank 3\)",
+    ),
+    "clip bounds": (
+        lambda: single_op(
+            [_node("Clip", ["x", "lo", "hi"])], {"x": (1, 8)}, {"lo": np.float32(-2), "hi": np.float32(3)}
+        ),
+        r"Clip 'clip_node': bounds \(-2.0, 3.0\) are not one of TFLite's RELU ranges",
+    ),
+    "negative slice step": (
+        lambda: single_op(
+            [_node("Slice", ["x", "s", "e", "a", "st"])],
+            {"x": (1, 8)},
+            {"s": _i64(6), "e": _i64(0), "a": _i64(1), "st": _i64(-1)},
+        ),
+        r"Slice 'slice_node': step -1 \(only positive steps lower\)",
+    ),
+    "reflect pad": (
+        lambda: single_op([_node("Pad", ["x", "p"], mode="reflect")], {"x": (1, 8)}, {"p": _i64(0, 1, 0, 1)}),
+        r"Pad 'pad_node': mode 'reflect' \(only constant lowers\)",
+    ),
+    "pad value": (
+        lambda: single_op(
+            [_node("Pad", ["x", "p", "v"])], {"x": (1, 8)}, {"p": _i64(0, 1, 0, 1), "v": np.float32(2.0)}
+        ),
+        r"Pad 'pad_node': constant value 2.0 \(only 0 lowers\)",
+    ),
+    "pad axes": (
+        lambda: single_op(
+            [_node("Pad", ["x", "p", "", "ax"])], {"x": (1, 8)}, {"p": _i64(1, 1), "ax": _i64(1)}, opset=18
+        ),
+        r"Pad 'pad_node': the axes input is not supported",
+    ),
+    "resize mode": (
+        lambda: single_op(
+            [_node("Resize", ["x", "", "sc"], mode="cubic")],
+            {"x": (1, 2, 4, 4)},
+            {"sc": np.asarray([1, 1, 2, 2], np.float32)},
+        ),
+        r"Resize 'resize_node': mode=cubic, coordinate_transformation_mode=half_pixel has no TFLite resize; "
+        r"supported:",
+    ),
+    "resize channels": (
+        lambda: single_op(
+            [_node("Resize", ["x", "", "sc"], mode="nearest")],
+            {"x": (1, 2, 4, 4)},
+            {"sc": np.asarray([1, 2, 1, 1], np.float32)},
+        ),
+        r"Resize 'resize_node': only spatial resizes of 4-D tensors lower",
+    ),
+    "gather indices": (
+        lambda: single_op([_node("Gather", ["x", "i"])], {"x": (4, 8)}, {"i": _i64(0, 1, 2, 3).reshape(2, 2)}),
+        r"Gather 'gather_node': indices must be a constant scalar or vector",
+    ),
+    "conv transpose pads": (
+        lambda: single_op(
+            [_node("ConvTranspose", ["x", "w"], strides=[2, 2], pads=[1, 0, 0, 0])],
+            {"x": (1, 2, 4, 4)},
+            {"w": _w(2, 3, 3, 3)},
+        ),
+        r"ConvTranspose 'convtranspose_node': pads \[1, 0, 0, 0\] with output \[8, 9\] are neither SAME nor VALID",
+    ),
+    "conv transpose groups": (
+        lambda: single_op([_node("ConvTranspose", ["x", "w"], group=2)], {"x": (1, 2, 4, 4)}, {"w": _w(2, 1, 3, 3)}),
+        r"ConvTranspose 'convtranspose_node': grouped or dilated transposed convolution",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_lowering_error_names_the_node_and_the_rule(case, tmp_path):
+    build, message = CASES[case]
+    with pytest.raises(QCompileError, match=message):
+        _compile(build()).save(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+DYNAMIC = {
+    "slice starts not constant": (
+        lambda: single_op([_node("Shape", ["x"], "shp"), _node("Slice", ["x", "shp", "shp"])], {"x": ("N", 8)}),
+        r"Slice 'slice_node': input 1 \('shp'\) is not constant",
+    ),
+    "reduce axes not constant": (
+        lambda: single_op(
+            [
+                _node("Shape", ["x"], "shp"),
+                _node("Slice", ["shp", "one", "two"], "ax"),
+                _node("ReduceMean", ["x", "ax"]),
+            ],
+            {"x": ("N", 8)},
+            {"one": _i64(0), "two": _i64(1)},
+            opset=18,
+            output_shape=("N", "M"),
+        ),
+        r"ReduceMean 'reducemean_node': axes are not constant",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DYNAMIC))
+def test_inputs_that_only_a_dynamic_shape_gives(case):
+    build, message = DYNAMIC[case]
+    with pytest.raises(QCompileError, match=message):
+        _compile(build(), shape=(2, 8))
+
+
+def test_integer_only_target_refuses_a_float_island():
+    model = single_op([_node("Erf", ["x"], "e"), _node("Relu", ["e"])], {"x": (1, 8)})
+    with pytest.raises(QCompileError, match=r"no TFLite lowering"):
+        _compile(model, "tflm")
+    model = single_op([_node("Div", ["x", "d"], "q"), _node("Relu", ["q"])], {"x": (1, 8)}, {"d": _w(1, 8)})
+    with pytest.raises(
+        QCompileError,
+        match=r"integer-only target: 1 node\(s\) would run in float: div_node \(Div\); quantize them \(policy naive\)"
+        r" or choose target tflite, which keeps float islands",
+    ):
+        _compile(model, "tflm")
+
+
+def test_tflite_keeps_a_float_island():
+    model = single_op([_node("Div", ["x", "d"], "q"), _node("Relu", ["q"])], {"x": (1, 8)}, {"d": np.abs(_w(1, 8))})
+    result = _compile(model, "tflite")
+    assert result.card["deployment"]["float_ops"] == 1
+    assert "DIV" in result.card["deployment"]["ops"]
+
+
+def test_unknown_target_option():
+    with pytest.raises(QCompileError, match=r"tflite takes no option\(s\) \['reduce_range'\]; known: float_io"):
+        get_target("tflite", reduce_range=True)
+
+
+def test_runner_needs_every_input():
+    model = TfliteModel(b"", [IoTensor("x", 0, (0, 1), "int8", TflQuant.of(0.1, 0), (1, 2))], [], {})
+    runner = LiteRtRunner.__new__(LiteRtRunner)
+    runner.model = model
+    with pytest.raises(QCompileError, match=r"sample has no input 'x'"):
+        runner.run({"y": np.zeros((1, 2), np.float32)})
+
+
+def test_missing_litert_says_how_to_install(monkeypatch):
+    from qcompile.targets import tflite_writer
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.schema_py_generated", None)
+    with pytest.raises(QCompileError, match=r"TFLite targets need the ai-edge-litert package: pip install "):
+        tflite_writer.schema()

@@ -1,0 +1,180 @@
+"""End to end: the sample compiled for `tflite` and `tflm` from the CLI and the API; the TFLM C array
+compiles; float I/O and the float `.tflite`; a QDQ file written by ONNX Runtime's quantizer keeps its
+scales in the `.tflite`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import warnings
+
+import ai_edge_litert.schema_py_generated as S
+import numpy as np
+import onnx
+import pytest
+
+import qcompile
+from qcompile.cli import main
+from qcompile.targets.tflite_model import lower_to_tflite
+from qcompile.targets.tflite_run import LiteRtRunner
+from tests.helpers import SAMPLES, run
+from tests.support.tflite_reference import run_reference
+
+CALIB, TEST = SAMPLES / "digits_calib.npz", SAMPLES / "digits_test.npz"
+
+
+def _compile(target: str, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return qcompile.compile(
+            SAMPLES / "digits_cnn.onnx", target, calibration=CALIB, evaluation=TEST, measure_latency=False, **kwargs
+        )
+
+
+@pytest.fixture(scope="module")
+def tflm_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tflm")
+    assert (
+        main(
+            [
+                "compile",
+                str(SAMPLES / "digits_cnn.onnx"),
+                "--target",
+                "tflm",
+                "--calib",
+                str(CALIB),
+                "--eval",
+                str(TEST),
+                "--no-latency",
+                "-o",
+                str(out / "digits"),
+            ]
+        )
+        == 0
+    )
+    return out / "digits"
+
+
+def test_cli_writes_the_tflm_deliverables(tflm_folder):
+    names = {p.name for p in tflm_folder.iterdir()}
+    assert {"digits_cnn.tflite", "model_data.h", "model_data.cc", "model_ops.h", "card.md"} <= names
+    card = json.loads((tflm_folder / "card.json").read_text())
+    dep = card["deployment"]
+    assert dep["float_ops"] == 0 and dep["transposes_inside"] == 0
+    assert dep["arena_rounded"] >= dep["arena_bytes"] > 0
+    assert set(dep["runtimes_vs_qdq"]) == {"litert_reference", "litert_xnnpack", "tflm"}
+    assert card["fidelity"]["outputs"][0]["sqnr_db"] > 25  # measured on TFLite Micro
+    assert "## The .tflite file" in (tflm_folder / "card.md").read_text()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler on this machine")
+def test_c_array_compiles_and_holds_the_file(tflm_folder, tmp_path):
+    subprocess.run(
+        ["c++", "-std=c++17", "-c", str(tflm_folder / "model_data.cc"), "-o", str(tmp_path / "m.o")],
+        check=True,
+        cwd=tflm_folder,
+    )
+    source = (tflm_folder / "model_data.cc").read_text()
+    data = bytes(int(h, 16) for h in re.findall(r"0x([0-9a-f]{2})", source))
+    assert data == (tflm_folder / "digits_cnn.tflite").read_bytes()
+    assert "alignas(16)" in source
+    header = (tflm_folder / "model_data.h").read_text()
+    arena = json.loads((tflm_folder / "card.json").read_text())["deployment"]["arena_rounded"]
+    assert f"kModelTensorArenaSize = {arena};" in header
+
+
+def test_op_list_registers_every_op(tflm_folder):
+    ops = (tflm_folder / "model_ops.h").read_text()
+    calls = re.findall(r"resolver\.(Add\w+)\(\)", ops)
+    assert sorted(calls) == ["AddConv2D", "AddFullyConnected", "AddMaxPool2D", "AddReshape"]
+    assert f"MicroMutableOpResolver<{len(calls)}>" in ops
+
+
+def test_sample_is_bit_exact_with_the_integer_reference():
+    result = _compile("tflite")
+    tm = lower_to_tflite(result.model)
+    runner = LiteRtRunner(tm)
+    x = np.load(TEST)["input"][:8].astype(np.float32)
+    for i in range(len(x)):
+        raw = runner.raw({"input": x[i : i + 1]})
+        inputs = [
+            np.clip(
+                np.round(x[i : i + 1].transpose(0, 2, 3, 1) / tm.inputs[0].quant.scale[0])
+                + tm.inputs[0].quant.zero_point[0],
+                -128,
+                127,
+            ).astype(np.int8)
+        ]
+        assert np.array_equal(run_reference(tm.data, inputs)[0], raw[0])
+
+
+def test_float_io_puts_quantize_and_dequantize_at_the_edges():
+    result = _compile("tflite", target_options={"float_io": True})
+    ops = result.card["deployment"]["ops"]
+    assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1
+    tm = lower_to_tflite(result.model, integer_io=False)
+    assert [t.dtype for t in tm.inputs + tm.outputs] == ["float32", "float32"]
+    assert result.card["fidelity"]["outputs"][0]["sqnr_db"] > 25
+
+
+def test_float_tflite_matches_the_float_onnx_model(tmp_path):
+    result = _compile("tflite", target_options={"float_model": True})
+    files = result.save(tmp_path / "out")
+    data = files["digits_cnn.float.tflite"].read_bytes()
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_content=data)
+    it.allocate_tensors()
+    x = np.load(TEST)["input"][:1].astype(np.float32)
+    it.set_tensor(it.get_input_details()[0]["index"], x.transpose(0, 2, 3, 1).copy())
+    it.invoke()
+    got = it.get_tensor(it.get_output_details()[0]["index"])
+    want = run(qcompile.model_io.load_model(SAMPLES / "digits_cnn.onnx"), {"input": x})["logits"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_ort_quantize_static_file_keeps_its_scales(tmp_path):
+    """A QDQ model from onnxruntime.quantization (not qcompile) lowers with its own scales, tensor by tensor."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    x = np.load(CALIB)["input"][:32].astype(np.float32)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter({"input": x[i : i + 1]} for i in range(len(x)))
+
+        def get_next(self):
+            return next(self.it, None)
+
+    path = tmp_path / "ort_qdq.onnx"
+    quantize_static(
+        str(SAMPLES / "digits_cnn.onnx"),
+        str(path),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = qcompile.compile(path, "tflite", calibration=CALIB, evaluation=TEST, measure_latency=False)
+    tm = lower_to_tflite(result.model)
+    model = S.ModelT.InitFromPackedBuf(bytearray(tm.data), 0)
+    tflite = {t.name.decode(): t for t in model.subgraphs[0].tensors}
+    ort_model = onnx.load(str(path))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in ort_model.graph.initializer}
+    ours = {n.inputs[0].name: n.outputs[0].name for n in result.model.graph if n.op_type == "QuantizeLinear"}
+    checked = 0
+    for q in (n for n in ort_model.graph.node if n.op_type == "QuantizeLinear"):
+        t = tflite.get(ours.get(q.input[0], ""))
+        if t is None or t.quantization is None:
+            continue
+        assert np.float32(t.quantization.scale[0]) == np.float32(inits[q.input[1]]), q.input[0]
+        assert t.quantization.zeroPoint[0] == int(inits[q.input[2]]), q.input[0]
+        checked += 1
+    assert checked >= 5
+    assert result.card["fidelity"]["outputs"][0]["sqnr_db"] > 25  # against the dequantized graph, Relus restored
+    assert len(result.card["imported"]["reference_relus"]) >= 3
