@@ -1,6 +1,8 @@
 """Spell out ops a target has no kernel for in ops it has (the reverse of `fuse_patterns`).
 
     HardSigmoid(x; α, β) = clip(α·x + β, 0, 1) = α · clip(x + β/α, 0, 1/α)      (α > 0)
+    Pow(x, 2) = x · x
+    a / b = a · Reciprocal(b)                                             (b not constant)
 
 so with α = 1/6, β = ½ (PP-LCNet's squeeze-excitation gate): Mul(Clip(Add(x, 3), 0, 6), 1/6),
 two integer ops on TFLite (ADD with its RELU6 fused, MUL by a constant) where HARD_SIGMOID
@@ -51,11 +53,36 @@ def _hard_sigmoid(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.
     return [add, clip, mul]
 
 
-EXPANSIONS = (Expansion("HardSigmoid", ("Add", "Clip", "Mul"), _hard_sigmoid),)
+def _square(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] | None:
+    """Pow(x, 2) = x · x."""
+    exponent = node.inputs[1] if len(node.inputs) > 1 else None
+    value = exponent.const_value.numpy() if exponent is not None and exponent.const_value is not None else None
+    x = node.inputs[0]
+    if value is None or value.size != 1 or float(value.reshape(-1)[0]) != 2.0 or x is None:
+        return None
+    return [ir.Node("", "Mul", [x, x], name=fresh(f"{node.name or 'pow'}_square"))]
+
+
+def _divide(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] | None:
+    """a / b = a · (1 / b), for a b computed at run time (a constant divisor is folded elsewhere)."""
+    a, b = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
+    if a is None or b is None or b.const_value is not None:
+        return None
+    base = node.name or "div"
+    reciprocal = ir.Node("", "Reciprocal", [b], name=fresh(f"{base}_reciprocal"))
+    reciprocal.outputs[0].shape = b.shape
+    return [reciprocal, ir.Node("", "Mul", [a, reciprocal.outputs[0]], name=fresh(f"{base}_mul"))]
+
+
+EXPANSIONS = (
+    Expansion("HardSigmoid", ("Add", "Clip", "Mul"), _hard_sigmoid),
+    Expansion("Pow", ("Mul",), _square),
+    Expansion("Div", ("Mul", "Reciprocal"), _divide),
+)
 
 
 class ExpandOps(ir.passes.InPlacePass):
-    """Replace each node of an `EXPANSIONS` op in `ops` by its expansion (main graph)."""
+    """Replace each node of an `EXPANSIONS` op in `ops` by its expansion."""
 
     def __init__(self, ops: Sequence[str]):
         super().__init__()
@@ -64,21 +91,22 @@ class ExpandOps(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         table = {e.op_type: e for e in EXPANSIONS if e.op_type in self.ops}
         graph, fresh, modified = model.graph, FreshNames(model.graph), False
-        for node in list(graph):
+        for node in list(graph.all_nodes()):  # branch and loop bodies too (constants stay in the main graph)
             expansion = table.get(node.op_type)
-            if expansion is None or node.domain not in ("", "ai.onnx"):
+            if expansion is None or node.domain not in ("", "ai.onnx") or node.graph is None:
                 continue
             new = expansion.build(node, graph, fresh)
             if not new:
                 continue
-            graph.insert_before(node, new)
+            owner = node.graph
+            owner.insert_before(node, new)
             old = node.outputs[0]
-            for n in new:  # elementwise: every step has the node's shape and type
-                n.outputs[0].shape = old.shape
+            for n in new:  # elementwise: every step has the node's type (and, unless set, its shape)
+                n.outputs[0].shape = n.outputs[0].shape or old.shape
                 if old.dtype is not None:
                     n.outputs[0].dtype = old.dtype
             out = new[-1].outputs[0]
             replace_value(old, out)
-            graph.remove(node, safe=True)
+            owner.remove(node, safe=True)
             modified = True
         return ir.passes.PassResult(model, modified)

@@ -34,6 +34,7 @@ from qcompile.plan import QuantPlan, json_safe
 from qcompile.prepare import Prepared, prepare, reference_source
 from qcompile.quantize import quantize
 from qcompile.report import plots, render_html
+from qcompile.specialise import check_fixed, fix_integer_inputs
 from qcompile.targets import Lowered, Target, get_target
 from qcompile.verdict import problems
 from qcompile.verify import EvaluationSet, Verification, verify
@@ -271,8 +272,6 @@ def compile(
         search_samples=search_samples,
     )
     prepared = prepare(model, config.target, config.canonicalize, requantize=requantize, dequantize=dequantize)
-    # before calibration: a graph the target cannot take fails now, not after it
-    early_files = tgt.precheck(prepared.model, tgt) if tgt.precheck is not None else {}
     # a model that arrived quantized is compared with the float graph beneath its quantization
     float_ref, reference_kind = prepared.float_ref, "dequantized" if prepared.form.quantized else "float"
     if (note := _arrival_note(prepared, dequantize, reference is not None)) is not None:
@@ -281,11 +280,18 @@ def compile(
         float_ref, reference_kind = reference_source(reference, prepared), "given"
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))
     prepared = _checked(prepared, first, model, config)
+    if tgt.static_graph and first is not None:  # integer inputs (a sample rate, a mode) become constants
+        prepared = fix_integer_inputs(prepared, first)
+        samples = check_fixed(samples, prepared.fixed_inputs, "calibration")
+    # before calibration: a graph the target cannot take fails now, not after it
+    early_files = tgt.precheck(prepared.model, tgt) if tgt.precheck is not None else {}
 
     split = HoldoutSplit(samples) if evaluation is None else None
     quantized = quantize(prepared, split.calibration() if split else samples, config)
 
     evaluation_set = EvaluationSet.choose(evaluation, split, prepared.inputs)
+    if prepared.fixed_inputs:
+        list(check_fixed(iter(evaluation_set.samples), prepared.fixed_inputs, "evaluation"))
     lowered = tgt.lower(quantized.model, tgt) if tgt.lower is not None else None
     verification = verify(
         float_ref,

@@ -50,6 +50,10 @@ def build_card(
         "versions": {"onnxruntime": ort.__version__, "onnx": onnx.__version__},
         "fidelity": verification.fidelity.to_dict(),
     }
+    if prepared.fixed_inputs:
+        card["fixed_inputs"] = dict(prepared.fixed_inputs)
+    if prepared.static_shapes:
+        card["static_shapes"] = dict(prepared.static_shapes)
     if not prepared.form.is_float:
         card["given_quantization"] = prepared.form.describe()
     if prepared.imported is not None:

@@ -27,6 +27,19 @@ def _sqnr(fidelity: dict | None, name: str) -> Any:
     return None
 
 
+def _vela_lines(vela: dict | None) -> list[str]:
+    if not vela:
+        return []
+    total = vela["npu_operators"] + vela["cpu_operators"]
+    lines = [
+        f"- Vela for {vela['accelerator']} ({vela['system_config']}): {vela['npu_operators']} of {total} operators "
+        f"on the NPU, {vela['cpu_operators']} on the CPU; SRAM {vela['sram_kib']} KiB, flash {vela['flash_kib']} KiB; "
+        f"estimated inference {vela['estimated_inference_ms']:.3f} ms (Vela's performance model, not a measurement)",
+    ]
+    lines += [f"  - falls back to the CPU: {why}" for why in vela["cpu_fallbacks"]]
+    return lines
+
+
 def deployment_lines(card: dict) -> list[str]:
     dep = card.get("deployment")
     if not dep:
@@ -39,12 +52,17 @@ def deployment_lines(card: dict) -> list[str]:
         f"- float ops: {dep['float_ops']}; TRANSPOSEs inside the graph: {dep['transposes_inside']}; "
         f"requantizing QUANTIZEs: {dep['requantized']}",
     ]
+    for name, shape in (card.get("static_shapes") or {}).items():
+        lines.append(f"- input `{name}` shape fixed to {shape} (the first calibration sample's; the graph is static)")
+    for name, value in (card.get("fixed_inputs") or {}).items():
+        lines.append(f"- input `{name}` fixed to {value} (the calibration data's; the graph is static)")
     if "arena_bytes" in dep:
         lines += [
             f"- TFLite Micro tensor arena: {dep['arena_bytes']:,} bytes measured, "
             f"{dep['arena_rounded']:,} bytes in `model_data.h`",
             f"- op resolver: {', '.join(dep['op_resolver'])}",
         ]
+    lines += _vela_lines(dep.get("vela"))
     checks: dict[str, dict[str, dict]] = dep.get("runtimes_vs_qdq") or {}
     outputs = list(next(iter(checks.values()), {}))
     if outputs:

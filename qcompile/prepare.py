@@ -28,6 +28,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnx_ir as ir
@@ -58,7 +59,15 @@ from qcompile.quant_form import QuantForm, detect_form
 from qcompile.runtime import SessionSource
 from qcompile.targets import Target
 
-__all__ = ["Prepared", "prepare", "prepare_passes", "canonical_passes", "FOLD_OUTPUT_LIMIT", "reference_source"]
+__all__ = [
+    "Prepared",
+    "prepare",
+    "prepare_passes",
+    "canonical_passes",
+    "FOLD_OUTPUT_LIMIT",
+    "reference_source",
+    "fold_constants_pass",
+]
 
 FOLD_OUTPUT_LIMIT = 1 << 22  # never materialise a folded tensor over 4 M elements (a broadcast scalar, say)
 
@@ -84,6 +93,8 @@ class Prepared:
     kinds: dict[str, OutputKind] = field(default_factory=dict)  # what each output holds (qcompile.metrics)
     form: QuantForm = field(default_factory=QuantForm)  # the quantization the user's model carried
     imported: QuantPlan | None = None  # its Q/DQ as a plan (then `model` is the graph beneath them)
+    fixed_inputs: dict[str, Any] = field(default_factory=dict)  # integer inputs made constants (static targets)
+    static_shapes: dict[str, list[int]] = field(default_factory=dict)  # symbolic input shapes fixed (static targets)
 
     def model_proto(self) -> onnx.ModelProto:
         return ir.to_proto(self.model)
@@ -111,7 +122,7 @@ def prepare_passes(target: Target, canonicalize: bool = True) -> ir.passes.Seque
         LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
         UpcastHalf(),
         CheckWeights(),
-        Recorded("constant folding", ir.passes.Sequential(_fold_constants(), RemoveUnusedNodesPass())),
+        Recorded("constant folding", ir.passes.Sequential(fold_constants_pass(), RemoveUnusedNodesPass())),
         InferShapes(),
         Recorded("no-ops", cleanup_passes()),
         Recorded("batchnorm folding", fold_batchnorm_pass()),
@@ -145,7 +156,7 @@ def canonical_passes(target: Target, steps: int = 3) -> ir.passes.PassManager:
     )
 
 
-def _fold_constants() -> FoldConstantsPass:
+def fold_constants_pass() -> FoldConstantsPass:
     return FoldConstantsPass(
         shape_inference=False,
         input_size_limit=DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,

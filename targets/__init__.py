@@ -28,7 +28,18 @@ def _tflm(**options) -> Target:
     return make_tflm(**options)
 
 
-_FACTORIES: dict[str, Callable[..., Target]] = {"ort-cpu": _ort_cpu, "tflite": _tflite, "tflm": _tflm}
+def _ethos_u(**options) -> Target:
+    from qcompile.targets.ethos_u import make_ethos_u
+
+    return make_ethos_u(**options)
+
+
+_FACTORIES: dict[str, Callable[..., Target]] = {
+    "ort-cpu": _ort_cpu,
+    "tflite": _tflite,
+    "tflm": _tflm,
+    "ethos-u": _ethos_u,
+}
 TARGET_NAMES = tuple(_FACTORIES)
 
 

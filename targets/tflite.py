@@ -29,7 +29,7 @@ from qcompile.targets.base import (
 )
 from qcompile.targets.tflite_model import TfliteModel, lower_to_tflite
 
-__all__ = ["make_tflite", "make_tflm", "OPS"]
+__all__ = ["make_tflite", "make_tflm", "make_tflite_family", "OPS", "lower_file"]
 
 _RULES = [
     OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True),
@@ -49,6 +49,7 @@ _RULES = [
     OpRule("Sigmoid", output="fixed", fixed=(1 / 256, -128)),
     OpRule("Softmax", output="fixed", fixed=(1 / 256, -128)),
     OpRule("Tanh", output="fixed", fixed=(1 / 128, 0)),
+    *(OpRule(op) for op in ("Sqrt", "Exp", "Log", "Abs", "Neg", "Reciprocal")),  # lookup tables (tflite_ops_lut)
     OpRule("GlobalAveragePool"),
     OpRule("ReduceMean"),
     OpRule("Concat", activations=(), output="tied_all"),
@@ -104,7 +105,8 @@ def agreement(model: TfliteModel, got: dict[str, list], qdq: dict[str, list]) ->
     return out
 
 
-def _lower(model: ir.Model, target: Target) -> Lowered:
+def lower_file(model: ir.Model, target: Target) -> Lowered:
+    """The `.tflite` (and for integer-only targets the TFLM C files), its runner and its card section."""
     from qcompile.targets.tflite_run import LiteRtRunner, TflmRunner, arena_with_headroom, tflm_arena_bytes
 
     integer_only = bool(target.options.get("integer_only"))
@@ -134,11 +136,16 @@ def _precheck(model: ir.Model, target: Target) -> dict[str, bytes]:
     return {"{stem}.float.tflite": float_model.data} if target.options.get("float_model") else {}
 
 
-def _make(name: str, description: str, integer_only: bool, options: dict[str, Any]) -> Target:
+def make_tflite_family(
+    name: str, description: str, integer_only: bool, options: dict[str, Any], known: tuple[str, ...] = ()
+) -> Target:
+    """A target of the TFLite family; `known` names options the caller has already taken out."""
     integer_io = not options.pop("float_io", False)
     float_model = bool(options.pop("float_model", False))
     if options:
-        raise ValueError(f"{name} takes no option(s) {sorted(options)}; known: float_io, float_model")
+        raise ValueError(
+            f"{name} takes no option(s) {sorted(options)}; known: {', '.join(('float_io', 'float_model', *known))}"
+        )
     return Target(
         name=name,
         description=description,
@@ -151,14 +158,15 @@ def _make(name: str, description: str, integer_only: bool, options: dict[str, An
         allowed_qdq_dtypes=("int8", "int32"),
         notes=("int8 activations, int8 symmetric weights per channel, int32 bias (TFLite's int8 spec)",),
         options={"integer_io": integer_io, "integer_only": integer_only, "float_model": float_model},
-        lower=_lower,
+        lower=lower_file,
+        static_graph=True,
         precheck=_precheck,
     )
 
 
 def make_tflite(**options) -> Target:
-    return _make("tflite", "LiteRT (TensorFlow Lite) int8 .tflite, NHWC", False, options)
+    return make_tflite_family("tflite", "LiteRT (TensorFlow Lite) int8 .tflite, NHWC", False, options)
 
 
 def make_tflm(**options) -> Target:
-    return _make("tflm", "TFLite Micro: integer-only .tflite, C array, op list, arena size", True, options)
+    return make_tflite_family("tflm", "TFLite Micro: integer-only .tflite, C array, op list, arena size", True, options)

@@ -19,7 +19,12 @@ import onnx_ir as ir
 
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import const_array, is_float_value, name_of
-from qcompile.targets import tflite_ops_conv, tflite_ops_data, tflite_ops_math  # noqa: F401  (register lowerings)
+from qcompile.targets import (  # noqa: F401  (register lowerings)
+    tflite_ops_conv,
+    tflite_ops_data,
+    tflite_ops_lut,
+    tflite_ops_math,
+)
 from qcompile.targets.tflite_graph import TflQuant, TflTensor
 from qcompile.targets.tflite_lower import (
     FLOAT_ONLY,

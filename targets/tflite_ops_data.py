@@ -157,19 +157,44 @@ def lower_slice(low: Lowering, node: ir.Node) -> None:
         stride[a] = st
     x = low.input(node, 0)
     x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "slice")
+    tfl = [(shape[a], begin[a], end[a], stride[a]) for a in x.perm]  # per TFLite axis
+    merged = _merge_untouched(tfl) if rank > 4 else tfl
+    source = x.index
+    if len(merged) < rank:  # TFLite Micro slices at most 4 axes: fold the untouched neighbours together
+        source = low.reshape(x, tuple(d for d, *_ in merged)).index
     consts = [
-        low.g.constant(f"{node.name}_{k}", np.asarray([v[a] for a in x.perm], np.int32), "int32")
-        for k, v in (("begin", begin), ("end", end), ("strides", stride))
+        low.g.constant(f"{node.name}_{k}", np.asarray([axis[i] for axis in merged], np.int32), "int32")
+        for i, k in ((1, "begin"), (2, "end"), (3, "strides"))
     ]
-    y = low.output(node.outputs[0], x.perm)
-    low.g.emit("STRIDED_SLICE", [x.index, *consts], [y], "StridedSliceOptions")
+    if len(merged) == rank:
+        low.g.emit("STRIDED_SLICE", [source, *consts], [low.output(node.outputs[0], x.perm)], "StridedSliceOptions")
+        return
+    sliced_shape = tuple(-(-(e - b) // st) for _, b, e, st in merged)
+    sliced = low.scratch(node.outputs[0], sliced_shape)
+    low.g.emit("STRIDED_SLICE", [source, *consts], [sliced], "StridedSliceOptions")
+    low.reshape_into(sliced, node.outputs[0], x.perm)
+
+
+def _merge_untouched(axes: list[tuple[int, int, int, int]]) -> list[tuple[int, int, int, int]]:
+    """(size, begin, end, stride) per axis, with runs of consecutive axes taken whole merged into one
+    (a row-major view: the data does not move)."""
+    out: list[tuple[int, int, int, int]] = []
+    for size, b, e, st in axes:
+        whole = b == 0 and e == size and st == 1
+        if whole and out and out[-1][1] == 0 and out[-1][2] == out[-1][0] and out[-1][3] == 1:
+            merged = out[-1][0] * size
+            out[-1] = (merged, 0, merged, 1)
+        else:
+            out.append((size, b, e, st))
+    return out
 
 
 @register("Pad")
 def lower_pad(low: Lowering, node: ir.Node) -> None:
-    mode = node.attributes.get("mode")
-    if mode is not None and mode.as_string() != "constant":
-        raise UnsupportedOp(f"Pad {node.name!r}: mode {mode.as_string()!r} (only constant lowers)")
+    attr = node.attributes.get("mode")
+    mode = attr.as_string() if attr is not None else "constant"
+    if mode not in ("constant", "reflect"):
+        raise UnsupportedOp(f"Pad {node.name!r}: mode {mode!r} (constant and reflect lower)")
     if len(node.inputs) > 3 and node.inputs[3] is not None:
         raise UnsupportedOp(f"Pad {node.name!r}: the axes input is not supported")
     pads = _const_ints(low, node, 1) or []
@@ -183,7 +208,11 @@ def lower_pad(low: Lowering, node: ir.Node) -> None:
     x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "pad")
     paddings = np.asarray([[pads[a], pads[a + rank]] for a in x.perm], np.int32)
     pad_index = low.g.constant(f"{node.name}_paddings", paddings, "int32")
-    low.g.emit("PAD", [x.index, pad_index], [low.output(node.outputs[0], x.perm)], "PadOptions")
+    y = low.output(node.outputs[0], x.perm)
+    if mode == "reflect":  # MirrorPadMode.REFLECT (0): the edge is not repeated, as ONNX's reflect
+        low.g.emit("MIRROR_PAD", [x.index, pad_index], [y], "MirrorPadOptions", mode=0)
+    else:
+        low.g.emit("PAD", [x.index, pad_index], [y], "PadOptions")
 
 
 _RESIZE = {  # (mode, coordinate transformation, nearest mode) -> (op, align_corners, half_pixel_centers)

@@ -68,7 +68,8 @@ def _common_perm(low: Lowering, node: ir.Node, rank: int) -> tuple[int, ...]:
     return identity(rank)
 
 
-@register(*_BINARY)
+@register(*(op for op in _BINARY if op != "Div"))
+@register("Div", integer=False)
 def lower_binary(low: Lowering, node: ir.Node) -> None:
     code, options = _BINARY[node.op_type]
     if code == "DIV" and low.mode == "int":
@@ -128,9 +129,32 @@ def lower_clip(low: Lowering, node: ir.Node) -> None:
             low.ints[name_of(q.outputs[0])] = Bound(index, x.perm)
             low.done.add(id(q))
         return
+    if code is None and low.mode == "float" and bounds is not None:
+        return _float_clip(low, node, bounds)
     if code is None:
-        raise UnsupportedOp(f"Clip {node.name!r}: bounds {bounds} are not one of TFLite's RELU ranges {list(_CLIPS)}")
+        raise UnsupportedOp(
+            f"Clip {node.name!r}: bounds {bounds} are not one of TFLite's RELU ranges {list(_CLIPS)} and the "
+            "output's int8 range does not clip there; keep the Clip float (a plan pin) or quantize its output "
+            "to its bounds"
+        )
     _unary(low, node, code)
+
+
+def _float_clip(low: Lowering, node: ir.Node, bounds: tuple[float, float]) -> None:
+    """clip(x, lo, hi) = MINIMUM(MAXIMUM(x, lo), hi) in float32."""
+    x = low.float_input(node.inputs[0])  # type: ignore[arg-type]
+    rank = len(x.perm)
+    current = x.index
+    for code, bound in (("MAXIMUM", bounds[0]), ("MINIMUM", bounds[1])):
+        if not np.isfinite(bound):
+            continue
+        const = low.g.constant(f"{node.name}_{code.lower()}", np.full((1,) * rank, bound, np.float32), "float32")
+        last = code == "MINIMUM" or not np.isfinite(bounds[1])
+        out = (
+            low.output(node.outputs[0], x.perm) if last else low.scratch(node.outputs[0], low.g.tensors[x.index].shape)
+        )
+        low.g.emit(code, [current, const], [out])
+        current = out
 
 
 @register("PRelu")

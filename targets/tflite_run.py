@@ -111,9 +111,17 @@ class LiteRtRunner(_Runner):
 
 
 def _tflm_interpreter(data: bytes, arena: int) -> Any:
+    """A TFLite Micro interpreter; if it cannot start, an error quoting what TFLite Micro logged."""
     from tflite_micro.python.tflite_micro import runtime
 
-    return runtime.Interpreter.from_bytes(data, arena_size=arena)
+    with tempfile.TemporaryFile() as log:
+        try:
+            with _output_to(log):
+                return runtime.Interpreter.from_bytes(data, arena_size=arena)
+        except RuntimeError as e:
+            log.seek(0)
+            said = [line.strip() for line in log.read().decode(errors="replace").splitlines() if line.strip()]
+            raise QCompileError(f"TFLite Micro cannot run the model: {e}; it logged: {' | '.join(said[-4:])}") from e
 
 
 class TflmRunner(_Runner):

@@ -34,6 +34,7 @@ VERSIONS: dict[str, dict[str, int]] = {
     "CONCATENATION": {"float32": 1, "int8": 2, "int16": 3},
     "PAD": {"float32": 1, "int8": 2, "int16": 3},
     "PADV2": {"float32": 1, "int8": 2, "int16": 3},
+    "MIRROR_PAD": {"float32": 1, "int8": 2, "int16": 3},
     "TRANSPOSE": {"float32": 1, "int8": 2, "int16": 5},
     "STRIDED_SLICE": {"float32": 1, "int8": 2, "int16": 1},
     "SLICE": {"float32": 1, "int8": 2, "int16": 4},

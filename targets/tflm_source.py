@@ -22,6 +22,7 @@ RESOLVER_METHODS = {
     "SPLIT_V": "AddSplitV",
     "RELU6": "AddRelu6",
     "PRELU": "AddPrelu",
+    "BATCH_MATMUL": "AddBatchMatMul",
 }
 _BYTES_PER_LINE = 16
 

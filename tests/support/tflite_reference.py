@@ -267,7 +267,21 @@ def _add_sub(node: _Node, sign: int) -> list[np.ndarray]:
 
 
 def add(node: _Node) -> list[np.ndarray]:
+    if node.t(0).type == S.TensorType.INT32:  # plain int32 addition (an index computation), wrapping
+        return [fx.wrap32(fx.i64(node.x(0)) + fx.i64(node.x(1))).astype(np.int32)]
     return _add_sub(node, 1)
+
+
+def mirror_pad(node: _Node) -> list[np.ndarray]:
+    """MIRROR_PAD: REFLECT (edge not repeated) or SYMMETRIC (edge repeated), on raw values."""
+    widths = [(int(b), int(a)) for b, a in np.asarray(node.x(1)).reshape(-1, 2)]
+    mode = "reflect" if node.opts is None or node.opts.mode == S.MirrorPadMode.REFLECT else "symmetric"
+    return [np.pad(node.x(0), widths, mode=mode)]
+
+
+def cast(node: _Node) -> list[np.ndarray]:
+    """CAST between integer types: the value, in the output's type."""
+    return [node.x(0).astype(_dtype(node.out()))]
 
 
 def sub(node: _Node) -> list[np.ndarray]:
@@ -629,7 +643,7 @@ _KERNEL_FUNCS: tuple[Kernel, ...] = (
 )
 _KERNEL_FUNCS += (minimum, max_pool_2d, average_pool_2d, mean, reshape, concatenation, pad, transpose, strided_slice)
 _KERNEL_FUNCS += (slice_, split, gather, resize_nearest_neighbor, resize_bilinear, logistic, tanh, softmax, hard_swish)
-_KERNEL_FUNCS += (leaky_relu, prelu, relu, quantize, dequantize, split_v)
+_KERNEL_FUNCS += (leaky_relu, prelu, relu, quantize, dequantize, split_v, cast, mirror_pad)
 KERNELS: dict[str, Kernel] = {f.__name__.strip("_").upper(): f for f in _KERNEL_FUNCS}
 KERNELS.update(SQUEEZE=reshape, EXPAND_DIMS=reshape, PADV2=pad, RELU6=relu, RELU_N1_TO_1=relu, RELU_0_TO_1=relu)
 _FLOAT_OK = {"QUANTIZE", "DEQUANTIZE", "RESHAPE", "SQUEEZE", "EXPAND_DIMS"}

@@ -8,14 +8,17 @@ import sys
 import warnings
 
 import numpy as np
+import onnx
+import onnx_ir as ir
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 
 import qcompile
 from qcompile.errors import QCompileError
+from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.targets import get_target
 from qcompile.targets.tflite_graph import TflQuant
-from qcompile.targets.tflite_model import IoTensor, TfliteModel
+from qcompile.targets.tflite_model import IoTensor, TfliteModel, lower_to_tflite
 from qcompile.targets.tflite_run import LiteRtRunner
 from tests.targets.tflite_cases import single_op
 
@@ -45,7 +48,7 @@ def _node(op, inputs, out="y", **attrs):
 CASES = {
     "unsupported op": (
         lambda: single_op([_node("Erf", ["x"])], {"x": (1, 8)}),
-        r"no TFLite lowering for 1 node\(s\): erf_node \(Erf\); supported: Add, .*Conv,",
+        r"no TFLite lowering for 1 node\(s\): erf_node \(Erf\); supported: Abs, Add, .*Conv,",
     ),
     "grouped conv": (
         lambda: single_op([_node("Conv", ["x", "w"], group=2)], {"x": (1, 4, 6, 6)}, {"w": _w(4, 2, 3, 3)}),
@@ -80,12 +83,6 @@ CASES = {
         lambda: single_op([_node("MaxPool", ["x"], kernel_shape=[2])], {"x": (1, 2, 6)}),
         r"MaxPool 'maxpool_node': only 2-D pooling lowers \(input rank 3\)",
     ),
-    "clip bounds": (
-        lambda: single_op(
-            [_node("Clip", ["x", "lo", "hi"])], {"x": (1, 8)}, {"lo": np.float32(-2), "hi": np.float32(3)}
-        ),
-        r"Clip 'clip_node': bounds \(-2.0, 3.0\) are not one of TFLite's RELU ranges",
-    ),
     "negative slice step": (
         lambda: single_op(
             [_node("Slice", ["x", "s", "e", "a", "st"])],
@@ -94,9 +91,9 @@ CASES = {
         ),
         r"Slice 'slice_node': step -1 \(only positive steps lower\)",
     ),
-    "reflect pad": (
-        lambda: single_op([_node("Pad", ["x", "p"], mode="reflect")], {"x": (1, 8)}, {"p": _i64(0, 1, 0, 1)}),
-        r"Pad 'pad_node': mode 'reflect' \(only constant lowers\)",
+    "edge pad": (
+        lambda: single_op([_node("Pad", ["x", "p"], mode="edge")], {"x": (1, 8)}, {"p": _i64(0, 1, 0, 1)}),
+        r"Pad 'pad_node': mode 'edge' \(constant and reflect lower\)",
     ),
     "pad value": (
         lambda: single_op(
@@ -154,53 +151,63 @@ def test_lowering_error_names_the_node_and_the_rule(case, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-DYNAMIC = {
-    "slice starts not constant": (
-        lambda: single_op([_node("Shape", ["x"], "shp"), _node("Slice", ["x", "shp", "shp"])], {"x": ("N", 8)}),
-        r"Slice 'slice_node': input 1 \('shp'\) is not constant",
-    ),
-    "reduce axes not constant": (
-        lambda: single_op(
-            [
-                _node("Shape", ["x"], "shp"),
-                _node("Slice", ["shp", "one", "two"], "ax"),
-                _node("ReduceMean", ["x", "ax"]),
-            ],
-            {"x": ("N", 8)},
-            {"one": _i64(0), "two": _i64(1)},
-            opset=18,
-            output_shape=("N", "M"),
-        ),
-        r"ReduceMean 'reducemean_node': axes are not constant",
-    ),
-}
+def _ir(nodes, inputs, weights=None, opset=18):
+    """A float model with an int64 input (something static targets fix before lowering)."""
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 1])],
+        [onnx.numpy_helper.from_array(a, n) for n, a in (weights or {}).items()],
+    )
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]))
 
 
-@pytest.mark.parametrize("case", sorted(DYNAMIC))
-def test_inputs_that_only_a_dynamic_shape_gives(case):
-    build, message = DYNAMIC[case]
+@pytest.mark.parametrize(
+    "nodes, message",
+    [
+        ([_node("Slice", ["x", "k", "e"])], r"Slice 'slice_node': input 1 \('k'\) is not constant"),
+        ([_node("ReduceMean", ["x", "k"])], r"ReduceMean 'reducemean_node': axes are not constant"),
+    ],
+)
+def test_parameters_computed_at_run_time(nodes, message):
+    inputs = {"x": (TensorProto.FLOAT, [4, 8]), "k": (TensorProto.INT64, [1])}
+    model = _ir(nodes, inputs, {"e": _i64(1)})
     with pytest.raises(QCompileError, match=message):
-        _compile(build(), shape=(2, 8))
+        lower_to_tflite(model, integer_io=False)
+
+
+def test_a_clip_the_int8_range_does_not_perform():
+    from qcompile.plan import QuantPlan, QuantSpec
+
+    model = single_op([_node("Clip", ["x", "lo", "hi"])], {"x": (1, 8)}, {"lo": np.float32(-2), "hi": np.float32(3)})
+    wide = QuantSpec("int8").with_params(np.float32(0.1), np.int8(0))  # [-12.8, 12.7]: no clip at -2 or 3
+    with pytest.raises(
+        QCompileError,
+        match=r"Clip 'clip_node': bounds \(-2.0, 3.0\) are not one of TFLite's RELU ranges .* and the output's int8 "
+        r"range does not clip there; keep the Clip float",
+    ):
+        _compile(model, plan=QuantPlan(tensors={"y": wide}))
 
 
 def test_integer_only_target_refuses_a_float_island():
     model = single_op([_node("Erf", ["x"], "e"), _node("Relu", ["e"])], {"x": (1, 8)})
     with pytest.raises(QCompileError, match=r"no TFLite lowering"):
         _compile(model, "tflm")
-    model = single_op([_node("Div", ["x", "d"], "q"), _node("Relu", ["q"])], {"x": (1, 8)}, {"d": _w(1, 8)})
+    model = single_op([_node("Tanh", ["x"], "t"), _node("Relu", ["t"])], {"x": (1, 8)})
     with pytest.raises(
         QCompileError,
-        match=r"integer-only target: 1 node\(s\) would run in float: div_node \(Div\); quantize them \(policy naive\)"
-        r" or choose target tflite, which keeps float islands",
+        match=r"integer-only target: 1 node\(s\) would run in float: tanh_node \(Tanh\); quantize them "
+        r"\(policy naive\) or choose target tflite, which keeps float islands",
     ):
-        _compile(model, "tflm")
+        _compile(model, "tflm", plan=QuantPlan(nodes={"tanh_node": NodeDecision("float", "pinned")}))
 
 
 def test_tflite_keeps_a_float_island():
-    model = single_op([_node("Div", ["x", "d"], "q"), _node("Relu", ["q"])], {"x": (1, 8)}, {"d": np.abs(_w(1, 8))})
-    result = _compile(model, "tflite")
+    model = single_op([_node("Tanh", ["x"], "t"), _node("Relu", ["t"])], {"x": (1, 8)})
+    result = _compile(model, "tflite", plan=QuantPlan(nodes={"tanh_node": NodeDecision("float", "pinned")}))
     assert result.card["deployment"]["float_ops"] == 1
-    assert "DIV" in result.card["deployment"]["ops"]
+    assert {"TANH", "QUANTIZE", "RELU"} == set(result.card["deployment"]["ops"])
 
 
 def test_unknown_target_option():

@@ -84,6 +84,10 @@ def _i64(*v: int) -> np.ndarray:
     return np.asarray(v, np.int64)
 
 
+def _positive(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return (np.abs(rng.normal(size=shape)) + 0.05).astype(np.float32)
+
+
 CASES: dict[str, Case] = {
     "conv_same_relu": _conv((1, 3, 9, 9), (8, 3, 3, 3), ("CONV_2D",), "Relu", pads=[1, 1, 1, 1]),
     "conv_stride2_explicit_pad": _conv(
@@ -182,6 +186,39 @@ CASES: dict[str, Case] = {
         (1, 3, 4, 5),
         {"sc": np.asarray([1, 1, 2, 2], np.float32)},
         ("RESIZE_BILINEAR",),
+    ),
+    "sqrt_lookup_table": Case(
+        lambda: single_op([_node("Sqrt", ["x"])], {"x": (1, 3, 4, 5)}),
+        {"x": (1, 3, 4, 5)},
+        ("CAST", "GATHER"),
+        _positive,
+    ),
+    "exp_lookup_table": _unary("Exp", (1, 10), ("CAST", "ADD", "GATHER")),
+    "divide_by_a_tensor": Case(
+        lambda: single_op([_node("Div", ["a", "b"])], {"a": (1, 8), "b": (1, 8)}),
+        {"a": (1, 8), "b": (1, 8)},
+        ("MUL", "GATHER"),
+        _positive,
+    ),
+    "square": _with_consts([_node("Pow", ["x", "two"])], (1, 3, 5), {"two": np.float32(2)}, ("MUL",)),
+    "hard_sigmoid": _unary("HardSigmoid", (1, 8, 3, 3), ("ADD", "MUL"), alpha=0.2, beta=0.5),
+    "reflect_pad": _with_consts(
+        [_node("Pad", ["x", "p"], mode="reflect")], (1, 3, 6), {"p": _i64(0, 0, 2, 0, 0, 3)}, ("MIRROR_PAD",)
+    ),
+    "conv_clip_saturates": Case(
+        lambda: single_op(
+            [_node("Conv", ["x", "w"], "c"), _node("Clip", ["c", "lo", "hi"])],
+            {"x": (1, 3, 6, 6)},
+            {"w": _w(4, 3, 3, 3), "lo": np.float32(0), "hi": np.float32(1.5)},
+        ),
+        {"x": (1, 3, 6, 6)},
+        ("CONV_2D",),
+    ),
+    "slice_rank5": _with_consts(
+        [_node("Slice", ["x", "s", "e", "a"])],
+        (1, 4, 3, 2, 5),
+        {"s": _i64(1), "e": _i64(2), "a": _i64(2)},
+        ("STRIDED_SLICE", "RESHAPE"),
     ),
     "gather": _with_consts([_node("Gather", ["x", "i"], axis=1)], (1, 6, 4), {"i": _i64(0, 5, 2)}, ("GATHER",)),
 }

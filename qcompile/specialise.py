@@ -1,0 +1,78 @@
+"""Make a graph static for targets that need one: input shapes and integer inputs from the data.
+
+Symbolic input dimensions take the first calibration sample's sizes, and shape inference
+runs again, so that every tensor has a static shape (recorded in the card).
+
+A TFLite file has one graph with static shapes and no control flow.  A model that takes a
+sample rate or a mode flag as an integer input (silero VAD's `sr`, branching on it with an If)
+is compiled for the value its calibration data carries: the input becomes a constant, constant
+folding evaluates what depends on it, and an If on a constant condition is replaced by the
+branch taken.  Every calibration and evaluation sample must carry that same value (a sample
+that does not raises, naming the input); the card records the values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from qcompile.data import Sample
+from qcompile.errors import QCompileError
+from qcompile.passes.infer_shapes import InferShapes
+from qcompile.pipeline import run_passes
+from qcompile.prepare import Prepared, fold_constants_pass
+
+__all__ = ["fix_integer_inputs", "check_fixed"]
+
+
+def _integer(value: ir.Value) -> bool:
+    return value.dtype is not None and value.dtype.is_integer()
+
+
+def _static_shapes(model: ir.Model, sample: Sample) -> dict[str, list[int]]:
+    """Symbolic dimensions of float inputs set from `sample`; the shapes so fixed."""
+    fixed = {}
+    for value in model.graph.inputs:
+        dims = list(value.shape) if value.shape is not None else None
+        if value.name not in sample or (dims is not None and all(isinstance(d, int) for d in dims)):
+            continue
+        shape = [int(d) for d in np.shape(sample[value.name])]
+        value.shape = ir.Shape(shape)
+        fixed[value.name or ""] = shape
+    return fixed
+
+
+def fix_integer_inputs(prepared: Prepared, sample: Sample) -> Prepared:
+    """`prepared` with static input shapes and every integer input that `sample` carries made a constant."""
+    model = prepared.model
+    shapes = _static_shapes(model, sample)
+    fixed: dict[str, list | int | float] = {}
+    for value in list(model.graph.inputs):
+        if not _integer(value) or value.name not in sample or value.dtype is None:
+            continue
+        array = np.asarray(sample[value.name]).astype(value.dtype.numpy())
+        model.graph.inputs.remove(value)
+        value.const_value = ir.tensor(array, name=value.name)
+        model.graph.register_initializer(value)
+        fixed[value.name or ""] = array.tolist()
+    if not fixed and not shapes:
+        return prepared
+    run_passes(ir.passes.Sequential(fold_constants_pass(), RemoveUnusedNodesPass(), InferShapes()), model)
+    return dataclasses.replace(prepared, fixed_inputs=fixed, static_shapes=shapes)
+
+
+def check_fixed(samples: Iterator[Sample], fixed: Mapping[str, object], what: str) -> Iterator[Sample]:
+    """`samples`, each checked to carry the fixed inputs' values."""
+    for i, sample in enumerate(samples):
+        for name, value in fixed.items():
+            if name in sample and not np.array_equal(np.asarray(sample[name]), np.asarray(value)):
+                raise QCompileError(
+                    f"input {name!r} was fixed to {value} (the first calibration sample's) because the target's "
+                    f"graph is static, but {what} sample {i} has {np.asarray(sample[name]).tolist()}; "
+                    "compile one model per value"
+                )
+        yield sample
