@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
+DEMO_TARGETS := ort-cpu tflite tflm ethos-u
 demo: $(STAMP)
-	$(VENV)/bin/qcompile compile samples/digits_cnn.onnx --target ort-cpu \
-		--calib samples/digits_calib.npz --eval samples/digits_test.npz -o out/digits
+	@set -e; for t in $(DEMO_TARGETS); do \
+		$(VENV)/bin/qcompile compile samples/digits_cnn.onnx --target $$t \
+			--calib samples/digits_calib.npz --eval samples/digits_test.npz -o out/digits-$$t; \
+	done
 
 # Real text, fonts and speech for the real-model tests, and a headless browser for the HTML
 # card (Debian packages); best effort: without root or apt the tests that need them skip and say why.

