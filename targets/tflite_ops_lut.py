@@ -42,7 +42,9 @@ def lookup_table(f: Callable[[np.ndarray], np.ndarray], scale_in: float, zp_in: 
         y = np.asarray(f(x), np.float32)
     big = float(np.finfo(np.float32).max)
     y = np.nan_to_num(y, nan=0.0, posinf=big, neginf=-big)
-    return np.clip(np.round(y / np.float32(scale_out)) + zp_out, -128, 127).astype(np.int8)
+    with np.errstate(over="ignore"):  # beyond the int8 range either way: the clip saturates it
+        steps = np.round(y / np.float32(scale_out))
+    return np.clip(steps + zp_out, -128, 127).astype(np.int8)
 
 
 @register(*FUNCTIONS)

@@ -33,8 +33,10 @@ def _data(name: str):
             real_data.speech_16k()
         except qcompile.QCompileError as e:
             pytest.skip(str(e))
-    samples = [{k: v for k, v in s.items() if k != "labels" or v.dtype.kind != "U"}
-               for s in real_data.SAMPLE_BUILDERS[name](path)]
+    samples = [
+        {k: v for k, v in s.items() if k != "labels" or v.dtype.kind != "U"}
+        for s in real_data.SAMPLE_BUILDERS[name](path)
+    ]
     calib, held = real_data.split(samples)
     return path, calib, held[:12]
 
