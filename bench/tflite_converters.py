@@ -138,6 +138,12 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def source_digest() -> str:
+    """qcompile's own sources (imported from this work tree): a change during the run makes its runs differ."""
+    files = sorted(p for d in ("qcompile", "targets", "passes") for p in (ROOT / d).rglob("*.py"))
+    return hashlib.sha256(b"".join(p.read_bytes() for p in files)).hexdigest()[:16]
+
+
 def error_line(text: str) -> str:
     """The line of a child's stderr that names its failure (ANSI colours removed)."""
     lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in text.splitlines()]
@@ -391,7 +397,7 @@ def main(models: list[str]) -> None:
     from qcompile.cpu import cpu_info
 
     chains = toolchains()
-    load_before = os.getloadavg()
+    load_before, sources = os.getloadavg(), source_digest()
     rows, analyses = [], {}
     for name in models:
         model_rows, model_analyses = bench_model(name, chains)
@@ -404,10 +410,13 @@ def main(models: list[str]) -> None:
         "repeats": REPEATS,
         "held_out_samples": HELD_OUT,
         "toolchains": chains,
+        "qcompile_sources": {"before": sources, "after": source_digest()},
         "notes": NOTES,
         "results": summarise(rows, analyses, chains),
         "runs": rows,
     }
+    if sources != report["qcompile_sources"]["after"]:
+        print("warning: qcompile's sources changed during the run; its runs are not of one version", file=sys.stderr)
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "tflite_converters.json").write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report["results"], indent=1))

@@ -77,7 +77,7 @@ def _latencies(int8: bytes, float_: bytes, int8_feed, float_feed) -> dict:
 
 def run(name: str) -> dict:
     import qcompile
-    from qcompile.targets.tflite_model import lower_to_tflite
+    from qcompile.targets.tflite import tflite_model_of
     from qcompile.targets.tflite_run import to_runtime
 
     path, calib, held = _data(name)
@@ -92,7 +92,7 @@ def run(name: str) -> dict:
         compile_s = time.perf_counter() - start
         stem = result.stem
         int8, float_ = files[f"{stem}.tflite"].read_bytes(), files[f"{stem}.float.tflite"].read_bytes()
-    tm = lower_to_tflite(result.model)
+    tm = tflite_model_of(result.model, result.target)
     sample = held[0]
     float_inputs = {t.name: t.perm for t in tm.inputs}
     ours = [lambda s, t=t: to_runtime(t, s[t.name]) for t in tm.inputs]

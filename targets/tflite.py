@@ -29,7 +29,7 @@ from qcompile.targets.base import (
 )
 from qcompile.targets.tflite_model import TfliteModel, lower_to_tflite
 
-__all__ = ["make_tflite", "make_tflm", "make_tflite_family", "OPS", "PHONE_OPS", "lower_file"]
+__all__ = ["make_tflite", "make_tflm", "make_tflite_family", "OPS", "PHONE_OPS", "lower_file", "tflite_model_of"]
 
 _RULES = [
     OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True),
@@ -110,12 +110,22 @@ def agreement(model: TfliteModel, got: dict[str, list], qdq: dict[str, list]) ->
     return out
 
 
+def tflite_model_of(model: ir.Model, target: Target) -> TfliteModel:
+    """`model` (its QDQ form) lowered as `target`'s options ask."""
+    return lower_to_tflite(
+        model,
+        integer_io=bool(target.options.get("integer_io", True)),
+        integer_only=bool(target.options.get("integer_only")),
+        options=dict(target.options.get("lowering", {})),
+    )
+
+
 def lower_file(model: ir.Model, target: Target) -> Lowered:
     """The `.tflite` (and for integer-only targets the TFLM C files), its runner and its card section."""
     from qcompile.targets.tflite_run import LiteRtRunner, TflmRunner, arena_with_headroom, tflm_arena_bytes
 
     integer_only = bool(target.options.get("integer_only"))
-    tm = lower_to_tflite(model, integer_io=bool(target.options.get("integer_io", True)), integer_only=integer_only)
+    tm = tflite_model_of(model, target)
     summary: dict[str, Any] = {"format": "tflite", **tm.summary(), "runtime": "LiteRT, reference kernels"}
     files = {"{stem}.tflite": tm.data}
     runner: Any = LiteRtRunner(tm)
@@ -137,7 +147,7 @@ def lower_file(model: ir.Model, target: Target) -> Lowered:
 def _precheck(model: ir.Model, target: Target) -> dict[str, bytes]:
     """Lower the float graph before calibrating: an op or attribute TFLite cannot express fails now.
     The float `.tflite` it writes is kept when the target's `float_model` option asks for it."""
-    float_model = lower_to_tflite(model, integer_io=False)
+    float_model = lower_to_tflite(model, integer_io=False, options=dict(target.options.get("lowering", {})))
     return {"{stem}.float.tflite": float_model.data} if target.options.get("float_model") else {}
 
 
@@ -162,7 +172,14 @@ def make_tflite_family(
         fusable_activations=("Relu", "Clip"),
         allowed_qdq_dtypes=("int8", "int32"),
         notes=("int8 activations, int8 symmetric weights per channel, int32 bias (TFLite's int8 spec)",),
-        options={"integer_io": integer_io, "integer_only": integer_only, "float_model": float_model},
+        options={
+            "integer_io": integer_io,
+            "integer_only": integer_only,
+            "float_model": float_model,
+            # XNNPACK (LiteRT's default kernels) takes CONCATENATION and RESHAPE in int8 but not
+            # RESIZE_NEAREST_NEIGHBOR: whole-factor nearest upsampling is written as copies there
+            "lowering": {} if integer_only else {"nearest_as_copies": True},
+        },
         lower=lower_file,
         static_graph=True,
         precheck=_precheck,

@@ -105,8 +105,9 @@ def quant_of_qdq(node: ir.Node) -> tuple[TflQuant, str]:
 class Lowering:
     """Per-graph state of one lowering: the TFLite graph and where each ONNX value went."""
 
-    def __init__(self, model: ir.Model, *, integer_io: bool = True):
+    def __init__(self, model: ir.Model, *, integer_io: bool = True, options: dict | None = None):
         self.model, self.integer_io = model, integer_io
+        self.options = dict(options or {})  # lowering choices a target makes (e.g. nearest_as_copies)
         self.g = TflGraph()
         self.ints: dict[str, Bound] = {}  # ONNX value → integer TFLite tensor
         self.floats: dict[str, Bound] = {}  # ONNX value → float32 TFLite tensor

@@ -196,10 +196,13 @@ def _bind_outputs(low: Lowering) -> list[IoTensor]:
     return outputs
 
 
-def lower_to_tflite(model: ir.Model, *, integer_io: bool = True, integer_only: bool = False) -> TfliteModel:
-    """The `.tflite` bytes of `model` and its edges; `integer_only` makes a float op an error."""
+def lower_to_tflite(
+    model: ir.Model, *, integer_io: bool = True, integer_only: bool = False, options: dict | None = None
+) -> TfliteModel:
+    """The `.tflite` bytes of `model` and its edges; `integer_only` makes a float op an error; `options`
+    are the target's lowering choices."""
     check_lowerable(model)
-    low = Lowering(model, integer_io=integer_io)
+    low = Lowering(model, integer_io=integer_io, options=options)
     inputs = _bind_inputs(low)
     float_ops: list[str] = []
     for node in model.graph:

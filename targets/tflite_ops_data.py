@@ -254,11 +254,38 @@ def lower_resize(low: Lowering, node: ir.Node) -> None:
     code, align, half = choice
     x = low.input(node, 0, NHWC)
     x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "resize")
+    factors = [o // i for o, i in zip(out_shape[2:], in_shape[2:], strict=True)]
+    repeats = code == "RESIZE_NEAREST_NEIGHBOR" and not align and low.options.get("nearest_as_copies")
+    if repeats and all(f * i == o for f, i, o in zip(factors, in_shape[2:], out_shape[2:], strict=True)):
+        return _repeat(low, node, x, factors)
     size = low.g.constant(f"{node.name}_size", np.asarray(out_shape[2:], np.int32), "int32")
     options = "ResizeNearestNeighborOptions" if code == "RESIZE_NEAREST_NEIGHBOR" else "ResizeBilinearOptions"
     low.g.emit(
         code, [x.index, size], [low.output(node.outputs[0], NHWC)], options, alignCorners=align, halfPixelCenters=half
     )
+
+
+def _repeat(low: Lowering, node: ir.Node, x: Bound, factors: list[int]) -> None:
+    """Nearest upsampling by whole factors (each pixel repeated fy × fx times; floor and half-pixel
+    rounding agree there) as copies: CONCATENATION of fx copies on C, RESHAPE to (N, H, fx·W, C), then
+    fy copies on a unit axis and RESHAPE to (N, fy·H, fx·W, C).  Data movement only, so exact; LiteRT's
+    XNNPACK takes CONCATENATION and RESHAPE in int8, not RESIZE_NEAREST_NEIGHBOR."""
+    n, h, w, c = low.g.tensors[x.index].shape
+    fy, fx = factors
+
+    def concat(src: int, copies: int, axis: int, shape: tuple[int, ...]) -> int:
+        if copies == 1:
+            return src
+        out = low.scratch(node.outputs[0], shape)
+        low.g.emit(
+            "CONCATENATION", [src] * copies, [out], "ConcatenationOptions", axis=axis, fusedActivationFunction="NONE"
+        )
+        return out
+
+    wide = concat(x.index, fx, 3, (n, h, w, fx * c))
+    rows = low.reshape(Bound(wide, x.perm), (n, h, 1, fx * w * c))
+    tall = concat(rows.index, fy, 2, (n, h, fy, fx * w * c))
+    low.reshape_into(tall, node.outputs[0], NHWC)
 
 
 @register("Gather")

@@ -17,7 +17,7 @@ import pytest
 
 import qcompile
 from qcompile.cli import main
-from qcompile.targets.tflite_model import lower_to_tflite
+from qcompile.targets.tflite import tflite_model_of
 from qcompile.targets.tflite_run import LiteRtRunner
 from tests.helpers import SAMPLES, run
 from tests.support.tflite_reference import run_reference
@@ -94,7 +94,7 @@ def test_op_list_registers_every_op(tflm_folder):
 
 def test_sample_is_bit_exact_with_the_integer_reference():
     result = _compile("tflite")
-    tm = lower_to_tflite(result.model)
+    tm = tflite_model_of(result.model, result.target)
     runner = LiteRtRunner(tm)
     x = np.load(TEST)["input"][:8].astype(np.float32)
     for i in range(len(x)):
@@ -114,7 +114,7 @@ def test_float_io_puts_quantize_and_dequantize_at_the_edges():
     result = _compile("tflite", target_options={"float_io": True})
     ops = result.card["deployment"]["ops"]
     assert ops["QUANTIZE"] == 1 and ops["DEQUANTIZE"] == 1
-    tm = lower_to_tflite(result.model, integer_io=False)
+    tm = tflite_model_of(result.model, result.target)
     assert [t.dtype for t in tm.inputs + tm.outputs] == ["float32", "float32"]
     assert result.card["fidelity"]["outputs"][0]["sqnr_db"] > 25
 
@@ -161,7 +161,7 @@ def test_ort_quantize_static_file_keeps_its_scales(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = qcompile.compile(path, "tflite", calibration=CALIB, evaluation=TEST, measure_latency=False)
-    tm = lower_to_tflite(result.model)
+    tm = tflite_model_of(result.model, result.target)
     model = S.ModelT.InitFromPackedBuf(bytearray(tm.data), 0)
     tflite = {t.name.decode(): t for t in model.subgraphs[0].tensors}
     ort_model = onnx.load(str(path))

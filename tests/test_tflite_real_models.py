@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import qcompile
-from qcompile.targets.tflite_model import lower_to_tflite
+from qcompile.targets.tflite import tflite_model_of
 from qcompile.targets.tflite_run import LiteRtRunner, to_runtime
 from tests.support import real_data
 from tests.support.real_models import fetch
@@ -56,7 +56,7 @@ def test_model_runs_on_litert_and_tflm(name):
     for out in result.card["fidelity"]["outputs"]:  # measured on TFLite Micro
         assert out["sqnr_db"] >= qdq[out["name"]] - 1.0, (out["name"], out["sqnr_db"], qdq[out["name"]])
 
-    tm = lower_to_tflite(result.model)
+    tm = tflite_model_of(result.model, result.target)
     litert = LiteRtRunner(tm)
     for sample in held[:2]:
         inputs = [to_runtime(t, sample[t.name]) for t in tm.inputs]

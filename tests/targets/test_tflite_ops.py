@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import qcompile
-from qcompile.targets.tflite_model import lower_to_tflite
+from qcompile.targets.tflite import tflite_model_of
 from qcompile.targets.tflite_run import LiteRtRunner, TflmRunner, to_runtime
 from tests.support.tflite_reference import run_reference
 from tests.targets.tflite_cases import CASES, samples_for
@@ -24,7 +24,7 @@ def _compile(name: str):
         result = qcompile.compile(
             case.build(), case.target, calibration=calib, evaluation=calib[:6], measure_latency=False
         )
-    return case, result, lower_to_tflite(result.model)
+    return case, result, tflite_model_of(result.model, result.target)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import qcompile
+from qcompile.targets.tflite import tflite_model_of
 from qcompile.targets.tflite_graph import TflGraph, TflQuant, TflTensor
-from qcompile.targets.tflite_model import lower_to_tflite
 from qcompile.targets.tflite_versions import op_version
 from qcompile.targets.tflite_writer import BUFFER_ALIGNMENT, SIGNATURE_KEY, write_tflite
 from tests.helpers import SAMPLES
@@ -29,7 +29,7 @@ def digits():
             evaluation=SAMPLES / "digits_test.npz",
             measure_latency=False,
         )
-    return result, lower_to_tflite(result.model)
+    return result, tflite_model_of(result.model, result.target)
 
 
 def _buffer_starts(data: bytes) -> list[int]:

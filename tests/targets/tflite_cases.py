@@ -170,19 +170,36 @@ CASES: dict[str, Case] = {
         ("STRIDED_SLICE",),
     ),
     "pad": _with_consts([_node("Pad", ["x", "p"])], (1, 3, 4, 5), {"p": _i64(0, 0, 1, 2, 0, 0, 2, 1)}, ("PAD",)),
-    "resize_nearest": _with_consts(
+    "resize_nearest": dataclasses.replace(
+        _with_consts(
+            [
+                _node(
+                    "Resize",
+                    ["x", "", "sc"],
+                    mode="nearest",
+                    coordinate_transformation_mode="asymmetric",
+                    nearest_mode="floor",
+                )
+            ],
+            (1, 3, 4, 5),
+            {"sc": np.asarray([1, 1, 2, 2], np.float32)},
+            ("RESIZE_NEAREST_NEIGHBOR",),
+        ),
+        target="tflm",  # LiteRT writes whole-factor nearest upsampling as copies (below)
+    ),
+    "resize_nearest_copies": _with_consts(
         [
             _node(
                 "Resize",
                 ["x", "", "sc"],
                 mode="nearest",
-                coordinate_transformation_mode="asymmetric",
-                nearest_mode="floor",
+                coordinate_transformation_mode="half_pixel",
+                nearest_mode="round_prefer_ceil",
             )
         ],
         (1, 3, 4, 5),
-        {"sc": np.asarray([1, 1, 2, 2], np.float32)},
-        ("RESIZE_NEAREST_NEIGHBOR",),
+        {"sc": np.asarray([1, 1, 2, 3], np.float32)},
+        ("CONCATENATION", "RESHAPE"),
     ),
     "resize_bilinear": _with_consts(
         [_node("Resize", ["x", "", "sc"], mode="linear", coordinate_transformation_mode="half_pixel")],
