@@ -3,7 +3,7 @@
     HardSigmoid(x; α, β) = clip(α·x + β, 0, 1) = α · clip(x + β/α, 0, 1/α)      (α > 0)
     HardSwish(x) = x · HardSigmoid(x; 1/6, ½)
     Pow(x, 2) = x · x
-    a / b = a · Reciprocal(b)                                             (b not constant)
+    a / b = a · (1 / b)          (a constant reciprocal, or Reciprocal(b) computed at run time)
 
 so with α = 1/6, β = ½ (PP-LCNet's squeeze-excitation gate): Mul(Clip(Add(x, 3), 0, 6), 1/6),
 two integer ops on TFLite (ADD with its RELU6 fused, MUL by a constant) where HARD_SIGMOID
@@ -79,11 +79,17 @@ def _square(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] 
 
 
 def _divide(node: ir.Node, graph: ir.Graph, fresh: FreshNames) -> list[ir.Node] | None:
-    """a / b = a · (1 / b), for a b computed at run time (a constant divisor is folded elsewhere)."""
+    """a / b = a · (1 / b): a Mul by the reciprocal constant, or by Reciprocal(b) computed at run time."""
     a, b = node.inputs[0], node.inputs[1] if len(node.inputs) > 1 else None
-    if a is None or b is None or b.const_value is not None:
+    if a is None or b is None:
         return None
     base = node.name or "div"
+    if b.const_value is not None:
+        divisor = b.const_value.numpy()
+        if divisor.dtype.kind != "f" or not np.all(divisor != 0):
+            return None
+        inverse = add_initializer(graph, f"{base}_inverse", (1 / divisor).astype(divisor.dtype), fresh)
+        return [ir.Node("", "Mul", [a, inverse], name=fresh(f"{base}_mul"))]
     reciprocal = ir.Node("", "Reciprocal", [b], name=fresh(f"{base}_reciprocal"))
     reciprocal.outputs[0].shape = b.shape
     return [reciprocal, ir.Node("", "Mul", [a, reciprocal.outputs[0]], name=fresh(f"{base}_mul"))]
