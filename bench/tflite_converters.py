@@ -244,6 +244,8 @@ def produced(tool: str, out: Path) -> Path | None:
 
 def time_tool(tool: str, case: Case, inputs: dict[str, Path], run_dir: Path) -> dict:
     row: dict = {"tool": tool, "model": case.name}
+    if tool == "qcompile":
+        row["qcompile_sources"] = source_digest()
     model, out = prepare_run(tool, case, run_dir), run_dir / "out"
     cwd, env = (ROOT, None) if tool == "qcompile" else (run_dir, activated_env())
     t0 = time.perf_counter()

@@ -229,3 +229,49 @@ def test_missing_litert_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert.schema_py_generated", None)
     with pytest.raises(QCompileError, match=r"TFLite targets need the ai-edge-litert package: pip install "):
         tflite_writer.schema()
+
+
+def test_tflm_says_what_it_could_not_run():
+    from qcompile.targets.tflite_graph import TflGraph, TflTensor
+    from qcompile.targets.tflite_run import TflmRunner
+    from qcompile.targets.tflite_writer import write_tflite
+
+    g = TflGraph()
+    x = g.add(TflTensor("x", (4,), "float32"))
+    ids = g.constant("ids", np.asarray([0, 0, 1, 1], np.int32), "int32")
+    y = g.add(TflTensor("y", (2,), "float32"))
+    g.emit("SEGMENT_SUM", [x, ids], [y])
+    g.inputs, g.outputs, g.signature = [x], [y], {"inputs": ["x"], "outputs": ["y"]}
+    io = IoTensor("x", x, (0,), "float32", None, (4,))
+    model = TfliteModel(write_tflite(g), [io], [IoTensor("y", y, (0,), "float32", None, (2,))], {})
+    with pytest.raises(QCompileError, match=r"TFLite Micro cannot run the model: .*; it logged: .*SEGMENT_SUM"):
+        TflmRunner(model, arena=65536)
+
+
+def test_unknown_ethos_u_accelerator():
+    with pytest.raises(QCompileError, match=r"unknown Ethos-U accelerator 'ethos-u99'; known: ethos-u55-32, "):
+        get_target("ethos-u", accelerator="ethos-u99")
+
+
+def test_vela_failure_is_reported():
+    from qcompile.targets import ethos_u
+
+    with pytest.raises(QCompileError, match=r"Vela could not compile the model for ethos-u55-128: "):
+        ethos_u.run_vela(b"not a flatbuffer", "ethos-u55-128")
+
+
+def test_an_integer_input_must_keep_its_fixed_value():
+    model = _ir(
+        [helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT), _node("Mul", ["x", "kf"])],
+        {"x": (TensorProto.FLOAT, [4, 1]), "k": (TensorProto.INT64, [1])},
+    )
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.normal(size=(4, 1)).astype(np.float32), "k": np.asarray([2 if i < 5 else 3])} for i in range(8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(
+            QCompileError,
+            match=r"input 'k' was fixed to \[2\] \(the first calibration sample's\) because the target's graph is "
+            r"static, but calibration sample 5 has \[3\]; compile one model per value",
+        ):
+            qcompile.compile(model, "tflite", calibration=calib, measure_latency=False)
