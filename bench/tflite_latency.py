@@ -4,8 +4,11 @@ Per model: `qcompile.compile(..., "tflite", target_options={"float_model": True}
 then both files in LiteRT with its default kernels (XNNPACK), one thread, on a real held-out
 sample: the median of interleaved rounds (int8 run, float run, ...), after warm-up, so that both
 see the same machine state.  The ratio is int8 / float time in the same run.  Also recorded:
-compile wall time and the file sizes.  Results in bench/results/tflite_latency.json with the
-machine (CPU features decide LiteRT's int8 kernels as they do ORT's).
+compile wall time, the file sizes, SQNR against float on LiteRT next to the same plan's QDQ model
+on ORT, the largest output difference of each runtime from that QDQ model (steps), and the `tflm`
+compile of the same model: SQNR on TFLite Micro and the tensor arena.  Results in
+bench/results/tflite_latency.json with the machine (CPU features decide LiteRT's int8 kernels as
+they do ORT's).
 
     python -m bench.tflite_latency [MODEL ...]
 """
@@ -75,6 +78,22 @@ def _latencies(int8: bytes, float_: bytes, int8_feed, float_feed) -> dict:
     return {"int8_ms": round(qa, 4), "float_ms": round(qb, 4), "ratio": round(qa / qb, 3)}
 
 
+def _tflm(path, calib, held) -> dict:
+    """The integer-only file on TFLite Micro: fidelity there, arena, op count."""
+    import qcompile
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = qcompile.compile(path, "tflm", calib, held, measure_latency=False)
+    dep = result.card["deployment"]
+    return {
+        "sqnr_db": {o["name"]: round(o["sqnr_db"], 2) for o in result.card["fidelity"]["outputs"]},
+        "arena_bytes": dep["arena_bytes"],
+        "ops": sum(dep["ops"].values()),
+        "float_ops": dep["float_ops"],
+    }
+
+
 def run(name: str) -> dict:
     import qcompile
     from qcompile.targets.tflite import tflite_model_of
@@ -102,7 +121,14 @@ def run(name: str) -> dict:
     ]
     lat = _latencies(int8, float_, lambda it: _feed(it, ours, sample), lambda it: _feed(it, theirs, sample))
     sqnr = {o["name"]: round(o["sqnr_db"], 2) for o in result.card["fidelity"]["outputs"]}
+    dep = result.card["deployment"]
+    qdq = {o["name"]: round(o["sqnr_db"], 2) for o in dep["qdq_on_ort"]["outputs"]}
+    lsb = {runtime: max(v["max_lsb"] or 0 for v in per.values()) for runtime, per in dep["runtimes_vs_qdq"].items()}
     return {
+        "qdq_on_ort_sqnr_db": qdq,
+        "max_lsb_vs_qdq": lsb,
+        "transposes_inside": dep["transposes_inside"],
+        "tflm": _tflm(path, calib, held),
         "litert_xnnpack_1_thread": lat,
         "compile_s": round(compile_s, 2),
         "bytes": {"int8": len(int8), "float": len(float_)},
