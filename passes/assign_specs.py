@@ -3,6 +3,8 @@
 For every int8 node, the target's `OpRule` says which tensors are quantized:
 
 - activations get `target.activation_dtype` from the calibrated range [lo, hi]
+  (`target.a16_dtype`, e.g. int16 symmetric, for the tensors of "int16" nodes that no
+  8-bit node writes or reads)
   (asymmetric unless the target says otherwise); tensors tied by the rule
   (MaxPool in/out, Concat inputs/output) share one spec computed from the
   union of their ranges; an op whose runtime fixes its output's quantization
@@ -85,6 +87,7 @@ class _Roles:
     biases: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (activation, weight)
     groups: _Groups = field(default_factory=_Groups)
     fixed: dict[str, tuple[float, int]] = field(default_factory=dict)  # name → the op's fixed (scale, zero point)
+    wide: set[str] = field(default_factory=set)  # activations written (or, graph inputs, read) by int16 nodes
 
 
 def assign_specs(
@@ -124,6 +127,10 @@ class _Assigner:
         decision = self.plan.nodes.get(node.name or "") if node is not None else None
         return decision is not None and decision.precision != "float"
 
+    def _int16(self, node: ir.Node | None) -> bool:
+        decision = self.plan.nodes.get(node.name or "") if node is not None else None
+        return decision is not None and decision.precision == "int16" and self.target.a16_dtype is not None
+
     def _fused_away(self, node: ir.Node, out: ir.Value) -> bool:
         rule = self.target.rule(node)
         nxt = single_consumer(out)
@@ -146,7 +153,7 @@ class _Assigner:
             rule = self.target.rule(node)
             if rule is not None and self._int8(node):
                 self._collect(node, rule, roles)
-        self._assign_activations(model, roles.activations, roles.groups, roles.fixed)
+        self._assign_activations(model, roles.activations, roles.groups, roles.fixed, roles.wide)
         self._assign_weights(model, roles.weights)
         self._assign_biases(model, roles.biases)
         self._apply_pins(model)
@@ -172,6 +179,8 @@ class _Assigner:
             quantize_out = False  # the integer kernel writes the float graph output itself
         if quantize_out:
             acts.append(out)
+        if self._int16(node):  # tensors whose integer producer and readers are all 16-bit
+            roles.wide.update(name_of(v) for v in acts if self._only_wide_readers(v))
         roles.activations += [name_of(v) for v in acts]
         if rule.output == "tied_all" and quantize_out:
             roles.groups.union([name_of(v) for v in acts])
@@ -180,7 +189,16 @@ class _Assigner:
             roles.activations += [name_of(o) for o in extra]
             roles.groups.union([name_of(src), name_of(out), *(name_of(o) for o in extra)])
         elif rule.output == "fixed" and quantize_out and rule.fixed is not None:
-            roles.fixed[name_of(out)] = rule.fixed
+            roles.fixed[name_of(out)] = rule.fixed16 if self._int16(node) and rule.fixed16 else rule.fixed
+
+    def _only_wide_readers(self, value: ir.Value) -> bool:
+        """Every integer node that writes or reads `value` is 16-bit (a tensor between a 16-bit and an
+        8-bit node is 8-bit: the 8-bit kernel reads it as the QDQ model does)."""
+        producer = value.producer()
+        if self._int8(producer) and not self._int16(producer):
+            return False
+        readers = [u.node for u in value.uses() if self._int8(u.node)]
+        return all(self._int16(n) for n in readers) and (bool(readers) or self._int16(producer))
 
     def _range_of(self, model: ir.Model, name: str) -> tuple[float, float] | None:
         if name in self.calib.ranges:
@@ -192,15 +210,22 @@ class _Assigner:
         return None
 
     def _assign_activations(
-        self, model: ir.Model, names: list[str], groups: _Groups, fixed: dict[str, tuple[float, int]]
+        self,
+        model: ir.Model,
+        names: list[str],
+        groups: _Groups,
+        fixed: dict[str, tuple[float, int]],
+        wide: set[str],
     ) -> None:
         members: dict[str, list[str]] = {}
         for n in dict.fromkeys(names):
             members.setdefault(groups.find(n), []).append(n)
-        dtype = self.target.activation_dtype
-        sym = self.target.activation_symmetric
-        qrange = int_range(dtype, symmetric=sym)
         for group in members.values():
+            # a group with a 16-bit member is 16-bit, in the target's 16-bit type and symmetry
+            is_wide = self.target.a16_dtype is not None and bool(wide.intersection(group))
+            dtype = self.target.a16_dtype if is_wide and self.target.a16_dtype else self.target.activation_dtype
+            sym = self.target.a16_symmetric if is_wide else self.target.activation_symmetric
+            qrange = int_range(dtype, symmetric=sym)
             ranges = [r for n in group if (r := self._range_of(model, n)) is not None]
             pinned = [fixed[n] for n in group if n in fixed]
             if pinned:  # an op with a fixed output range (Sigmoid, Softmax on TFLite) sets its whole group's

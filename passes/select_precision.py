@@ -46,6 +46,7 @@ def select_precision(
         raise QCompileError(f"plan pins node(s) {unknown[:5]} that the model does not have")
     decisions: dict[str, NodeDecision] = {}
     bodies = body_kinds(model)
+    wide = target.options.get("precision") == "a16w8" and target.a16_dtype is not None
     for node in model.graph.all_nodes():
         name = name_of(node)
         if name in pins:
@@ -54,6 +55,8 @@ def select_precision(
             decisions[name] = NodeDecision("float", f"{target.name} has no int8 {node.op_type}")
         elif observed is not None and in_subgraph(node, model) and not _seen(node, observed):
             decisions[name] = NodeDecision("float", _unseen_reason(bodies[id(node.graph)]))
+        elif wide and target.rule(node).a16:  # type: ignore[union-attr]
+            decisions[name] = NodeDecision("int16", "a16w8: 16-bit activations wherever the target allows")
         else:
             decisions[name] = NodeDecision("int8", "naive: int8 wherever the target allows")
     return decisions

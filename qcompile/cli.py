@@ -108,6 +108,12 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tflite/tflm: also write the float model as MODEL.float.tflite, to compare on the same runtime",
     )
+    c.add_argument(
+        "--precision",
+        choices=("a8w8", "a16w8"),
+        default=None,
+        help="tflite/tflm/ethos-u: a16w8 runs 16-bit activations (int8 weights) wherever an op has the kernel",
+    )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
     i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
@@ -156,9 +162,12 @@ def _add_budget_options(c: argparse.ArgumentParser) -> None:
     )
 
 
-def _target_options(args: argparse.Namespace) -> dict[str, bool]:
+def _target_options(args: argparse.Namespace) -> dict[str, object]:
     """Target options from their flags (a target that has no such option says so)."""
-    return {k: True for k in ("float_io", "float_model") if getattr(args, k)}
+    options: dict[str, object] = {k: True for k in ("float_io", "float_model") if getattr(args, k)}
+    if args.precision is not None:
+        options["precision"] = args.precision
+    return options
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:

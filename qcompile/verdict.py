@@ -74,6 +74,10 @@ def problems(card: dict[str, Any], plan: QuantPlan) -> list[Problem]:
     if weight_only and kernels.get("weight_only") and kernels["integer"] == 0:
         kept = f"{kernels['weight_only']} weight-only kernels (low-bit weights, float activations), kept as they were"
         found.append(Problem(f"a weight-only model: {kept}", ADVICE["weight-only"], False))
+    elif (dep := card.get("deployment")) is not None:  # the target's own file decides, not ORT's fusions
+        if not any(d.precision != "float" for d in plan.nodes.values()) or dep["integer_ops"] == 0:
+            what = f"{dep['integer_ops']} integer and {dep['float_ops']} float ops in the .{dep['format']} file"
+            found.append(Problem(f"nothing runs in integer: {what}", ADVICE["nothing"], True))
     elif not any(d.precision != "float" for d in plan.nodes.values()) or kernels["integer"] == 0:
         what = f"{kernels['integer']} integer and {kernels['float']} float compute kernels after ORT's fusions"
         found.append(Problem(f"nothing runs in integer: {what}", ADVICE["nothing"], True))

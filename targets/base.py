@@ -52,6 +52,8 @@ class OpRule:
     fuses_activation: bool = False
     float_output_ok: bool = False  # integer kernel with a float output (graph outputs stay float)
     fixed: tuple[float, int] | None = None  # the output's (scale, zero point) when output == "fixed"
+    a16: bool = False  # the target also runs it with 16-bit activations (the plan's "int16" precision)
+    fixed16: tuple[float, int] | None = None  # the fixed output quantization with 16-bit activations
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -97,6 +99,8 @@ class Target:
     fusable_activations: tuple[str, ...] = ("Relu", "Clip")
     float_kernels: tuple[str, ...] = ()  # ops it runs natively in float (decomposed forms are fused into them)
     allowed_qdq_dtypes: tuple[str, ...] = ("int8", "uint8", "int32")
+    a16_dtype: str | None = None  # 16-bit activation type where a node's precision is "int16" (None: no 16-bit)
+    a16_symmetric: bool = True  # TFLite's 16x8: zero point 0
     notes: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     lower: Lower | None = None  # writes the deployment file and runs it; None: the QDQ ONNX model is the file

@@ -59,6 +59,12 @@ def _int8_ops_supported(model: ir.Model, plan: QuantPlan, target: Target) -> Ite
                 node.name,
                 (f"{node.op_type} is planned as {decision.precision} but {target.name} has no integer {node.op_type}"),
             )
+        elif (
+            decision is not None
+            and decision.precision == "int16"
+            and not (target.a16_dtype is not None and (rule := target.rule(node)) is not None and rule.a16)
+        ):
+            yield node.name, f"{node.op_type} is planned as int16 but {target.name} has no 16-bit {node.op_type}"
 
 
 def _weights_prequantized(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:

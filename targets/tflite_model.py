@@ -66,6 +66,9 @@ class TfliteModel:
     float_ops: list[str] = field(default_factory=list)  # ONNX nodes lowered in float32
     transposes: list[str] = field(default_factory=list)  # tensors a TRANSPOSE re-lays inside the graph
     requantized: list[str] = field(default_factory=list)  # tensors a QUANTIZE re-scales
+    int16_tensors: int = 0
+    integer_ops: int = 0  # ops that compute on int8/int16 tensors (not QUANTIZE, DEQUANTIZE or a RESHAPE)
+    rewidened: list[str] = field(default_factory=list)  # tensors converted between int8 and int16
 
     def summary(self) -> dict:
         return {
@@ -74,6 +77,9 @@ class TfliteModel:
             "float_ops": len(self.float_ops),
             "transposes_inside": len(self.transposes),
             "requantized": len(self.requantized),
+            "integer_ops": self.integer_ops,
+            "int16_tensors": self.int16_tensors,
+            "width_conversions": len(self.rewidened),
         }
 
 
@@ -126,14 +132,14 @@ def _bind_inputs(low: Lowering) -> list[IoTensor]:
         perm = _input_perm(value, len(shape))
         tfl_shape = tuple(shape[a] for a in perm)
         readers = [u.node for u in value.uses()]
-        quants = {low.quant_of_q(q) for q in readers if q.op_type == "QuantizeLinear"}
+        quants = {(low.quant_of_q(q), low.dtype_of_q(q)) for q in readers if q.op_type == "QuantizeLinear"}
         if low.integer_io and readers and len(quants) == 1 and all(q.op_type == "QuantizeLinear" for q in readers):
-            quant = quants.pop()
-            index = low.g.add(TflTensor(name_of(value), tfl_shape, "int8", quant))
+            quant, dtype = quants.pop()
+            index = low.g.add(TflTensor(name_of(value), tfl_shape, dtype, quant))
             for q in readers:
                 low.ints[name_of(q.outputs[0])] = Bound(index, perm)
                 low.done.add(id(q))
-            inputs.append(IoTensor(name_of(value), index, perm, "int8", quant, tfl_shape))
+            inputs.append(IoTensor(name_of(value), index, perm, dtype, quant, tfl_shape))
         else:
             index = low.g.add(TflTensor(name_of(value), tfl_shape, "float32"))
             low.floats[name_of(value)] = Bound(index, perm)
@@ -142,14 +148,14 @@ def _bind_inputs(low: Lowering) -> list[IoTensor]:
 
 
 def _lower_quantize(low: Lowering, q: ir.Node) -> None:
-    source, quant = q.inputs[0], low.quant_of_q(q)
+    source, quant, dtype = q.inputs[0], low.quant_of_q(q), low.dtype_of_q(q)
     assert source is not None
     if name_of(source) in low.ints:  # Q(DQ(x)): a re-scale
         src = low.ints[name_of(source)]
-        index = low.requantize(src.index, quant, name_of(q.outputs[0]))
+        index = low.requantize(src.index, quant, name_of(q.outputs[0]), dtype)
     else:
         src = low.float_input(source)
-        index = low.g.add(TflTensor(name_of(q.outputs[0]), low.g.tensors[src.index].shape, "int8", quant))
+        index = low.g.add(TflTensor(name_of(q.outputs[0]), low.g.tensors[src.index].shape, dtype, quant))
         low.g.emit("QUANTIZE", [src.index], [index])
     low.ints[name_of(q.outputs[0])] = Bound(index, src.perm)
 
@@ -162,6 +168,16 @@ def _lower_dequantize(low: Lowering, dq: ir.Node) -> None:
     if name_of(source) not in low.ints:
         raise QCompileError(f"DequantizeLinear {dq.name!r} reads {name_of(source)!r}, which no Q produced")
     low.ints[name_of(dq.outputs[0])] = low.ints[name_of(source)]
+
+
+def _width(low: Lowering, node: ir.Node) -> str:
+    """The integer type an int-mode node computes in: int16 if one of its activations (inputs, or its
+    fused output's Qs) is int16, else int8."""
+    found = fusable_activation(node, None)
+    outputs = [found[0].outputs[0]] if found is not None else list(node.outputs)
+    dtypes = [low.dtype_of_q(u.node) for o in outputs for u in o.uses() if u.node.op_type == "QuantizeLinear"]
+    dtypes += [low.g.tensors[b.index].dtype for v in node.inputs if v is not None and (b := low.ints.get(v.name or ""))]
+    return "int16" if "int16" in dtypes else "int8"
 
 
 def _integer(low: Lowering, node: ir.Node) -> bool:
@@ -214,9 +230,11 @@ def lower_to_tflite(
             _lower_dequantize(low, node)
         else:
             low.mode = "int" if _integer(low, node) else "float"
+            low.width = _width(low, node) if low.mode == "int" else "int8"
             if low.mode == "float" and any(is_float_value(o) for o in node.outputs):
                 float_ops.append(f"{node.name} ({node.op_type})")
             LOWERINGS[node.op_type](low, node)
+            low.flush()
     if integer_only and float_ops:
         raise UnsupportedOp(
             f"integer-only target: {len(float_ops)} node(s) would run in float: {', '.join(float_ops[:10])}; "
@@ -226,4 +244,20 @@ def lower_to_tflite(
     low.g.inputs, low.g.outputs = [t.index for t in inputs], [t.index for t in outputs]
     low.g.signature = {"inputs": [t.name for t in inputs], "outputs": [t.name for t in outputs]}
     data = write_tflite(low.g)
-    return TfliteModel(data, inputs, outputs, low.g.op_counts(), float_ops, list(low.transposes), list(low.requantized))
+    wide = sum(1 for t in low.g.tensors if t.dtype == "int16" and t.data is None)
+    moves = ("QUANTIZE", "DEQUANTIZE", "RESHAPE", "CAST")
+    integer_ops = sum(
+        1 for op in low.g.ops if op.code not in moves and low.g.tensors[op.outputs[0]].dtype in ("int8", "int16")
+    )
+    return TfliteModel(
+        data,
+        inputs,
+        outputs,
+        low.g.op_counts(),
+        float_ops,
+        list(low.transposes),
+        list(low.requantized),
+        wide,
+        integer_ops,
+        list(low.rewidened),
+    )

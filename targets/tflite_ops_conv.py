@@ -19,7 +19,16 @@ import onnx_ir as ir
 
 from qcompile.ir_utils import name_of
 from qcompile.targets.tflite_graph import OMITTED, TflQuant, TflTensor
-from qcompile.targets.tflite_lower import NHWC, Bound, Lowering, UnsupportedOp, identity, register, value_name
+from qcompile.targets.tflite_lower import (
+    INT_BOUNDS,
+    NHWC,
+    Bound,
+    Lowering,
+    UnsupportedOp,
+    identity,
+    register,
+    value_name,
+)
 
 __all__ = ["same_padding", "choose_padding"]
 
@@ -99,7 +108,9 @@ def _filter(low: Lowering, node: ir.Node, i: int) -> tuple[np.ndarray, TflQuant 
 
 
 def _bias(low: Lowering, node: ir.Node, i: int | None, channels: int, x_scale: float, w_quant: TflQuant | None) -> int:
-    """The bias tensor: int32 with scale = s_x · s_w (zeros if the node has none), or float32."""
+    """The bias tensor: int32 (int64 for 16x8) with scale = s_x · s_w of the input the kernel reads (zeros if
+    the node has none), or float32.  An input converted to the op's width has another s_x than the plan's:
+    the stored integers are rescaled, b' = round(b · s_plan / s_x'), exactly for int8 → int16 (× 128)."""
     value = node.inputs[i] if i is not None and len(node.inputs) > i else None
     if low.mode == "float":
         arr = low.constant(value) if value is not None else None
@@ -108,12 +119,21 @@ def _bias(low: Lowering, node: ir.Node, i: int | None, channels: int, x_scale: f
     assert w_quant is not None
     scale = (np.float64(x_scale) * w_quant.scale_array().astype(np.float64)).astype(np.float32)
     quant = TflQuant.of(scale, np.zeros(scale.size, np.int64), 0)
+    wide = "int64" if low.width == "int16" else "int32"  # 16x8 kernels read an int64 bias
     if value is None:
-        return low.g.constant(f"{node.name}_bias", np.zeros(channels, np.int32), "int32", quant)
+        return low.g.constant(f"{node.name}_bias", np.zeros(channels, wide), wide, quant)
     w = low.weight(value)
     if w is None or w[0].dtype != np.int32:
         raise UnsupportedOp(f"{node.op_type} {node.name!r}: bias {value.name!r} is not int32")
-    return low.g.constant(value.name or f"{node.name}_bias", w[0].reshape(-1), "int32", w[1])
+    data = w[0].reshape(-1).astype(np.int64)
+    stored = np.broadcast_to(w[1].scale_array().astype(np.float64), data.shape)
+    wanted = np.broadcast_to(scale.astype(np.float64), data.shape)
+    if not np.allclose(stored, wanted, rtol=1e-6, atol=0):
+        data = np.round(data * (stored / wanted)).astype(np.int64)
+        w = (w[0], quant, w[2])
+    if wide == "int32":
+        data = np.clip(data, np.iinfo(np.int32).min, np.iinfo(np.int32).max)
+    return low.g.constant(value.name or f"{node.name}_bias", data.astype(wide), wide, w[1])
 
 
 def _x_scale(low: Lowering, x: Bound) -> float:
@@ -275,7 +295,8 @@ def lower_pool(low: Lowering, node: ir.Node) -> None:
     padding, explicit = choose_padding(pads, auto_pad, in_hw, out_hw, kernel, strides, dil)
     include_pad = node.attributes.get("count_include_pad")
     if explicit is not None:
-        zp_is_min = low.mode == "int" and low.g.tensors[x.index].quant.zero_point[0] == -128  # type: ignore[union-attr]
+        t = low.g.tensors[x.index]
+        zp_is_min = low.mode == "int" and t.quant is not None and t.quant.zero_point[0] == INT_BOUNDS[t.dtype][0]
         if node.op_type == "MaxPool" and not zp_is_min:
             raise UnsupportedOp(
                 f"MaxPool {node.name!r}: pads {explicit} are neither SAME nor VALID in TFLite "

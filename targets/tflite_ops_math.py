@@ -2,9 +2,9 @@
 
 Elementwise ops keep their input's layout: a second operand is brought into the same
 permutation (a constant is first given leading unit axes, numpy's broadcasting rule, then
-transposed at compile time).  Activation functions with a fixed int8 output range write
-the quantization TFLite fixes (LOGISTIC and SOFTMAX: scale 1/256, zero point −128;
-TANH: 1/128, 0); if the plan's Q asks for another, a QUANTIZE re-scales to it.
+transposed at compile time).  Activation functions with a fixed output range write the
+quantization TFLite fixes (int8: LOGISTIC and SOFTMAX 1/256, −128, TANH 1/128, 0; int16: all
+three 1/32768, 0); if the plan's Q asks for another, a QUANTIZE re-scales to it.
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from qcompile.targets.tflite_lower import (
 
 __all__ = ["FIXED_OUTPUT", "reduced_perm"]
 
-FIXED_OUTPUT = {
-    "LOGISTIC": TflQuant.of(1 / 256, -128),
-    "SOFTMAX": TflQuant.of(1 / 256, -128),
-    "TANH": TflQuant.of(1 / 128, 0),
+FIXED_OUTPUT = {  # (op, integer type) -> the output quantization TFLite fixes
+    ("LOGISTIC", "int8"): TflQuant.of(1 / 256, -128),
+    ("SOFTMAX", "int8"): TflQuant.of(1 / 256, -128),
+    ("TANH", "int8"): TflQuant.of(1 / 128, 0),
+    ("LOGISTIC", "int16"): TflQuant.of(1 / 32768, 0),
+    ("SOFTMAX", "int16"): TflQuant.of(1 / 32768, 0),
+    ("TANH", "int16"): TflQuant.of(1 / 32768, 0),
 }
 _BINARY = {
     "Add": ("ADD", "AddOptions"),
@@ -82,13 +85,15 @@ def lower_binary(low: Lowering, node: ir.Node) -> None:
         quant = low.quant_of_output(final)
         a, b = (low.same_quant(x, quant, node.name or code) for x in (a, b))
     y = low.output(final, perm)
-    fields = {"fusedActivationFunction": act} if options is not None else {}
+    fields: dict[str, object] = {"fusedActivationFunction": act} if options is not None else {}
+    if code in ("ADD", "SUB"):
+        fields["potScaleInt16"] = False  # int16: any scales, not only powers of two (ignored for int8)
     low.g.emit(code, [a.index, b.index], [y], options, **fields)
 
 
 def _unary(low: Lowering, node: ir.Node, code: str, options: str | None = None, **fields) -> None:
     x = low.input(node, 0)
-    fixed = FIXED_OUTPUT.get(code) if low.mode == "int" else None
+    fixed = FIXED_OUTPUT.get((code, low.width)) if low.mode == "int" else None
     y = low.output(node.outputs[0], x.perm, fixed=fixed)
     low.g.emit(code, [x.index], [y], options, **fields)
 
@@ -173,7 +178,7 @@ def lower_softmax(low: Lowering, node: ir.Node) -> None:
     x = low.input(node, 0)
     if x.perm[-1] != axis:  # SOFTMAX runs over the last TFLite axis
         x = low.permuted(x, tuple(a for a in x.perm if a != axis) + (axis,))
-    fixed = FIXED_OUTPUT["SOFTMAX"] if low.mode == "int" else None
+    fixed = FIXED_OUTPUT[("SOFTMAX", low.width)] if low.mode == "int" else None
     y = low.output(node.outputs[0], x.perm, fixed=fixed)
     low.g.emit("SOFTMAX", [x.index], [y], "SoftmaxOptions", beta=1.0)
 

@@ -46,7 +46,8 @@ def to_runtime(tensor: IoTensor, x: np.ndarray) -> np.ndarray:
     if tensor.quant is None:
         return np.ascontiguousarray(x, np.float32)
     q = np.round(x / np.float32(tensor.quant.scale[0])) + tensor.quant.zero_point[0]
-    return np.clip(q, -128, 127).astype(np.int8)
+    info = np.iinfo(tensor.dtype)
+    return np.clip(q, info.min, info.max).astype(tensor.dtype)
 
 
 def from_runtime(tensor: IoTensor, y: np.ndarray) -> np.ndarray:
@@ -155,7 +156,7 @@ def tflm_arena_bytes(model: TfliteModel) -> int:
 
     (Bisecting over arena sizes is not an option: the host interpreter may crash, not fail, in an arena
     that is too small.)"""
-    inputs = [np.zeros(t.shape, np.int8 if t.dtype == "int8" else np.float32) for t in model.inputs]
+    inputs = [np.zeros(t.shape, t.dtype) for t in model.inputs]
     with tempfile.TemporaryFile() as log:
         with _output_to(log):
             it = _tflm_interpreter(model.data, _GENEROUS_ARENA)

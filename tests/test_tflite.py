@@ -178,3 +178,71 @@ def test_ort_quantize_static_file_keeps_its_scales(tmp_path):
     assert checked >= 5
     assert result.card["fidelity"]["outputs"][0]["sqnr_db"] > 25  # against the dequantized graph, Relus restored
     assert len(result.card["imported"]["reference_relus"]) >= 3
+
+
+def test_a16w8_runs_16_bit_activations_and_is_closer_to_float(tmp_path):
+    """16-bit activations (int8 weights, int64 bias) wherever an op has the kernel: on LiteRT and TFLite
+    Micro, closer to float than int8, and within 1 dB of the same plan's QDQ model on ORT."""
+    int8 = _compile("tflm")
+    wide = _compile("tflm", target_options={"precision": "a16w8"})
+    dep = wide.card["deployment"]
+    assert dep["int16_tensors"] >= 8 and dep["float_ops"] == 0
+    assert {d.precision for d in wide.plan.nodes.values()} == {"int16"}
+    assert all(s.dtype in ("int16", "int8", "int32") for s in wide.plan.tensors.values())
+    sqnr = wide.card["fidelity"]["outputs"][0]["sqnr_db"]  # on TFLite Micro
+    assert sqnr > int8.card["fidelity"]["outputs"][0]["sqnr_db"] + 1
+    assert sqnr >= dep["qdq_on_ort"]["outputs"][0]["sqnr_db"] - 1
+
+
+def test_cli_precision_flag(tmp_path):
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                "compile",
+                str(SAMPLES / "digits_cnn.onnx"),
+                "--target",
+                "tflite",
+                "--precision",
+                "a16w8",
+                "--calib",
+                str(CALIB),
+                "--no-latency",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    card = json.loads((out / "card.json").read_text())
+    assert card["target"]["options"]["precision"] == "a16w8" and card["deployment"]["int16_tensors"] > 0
+    assert (
+        main(
+            [
+                "compile",
+                str(SAMPLES / "digits_cnn.onnx"),
+                "--target",
+                "ort-cpu",
+                "--precision",
+                "a16w8",
+                "--calib",
+                str(CALIB),
+                "--no-latency",
+                "-o",
+                str(tmp_path / "p"),
+            ]
+        )
+        == 2
+    )
+
+
+def test_a_file_with_no_integer_op_reads_as_a_failure():
+    from qcompile.plan import NodeDecision, QuantPlan
+
+    nodes = [n.name for n in qcompile.model_io.load_model(SAMPLES / "digits_cnn.onnx").graph]
+    plan = QuantPlan(nodes={n: NodeDecision("float", "pinned") for n in nodes if n not in ("bn2", "dropout")})
+    result = _compile("tflite", plan=plan)
+    assert result.card["deployment"]["integer_ops"] == 0
+    [problem] = [v for v in result.card["verdict"] if v["fails"]]
+    assert problem["problem"].startswith("nothing runs in integer: 0 integer and ")
+    assert problem["problem"].endswith("float ops in the .tflite file")

@@ -90,6 +90,17 @@ def mbqm(x: ArrayLike, q: ArrayLike, shift: ArrayLike) -> Ints:
     return rdbpot(srdhm(wrap32(i64(x) * np.left_shift(1, left)), q), np.maximum(-shift, 0))
 
 
+def mbqm64(x: ArrayLike, q: ArrayLike, shift: ArrayLike) -> Ints:
+    """MultiplyByQuantizedMultiplier for an int64 accumulator (16x8 kernels): q rounded to 16 bits,
+    (q + 2^15) >> 16 (0x7FFF from 0x7FFF0000 up), then (x * q16 + 2^(14 - shift)) >> (15 - shift), truncated to int32.
+    The int64 product wraps as C's does on overflow."""
+    q, shift = i64(q), i64(shift)
+    reduced = np.where(q < 0x7FFF0000, (q + (1 << 15)) >> 16, 0x7FFF)
+    total_shift = 15 - shift
+    with np.errstate(over="ignore"):
+        return wrap32((i64(x) * reduced + np.left_shift(1, total_shift - 1)) >> total_shift)
+
+
 def mbqm_smaller_than_one(x: ArrayLike, q: ArrayLike, left_shift: ArrayLike) -> Ints:
     """MultiplyByQuantizedMultiplierSmallerThanOneExp: RDBPOT(SRDHM(x, q), -left_shift), left_shift <= 0."""
     return rdbpot(srdhm(x, q), -i64(left_shift))
@@ -195,7 +206,7 @@ def preprocess_softmax_scaling(beta: float, input_scale: float, input_integer_bi
     return int(q), int(shift)
 
 
-# int16 helpers (HARD_SWISH)
+# int16 helpers (HARD_SWISH, 16x8 kernels)
 
 
 def wrap16(x: ArrayLike) -> Ints:

@@ -2,9 +2,11 @@
 
 ``run_reference(model, inputs)`` executes subgraph 0 op by op with the arithmetic of LiteRT's ``BUILTIN_REF``
 kernels (``reference_integer_ops`` / ``reference_ops``), the multipliers computed as each kernel's Prepare does:
-int8 activations, int8 weights per tensor or per channel, int32 bias; float32 only into QUANTIZE and out of
-DEQUANTIZE. Anything else raises ``NotImplementedError`` naming the op. The integer helpers are in
-``tflite_fixedpoint``.
+int8 activations, int8 weights per tensor or per channel, int32 bias; or "16x8": int16 activations (zero point 0),
+int8 weights, int64 bias (int32 with ``quantized_bias_type`` INT32); int8 and int16 tensors may be mixed through
+QUANTIZE. Float32 only into QUANTIZE and out of DEQUANTIZE. Anything else raises ``NotImplementedError`` naming the
+op; configurations LiteRT rejects raise ``ValueError``. The integer helpers are in ``tflite_fixedpoint``, the
+int16-only kernels (LOGISTIC, TANH, SOFTMAX, power-of-two ADD/SUB) in ``tflite_reference16``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import ai_edge_litert.schema_py_generated as S
 import numpy as np
 
 from tests.support import tflite_fixedpoint as fx
+from tests.support import tflite_reference16 as r16
 
 _DTYPES = {getattr(S.TensorType, k): getattr(np, k.lower()) for k in ("INT8", "UINT8", "INT16", "INT32", "INT64")}
 _DTYPES.update({S.TensorType.FLOAT32: np.float32, S.TensorType.BOOL: np.bool_})
 _OP_NAMES = {v: k for k, v in vars(S.BuiltinOperator).items() if not k.startswith("_")}
 _ACT = S.ActivationFunctionType
+_TT = S.TensorType
+_QRANGE = {_TT.INT8: (-128, 127), _TT.UINT8: (0, 255), _TT.INT16: (-(1 << 15), (1 << 15) - 1)}
 f32 = np.float32
 
 
@@ -80,10 +85,29 @@ def _zp(t: S.TensorT) -> int:
     return int(zps[0]) if zps.size else 0
 
 
-def _act_range(node: _Node, fused: int, qmin: int = -128, qmax: int = 127) -> tuple[int, int]:
-    """CalculateActivationRangeQuantized: the fused range [lo, hi] quantized as zp + round(f / scale) in float32."""
+def _qrange(t: S.TensorT) -> tuple[int, int]:
+    """The integer range of a quantized int8 / uint8 / int16 tensor."""
+    if t.type not in _QRANGE:
+        raise NotImplementedError(f"tflite_reference: tensor {t.name!r} of type {t.type} as a quantized tensor")
+    return _QRANGE[t.type]
+
+
+def _is16(node: _Node, i: int = 0) -> bool:
+    return node.t(i).type == _TT.INT16
+
+
+def _check_zero_points16(node: _Node, *inputs: int) -> None:
+    """16x8 kernels require zero points 0 on their int16 inputs and output."""
+    if any(_zp(node.t(i)) != 0 for i in inputs) or _zp(node.out()) != 0:
+        raise ValueError(f"{node.name} int16: LiteRT requires zero points 0")
+
+
+def _act_range(node: _Node, fused: int) -> tuple[int, int]:
+    """CalculateActivationRangeQuantized: the fused range [lo, hi] quantized as zp + round(f / scale) in float32,
+    within the output type's range."""
     out = node.out()
     scale, zp = _scale(out), _zp(out)
+    qmin, qmax = _qrange(out)
 
     def q(f: float) -> int:
         return zp + int(fx.round_half_away(f32(f) / scale))
@@ -99,9 +123,9 @@ def _act_range(node: _Node, fused: int, qmin: int = -128, qmax: int = 127) -> tu
     raise node.fail(f"fused activation {fused}")
 
 
-def _requant(acc: np.ndarray, q: fx.Ints, shift: fx.Ints, zp: int, lo: int, hi: int) -> np.ndarray:
-    """int8(clamp(MultiplyByQuantizedMultiplier(acc, q, shift) + zp, lo, hi)), acc wrapped to int32."""
-    return np.clip(fx.mbqm(fx.wrap32(acc), q, shift) + zp, lo, hi).astype(np.int8)
+def _requant(acc: np.ndarray, q: fx.Ints, shift: fx.Ints, zp: int, lo: int, hi: int) -> fx.Ints:
+    """clamp(MultiplyByQuantizedMultiplier(acc, q, shift) + zp, lo, hi), acc wrapped to int32."""
+    return np.clip(fx.mbqm(fx.wrap32(acc), q, shift) + zp, lo, hi)
 
 
 def _channel_scales(node: _Node, x: int, w: int, channels: int) -> np.ndarray:
@@ -159,12 +183,27 @@ def _bias(node: _Node, i: int, channels: int) -> fx.Ints:
     return np.zeros(channels, np.int64) if b is None else fx.i64(b).reshape(channels)
 
 
+def _requant16x8(node: _Node, acc: fx.Ints, i: int, q: fx.Ints, shift: fx.Ints, lo: int, hi: int) -> fx.Ints:
+    """16x8 requantization of acc + bias (input i): quantized_bias_type INT32 selects an int32 bias, accumulator and
+    MultiplyByQuantizedMultiplier; unset (or INT64) an int64 bias, accumulator and the int64 multiply (16-bit
+    multiplier). The output zero point is 0."""
+    qbt, b = getattr(node.opts, "quantizedBiasType", 0), node.opt(i)
+    btype = None if b is None else node.t(i).type
+    if qbt not in (0, _TT.INT32, _TT.INT64) or (qbt and btype not in (None, qbt)):
+        raise ValueError(f"{node.name} 16x8: quantized_bias_type must be INT32 or INT64 and match the bias type")
+    if btype not in (None, _TT.INT64) and qbt != _TT.INT32:
+        raise ValueError(f"{node.name} 16x8: the bias must be int64, or int32 with quantized_bias_type INT32")
+    _check_zero_points16(node, 2 if node.name == "TRANSPOSE_CONV" else 0)
+    acc = acc + _bias(node, i, acc.shape[-1])
+    return np.clip(fx.mbqm(fx.wrap32(acc), q, shift) if qbt == _TT.INT32 else fx.mbqm64(acc, q, shift), lo, hi)
+
+
 def conv_2d(node: _Node) -> list[np.ndarray]:
     """ConvPerChannel: acc = sum w * (x - zp_in) over the window (padding skipped) + bias, requantized per channel;
     grouped when the filter's depth divides the input's."""
     x, w = fx.i64(node.x(0)) - _zp(node.t(0)), fx.i64(node.x(1))
     if np.any(_zps(node.t(1)) != 0):
-        raise ValueError("CONV_2D int8: LiteRT requires zero weight zero points")
+        raise ValueError("CONV_2D: LiteRT requires zero weight zero points")
     oc, kh, kw, cg = w.shape
     g = x.shape[3] // cg
     geo = _conv_geometry(node, x.shape[1], x.shape[2], kh, kw)
@@ -174,6 +213,8 @@ def conv_2d(node: _Node) -> list[np.ndarray]:
     acc = np.einsum("nhwkgc,gokc->nhwgo", cols, w.reshape(g, oc // g, kh * kw, cg)).reshape(n, oh, ow, oc)
     q, shift = _per_channel_multipliers(node, 0, 1, oc)
     lo, hi = _act_range(node, node.opts.fusedActivationFunction)
+    if _is16(node):
+        return [_requant16x8(node, acc, 2, q, shift, lo, hi)]
     return [_requant(acc + _bias(node, 2, oc), q, shift, _zp(node.out()), lo, hi)]
 
 
@@ -186,6 +227,8 @@ def depthwise_conv_2d(node: _Node) -> list[np.ndarray]:
     acc = np.einsum("nhwkc,kc->nhwc", cols, w.reshape(kh * kw, oc))
     q, shift = _per_channel_multipliers(node, 0, 1, oc)
     lo, hi = _act_range(node, node.opts.fusedActivationFunction)
+    if _is16(node):
+        return [_requant16x8(node, acc, 2, q, shift, lo, hi)]
     return [_requant(acc + _bias(node, 2, oc), q, shift, _zp(node.out()), lo, hi)]
 
 
@@ -205,11 +248,19 @@ def fully_connected(node: _Node) -> list[np.ndarray]:
         if abs(s_iw - np.float64(_scale(bt))) / np.float64(_scale(node.out())) > 0.02:
             raise ValueError("FULLY_CONNECTED: LiteRT requires |s_in * s_w - s_bias| / s_out <= 0.02")
     w = w.reshape(oc, depth) - (0 if per_channel else _zp(wt))
-    acc = fx.wrap32((fx.i64(x).reshape(-1, depth) - _zp(node.t(0))) @ w.T + _bias(node, 2, oc))
+    acc = (fx.i64(x).reshape(-1, depth) - _zp(node.t(0))) @ w.T + _bias(node, 2, oc)
+    if _is16(node):  # 16x8: an int64 accumulator unless quantized_bias_type is INT32
+        qbt, b = node.opts.quantizedBiasType, node.opt(2)
+        if qbt not in (0, _TT.INT32, _TT.INT64) or (qbt and b is not None and node.t(2).type != qbt):
+            raise ValueError("FULLY_CONNECTED 16x8: quantized_bias_type must be INT32 or INT64 and match the bias")
+        if b is not None and node.t(2).type != _TT.INT64 and qbt != _TT.INT32:
+            raise ValueError("FULLY_CONNECTED 16x8: the bias must be int64, or int32 with quantized_bias_type INT32")
+        _check_zero_points16(node, 0)
+    acc = fx.wrap32(acc) if not _is16(node) or node.opts.quantizedBiasType == _TT.INT32 else acc
     eff = _channel_scales(node, 0, 1, oc)
     y = fx.float_to_int32(fx.round_half_away(acc.astype(np.float64) * eff)) + _zp(node.out())
     lo, hi = _act_range(node, node.opts.fusedActivationFunction)
-    y = np.clip(y, lo, hi).astype(np.int8)
+    y = np.clip(y, lo, hi)
     return [y.reshape(*x.shape[:-1], oc) if node.opts.keepNumDims else y]
 
 
@@ -230,6 +281,8 @@ def transpose_conv(node: _Node) -> list[np.ndarray]:
     acc = full[:, ph : ph + oh, pw : pw + ow]
     q, shift = _per_channel_multipliers(node, 2, 1, oc)
     lo, hi = _act_range(node, getattr(o, "fusedActivationFunction", _ACT.NONE))
+    if _is16(node, 2):
+        return [_requant16x8(node, acc, 3, q, shift, lo, hi)]
     return [_requant(acc + _bias(node, 3, oc), q, shift, _zp(node.out()), lo, hi)]
 
 
@@ -241,29 +294,44 @@ def batch_matmul(node: _Node) -> list[np.ndarray]:
         lhs = np.swapaxes(lhs, -1, -2)
     if node.opts is not None and node.opts.adjY:
         rhs = np.swapaxes(rhs, -1, -2)
+    if _is16(node):  # int16 x int16 or int16 x int8: int64 accumulator, GetQuantizedConvolutionMultipler
+        _check_zero_points16(node, 0, 1)
+        q, shift = fx.quantize_multiplier(np.float64(_scale(node.t(0)) * _scale(node.t(1))) / _scale(node.out()))
+        return [np.clip(fx.mbqm64(np.matmul(lhs, rhs), q, shift), *_qrange(node.out()))]
     m = np.float64(_scale(node.t(0))) * np.float64(_scale(node.t(1))) / np.float64(_scale(node.out()))
     q, shift = fx.quantize_multiplier(m)
     return [_requant(np.matmul(lhs, rhs), q, shift, _zp(node.out()), -128, 127)]
 
 
 def _add_sub(node: _Node, sign: int) -> list[np.ndarray]:
-    """Quantized ADD/SUB (left_shift = 20): each input (x - zp) * 2^20 is scaled by s_i / (2 max(s1, s2)), the sum
-    (difference) by 2 max(s1, s2) / (2^20 s_out), every step MultiplyByQuantizedMultiplierSmallerThanOneExp."""
+    """Quantized ADD/SUB (left_shift = 20, 15 for int16): each input (x - zp) * 2^left_shift is scaled by
+    s_i / (2 max(s1, s2)), the sum (difference) by 2 max(s1, s2) / (2^left_shift s_out), every step
+    MultiplyByQuantizedMultiplierSmallerThanOneExp. int16 with pot_scale_int16 (the option's default) and three
+    power-of-two scales takes the shift-only path of ``tflite_reference16``."""
     a, b, out = node.t(0), node.t(1), node.out()
+    lo, hi = _act_range(node, node.opts.fusedActivationFunction if node.opts is not None else _ACT.NONE)
+    left_shift = 15 if _is16(node) else 20
+    if _is16(node):
+        _check_zero_points16(node, 0, 1)
+        pot = node.opts is not None and node.opts.potScaleInt16  # missing options: params zeroed, so false
+        shifts = r16.pot_shifts(_scale(a), _scale(b), _scale(out)) if pot else None
+        if shifts is not None:
+            if sign > 0 and node.x(0).shape != node.x(1).shape:
+                raise node.fail("a broadcast int16 ADD on power-of-two scales (LiteRT's kernel does not broadcast)")
+            return [r16.add_sub_pot(node.x(0), node.x(1), shifts, sign, lo, hi)]
     twice_max = np.float64(2 * max(_scale(a), _scale(b)))
-    real_out = twice_max / np.float64(f32(1 << 20) * _scale(out))
+    real_out = twice_max / np.float64(f32(1 << left_shift) * _scale(out))
     if real_out >= 1 and sign > 0:
-        raise ValueError(f"ADD int8: output multiplier {real_out} >= 1 (LiteRT aborts in Prepare)")
+        raise ValueError(f"ADD: output multiplier {real_out} >= 1 (LiteRT aborts in Prepare)")
     if real_out >= 1:
         raise node.fail(f"an output multiplier {real_out} >= 1 (LiteRT right-shifts by a negative amount)")
     scaled = []
     for i, t in enumerate((a, b)):
         q, shift = fx.quantize_multiplier(np.float64(_scale(t)) / twice_max)
-        scaled.append(fx.mbqm_smaller_than_one(fx.wrap32((fx.i64(node.x(i)) - _zp(t)) << 20), q, shift))
+        scaled.append(fx.mbqm_smaller_than_one(fx.wrap32((fx.i64(node.x(i)) - _zp(t)) << left_shift), q, shift))
     q, shift = fx.quantize_multiplier(real_out)
-    lo, hi = _act_range(node, node.opts.fusedActivationFunction if node.opts is not None else _ACT.NONE)
     raw = fx.mbqm_smaller_than_one(fx.wrap32(scaled[0] + sign * scaled[1]), q, shift) + _zp(out)
-    return [np.clip(raw, lo, hi).astype(np.int8)]
+    return [np.clip(raw, lo, hi)]
 
 
 def add(node: _Node) -> list[np.ndarray]:
@@ -289,10 +357,17 @@ def sub(node: _Node) -> list[np.ndarray]:
 
 
 def mul(node: _Node) -> list[np.ndarray]:
-    """Quantized MUL: MultiplyByQuantizedMultiplier((a - zp_a)(b - zp_b), s_a * s_b / s_out in float32) + zp_out."""
+    """Quantized MUL: MultiplyByQuantizedMultiplier((a - zp_a)(b - zp_b), s_a * s_b / s_out in float32) + zp_out
+    (int16: zero points 0); int16 x int16 -> int8 is the scale-free Q0.15 product of ``tflite_reference16``."""
     a, b = fx.i64(node.x(0)) - _zp(node.t(0)), fx.i64(node.x(1)) - _zp(node.t(1))
     q, shift = fx.quantize_multiplier(np.float64(_scale(node.t(0)) * _scale(node.t(1)) / _scale(node.out())))
     lo, hi = _act_range(node, node.opts.fusedActivationFunction if node.opts is not None else _ACT.NONE)
+    if _is16(node) and node.out().type != _TT.INT16:
+        if node.out().type != _TT.INT8:
+            raise node.fail("int16 inputs with an output other than int16 / int8")
+        return [r16.mul_to_int8(node.x(0), node.x(1), _zp(node.out()), lo, hi)]
+    if _is16(node):
+        _check_zero_points16(node, 0, 1)
     return [_requant(a * b, q, shift, _zp(node.out()), lo, hi)]
 
 
@@ -316,9 +391,9 @@ def _pool_geometry(node: _Node, x: np.ndarray) -> tuple[Pair, Pair, Pair, Pair, 
 def max_pool_2d(node: _Node) -> list[np.ndarray]:
     """MaxPool int8: max of the raw values inside the image, clamped to the fused activation range."""
     x = node.x(0)
-    m = _windows(fx.i64(x), *_pool_geometry(node, x), fill=-128).max(axis=3)
+    m = _windows(fx.i64(x), *_pool_geometry(node, x), fill=_qrange(node.t(0))[0]).max(axis=3)
     lo, hi = _act_range(node, node.opts.fusedActivationFunction)
-    return [np.clip(m, lo, hi).astype(np.int8)]
+    return [np.clip(m, lo, hi)]
 
 
 def average_pool_2d(node: _Node) -> list[np.ndarray]:
@@ -330,7 +405,7 @@ def average_pool_2d(node: _Node) -> list[np.ndarray]:
     count = _windows(np.ones_like(fx.i64(x)), *geo, fill=0).sum(axis=3)
     avg = fx.c_div(np.where(total > 0, total + count // 2, total - count // 2), count)
     lo, hi = _act_range(node, node.opts.fusedActivationFunction)
-    return [np.clip(avg, lo, hi).astype(np.int8)]
+    return [np.clip(avg, lo, hi)]
 
 
 def _axes(node: _Node, i: int, rank: int) -> list[int]:
@@ -348,9 +423,9 @@ def mean(node: _Node) -> list[np.ndarray]:
     q, shift = (int(v) for v in fx.quantize_multiplier(np.float64(_scale(node.t(0))) / np.float64(_scale(node.out()))))
     k = min(n.bit_length() - 1, 32, 31 + shift)
     q, shift = int(fx.wrap32((q << k) // n)), shift - k
-    return [
-        np.clip(fx.mbqm(fx.wrap32(total - _zp(node.t(0)) * n), q, shift) + _zp(node.out()), -128, 127).astype(np.int8)
-    ]
+    if _is16(node):
+        _check_zero_points16(node, 0)
+    return [np.clip(fx.mbqm(fx.wrap32(total - _zp(node.t(0)) * n), q, shift) + _zp(node.out()), *_qrange(node.out()))]
 
 
 def reshape(node: _Node) -> list[np.ndarray]:
@@ -368,10 +443,13 @@ def reshape(node: _Node) -> list[np.ndarray]:
 
 
 def concatenation(node: _Node) -> list[np.ndarray]:
-    """CONCATENATION int8: LiteRT requires every input's scale and zero point to equal the output's."""
+    """CONCATENATION of raw values: int8 requires every input's scale and zero point to equal the output's, int16
+    only zero points 0 (other scales are copied unconverted)."""
     out = node.out()
     n = len(node.op.inputs)
-    for i in range(n):
+    if _is16(node):
+        _check_zero_points16(node, *range(n))
+    for i in range(n if out.type == _TT.INT8 else 0):
         if _scale(node.t(i)) != _scale(out) or _zp(node.t(i)) != _zp(out):
             raise ValueError(
                 "CONCATENATION int8: LiteRT requires the inputs' scales and zero points to be the output's"
@@ -492,7 +570,7 @@ def resize_bilinear(node: _Node) -> list[np.ndarray]:
         + rows0[:, :, x1] * ((1 << 10) - dy) * dx
         + rows1[:, :, x1] * dy * dx
     )
-    return [fx.c_div(total + np.where(total > 0, 1 << 19, -(1 << 19)), 1 << 20).astype(np.int8)]
+    return [fx.c_div(total + np.where(total > 0, 1 << 19, -(1 << 19)), 1 << 20)]
 
 
 def _lut(node: _Node, fn: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
@@ -506,23 +584,37 @@ def _lut(node: _Node, fn: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray
 
 
 def logistic(node: _Node) -> list[np.ndarray]:
-    """LOGISTIC int8 (kReference uses the 256-entry LUT of 1.0f / (1.0f + expf(-x))); needs s_out = 1/256."""
+    """LOGISTIC int8 (kReference uses the 256-entry LUT of 1.0f / (1.0f + expf(-x))); needs s_out = 1/256.
+    int16: ``tflite_reference16.logistic``."""
+    if _is16(node):
+        _check_zero_points16(node, 0)
+        return [r16.logistic(node.x(0), _scale(node.t(0)), _scale(node.out()))]
     if _scale(node.out()) != f32(1 / 256):
         raise ValueError("LOGISTIC int8 needs an output scale of 1/256")
     return _lut(node, lambda v: f32(1) / (f32(1) + np.exp(-v.astype(np.float64)).astype(f32)))
 
 
 def tanh(node: _Node) -> list[np.ndarray]:
-    """TANH int8 (kReference uses the 256-entry LUT of tanhf)."""
+    """TANH int8 (kReference uses the 256-entry LUT of tanhf); int16: ``tflite_reference16.tanh``."""
+    if _is16(node):
+        _check_zero_points16(node, 0)
+        return [r16.tanh(node.x(0), _scale(node.t(0)), _scale(node.out()))]
     return _lut(node, lambda v: np.tanh(v.astype(np.float64)).astype(f32))
 
 
 def softmax(node: _Node) -> list[np.ndarray]:
     """Softmax int8 (reference_ops::Softmax): diffs to the row max >= diff_min are scaled to Q5.26 by the beta
     multiplier, exp'd by gemmlowp, summed in Q12.19; each exp times the Q0.31 reciprocal of the sum is shifted by
-    num_bits_over_unit + 23 and offset by -128."""
+    num_bits_over_unit + 23 and offset by -128 (int16 output: + 15, offset -32768, no check of its scale).
+    int16 -> int16: ``tflite_reference16.softmax``, output scale 1/32768 (+-0.1%), zero points 0."""
     out = node.out()
-    if _zp(out) != -128 or abs(_scale(out) - f32(1 / 256)) > f32(0.001 / 256):
+    if _is16(node):
+        _check_zero_points16(node, 0)
+        if out.type != _TT.INT16 or abs(_scale(out) - f32(1 / 32768)) > f32(0.001 / 32768):
+            raise ValueError("SOFTMAX int16 needs an int16 output of scale 1/32768")
+        return [r16.softmax(node.x(0), _scale(node.t(0)), f32(node.opts.beta))]
+    bits = 16 if out.type == _TT.INT16 else 8
+    if bits == 8 and (_zp(out) != -128 or abs(_scale(out) - f32(1 / 256)) > f32(0.001 / 256)):
         raise ValueError("SOFTMAX int8 needs output zero point -128 and scale 1/256")
     beta = f32(node.opts.beta)
     if float(beta) * float(_scale(node.t(0))) * 2.0**26 <= 1.0:
@@ -535,10 +627,11 @@ def softmax(node: _Node) -> list[np.ndarray]:
     e = fx.exp_on_negative_values(fx.mbqm_greater_than_one(np.where(live, diff, 0), q, shift), 5)
     total = np.where(live, fx.rdbpot(e, 12), 0).sum(axis=-1, keepdims=True)
     recip, bits_over_unit = fx.get_reciprocal(total, 12)
-    if np.any(bits_over_unit > 8):
-        raise ValueError("SOFTMAX int8: a row's sum of exps reaches 512, LiteRT aborts (exponent > 31)")
-    y = fx.rdbpot(fx.srdhm(recip, e), bits_over_unit + 31 - 8) - 128
-    return [np.where(live, np.clip(y, -128, 127), -128).astype(np.int8)]
+    if np.any(bits_over_unit > bits):
+        raise ValueError("SOFTMAX int8: a row's sum of exps is too large, LiteRT aborts (exponent > 31)")
+    lo, hi = _qrange(out)
+    y = fx.rdbpot(fx.srdhm(recip, e), bits_over_unit + 31 - bits) + lo
+    return [np.where(live, np.clip(y, lo, hi), lo)]
 
 
 def hard_swish(node: _Node) -> list[np.ndarray]:
@@ -546,6 +639,8 @@ def hard_swish(node: _Node) -> list[np.ndarray]:
     (x + 3) / 6 in [0, 1] (saturating shifts, SRDHM), times the output multiplier (truncating doubling high-mul),
     shifted to the output scale."""
     t, out = node.t(0), node.out()
+    if _is16(node):
+        raise ValueError("HARD_SWISH: LiteRT has no int16 kernel")
     hires = f32(1.0 / 128.0) * _scale(t)
     out_q, out_exp = (int(v) for v in fx.quantize_multiplier(np.float64(hires / _scale(out))))
     rel_q, rel_exp = (int(v) for v in fx.quantize_multiplier(np.float64(hires / f32(3.0 / 32768.0))))
@@ -569,8 +664,10 @@ def leaky_relu(node: _Node) -> list[np.ndarray]:
     v = fx.i64(node.x(0)) - _zp(t)
     qa, sa = fx.quantize_multiplier(np.float64(_scale(t) * f32(node.opts.alpha) / _scale(out)))
     qi, si = fx.quantize_multiplier(np.float64(_scale(t) / _scale(out)))
+    if _is16(node):
+        _check_zero_points16(node, 0)
     y = np.where(v >= 0, fx.mbqm(v, qi, si), fx.mbqm(v, qa, sa)) + _zp(out)
-    return [np.clip(y, -128, 127).astype(np.int8)]
+    return [np.clip(y, *_qrange(out))]
 
 
 def prelu(node: _Node) -> list[np.ndarray]:
@@ -582,7 +679,7 @@ def prelu(node: _Node) -> list[np.ndarray]:
     q1, s1 = fx.quantize_multiplier(np.float64(_scale(t) / _scale(out)))
     q2, s2 = fx.quantize_multiplier(np.float64(_scale(t) * _scale(ta) / _scale(out)))
     y = np.where(v >= 0, fx.mbqm(v, q1, s1), fx.mbqm(fx.wrap32(v * a), q2, s2)) + _zp(out)
-    return [np.clip(y, -128, 127).astype(np.int8)]
+    return [np.clip(y, *_qrange(out))]
 
 
 _RELU_BOUNDS = {"RELU": (0.0, None), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0), "RELU_0_TO_1": (0.0, 1.0)}
@@ -592,33 +689,41 @@ def relu(node: _Node) -> list[np.ndarray]:
     """QuantizedReluX: zp_out + MBQM(x - zp_in, s_in / s_out) clamped to zp_out + roundf(bound / s_out)."""
     t, out = node.t(0), node.out()
     lo_f, hi_f = _RELU_BOUNDS[node.name]
+    if _is16(node) and node.name not in ("RELU", "RELU6"):
+        raise ValueError(f"{node.name}: LiteRT has no int16 kernel")
     s_out, zp_out = _scale(out), _zp(out)
-    lo = max(-128, zp_out + int(fx.round_half_away(f32(lo_f) / s_out)))
-    hi = 127 if hi_f is None else min(127, zp_out + int(fx.round_half_away(f32(hi_f) / s_out)))
+    qmin, qmax = _qrange(out)
+    lo = max(qmin, zp_out + int(fx.round_half_away(f32(lo_f) / s_out)))
+    hi = qmax if hi_f is None else min(qmax, zp_out + int(fx.round_half_away(f32(hi_f) / s_out)))
     q, shift = fx.quantize_multiplier(np.float64(_scale(t) / s_out))
-    return [np.clip(zp_out + fx.mbqm(fx.i64(node.x(0)) - _zp(t), q, shift), lo, hi).astype(np.int8)]
+    return [np.clip(zp_out + fx.mbqm(fx.i64(node.x(0)) - _zp(t), q, shift), lo, hi)]
 
 
 def quantize(node: _Node) -> list[np.ndarray]:
-    """QUANTIZE: float32 -> int8 as (int32)round(x / scale) + zp (float32 division); int8 -> int8 as
-    Requantize with QuantizeMultiplier(double(s_in) / double(s_out))."""
+    """QUANTIZE: float32 -> int8/int16 as (int32)round(x / scale) + zp (float32 division); int8/int16 ->
+    int8/int16 as Requantize with QuantizeMultiplier(double(s_in) / double(s_out)) (int16 -> int16: zero points 0)."""
     t, out, x = node.t(0), node.out(), node.x(0)
-    if out.type != S.TensorType.INT8 or _scales(out).size > 1:
-        raise node.fail("output other than per-tensor int8")
-    if t.type == S.TensorType.FLOAT32:
+    if out.type not in (_TT.INT8, _TT.INT16) or _scales(out).size > 1:
+        raise node.fail("output other than per-tensor int8 / int16")
+    lo, hi = _qrange(out)
+    if t.type == _TT.FLOAT32:
         v = fx.wrap32(fx.float_to_int32(fx.round_half_away(x.astype(f32) / _scale(out))) + _zp(out))
-        return [np.clip(v, -128, 127).astype(np.int8)]
-    if t.type != S.TensorType.INT8:
+        return [np.clip(v, lo, hi)]
+    if t.type not in (_TT.INT8, _TT.INT16):
         raise node.fail(f"input type {t.type}")
+    if t.type == out.type == _TT.INT16:
+        _check_zero_points16(node, 0)
     q, shift = fx.quantize_multiplier(np.float64(_scale(t)) / np.float64(_scale(out)))
-    return [_requant(fx.i64(x) - _zp(t), q, shift, _zp(out), -128, 127)]
+    return [_requant(fx.i64(x) - _zp(t), q, shift, _zp(out), lo, hi)]
 
 
 def dequantize(node: _Node) -> list[np.ndarray]:
-    """DEQUANTIZE int8 -> float32: float(double(scale) * (q - zp)); per channel float(scale[c] * (q - zp[c]))."""
+    """DEQUANTIZE int8/int16 -> float32: float(double(scale) * (q - zp)); per channel float(scale[c] * (q - zp[c]))."""
     t, x = node.t(0), node.x(0)
-    if t.type != S.TensorType.INT8:
+    if t.type not in (_TT.INT8, _TT.INT16):
         raise node.fail(f"input type {t.type}")
+    if t.type == _TT.INT16 and _zp(t) != 0:
+        raise ValueError("DEQUANTIZE int16: LiteRT requires zero point 0")
     scales = _scales(t)
     if scales.size == 1:
         return [(np.float64(scales[0]) * (fx.i64(x) - _zp(t))).astype(f32)]

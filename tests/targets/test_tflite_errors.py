@@ -213,6 +213,8 @@ def test_tflite_keeps_a_float_island():
 def test_unknown_target_option():
     with pytest.raises(QCompileError, match=r"tflite takes no option\(s\) \['reduce_range'\]; known: float_io"):
         get_target("tflite", reduce_range=True)
+    with pytest.raises(QCompileError, match=r"tflm: precision 'a4w4' not in a8w8, a16w8"):
+        get_target("tflm", precision="a4w4")
 
 
 def test_runner_needs_every_input():
