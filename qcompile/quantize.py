@@ -32,6 +32,7 @@ from qcompile.passes.select_precision import select_precision
 from qcompile.pipeline import run_passes
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.prepare import Prepared
+from qcompile.promote16 import promote_to_a16
 from qcompile.runtime import SessionSource
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
 from qcompile.search_split import SearchSplit
@@ -114,6 +115,9 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
                 speed_sample,
             )
         search.unseen = not kept.too_few
+        decisions, search.a16 = promote_to_a16(
+            model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin, pins
+        )
         specs = assign(calib, decisions)
     meta = {"calibrator": calib.calibrator, "policy": config.policy, **specs.meta}
     if search is not None:

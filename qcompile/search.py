@@ -89,6 +89,7 @@ class SearchReport:
     chosen_int8_share: float = 1.0  # weight MACs the chosen groups leave in int8, of the groups' total
     calibrator: str | None = None  # selective: the calibrator of every tensor not listed below
     calibrators: dict[str, str] = field(default_factory=dict)  # selective: tensor → its own calibrator
+    a16: dict = field(default_factory=dict)  # the float nodes tried at 16 bits (qcompile.promote16)
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)

@@ -194,6 +194,8 @@ class Lowering:
                 src = self.ints[name]
                 index = self.g.add(TflTensor(f"{name}_float", self.g.tensors[src.index].shape, "float32"))
                 self.g.emit("DEQUANTIZE", [src.index], [index])
+                if src.index in self.flat_order:  # a flatten of NHWC data, read by a float layer
+                    self.flat_order[index] = self.flat_order[src.index]
                 bound = Bound(index, src.perm)
             elif (arr := self.constant(value)) is not None or (w := self.weight(value)) is not None:
                 arr = arr if arr is not None else _dequantized(*w)  # type: ignore[misc]

@@ -317,7 +317,7 @@ def _add_sub(node: _Node, sign: int) -> list[np.ndarray]:
         shifts = r16.pot_shifts(_scale(a), _scale(b), _scale(out)) if pot else None
         if shifts is not None:
             if sign > 0 and node.x(0).shape != node.x(1).shape:
-                raise node.fail("a broadcast int16 ADD on power-of-two scales (LiteRT's kernel does not broadcast)")
+                raise ValueError("ADD int16 on power-of-two scales does not broadcast (LiteRT aborts)")
             return [r16.add_sub_pot(node.x(0), node.x(1), shifts, sign, lo, hi)]
     twice_max = np.float64(2 * max(_scale(a), _scale(b)))
     real_out = twice_max / np.float64(f32(1 << left_shift) * _scale(out))
@@ -691,6 +691,8 @@ def relu(node: _Node) -> list[np.ndarray]:
     lo_f, hi_f = _RELU_BOUNDS[node.name]
     if _is16(node) and node.name not in ("RELU", "RELU6"):
         raise ValueError(f"{node.name}: LiteRT has no int16 kernel")
+    if _is16(node):
+        _check_zero_points16(node, 0)
     s_out, zp_out = _scale(out), _zp(out)
     qmin, qmax = _qrange(out)
     lo = max(qmin, zp_out + int(fx.round_half_away(f32(lo_f) / s_out)))

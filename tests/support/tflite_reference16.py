@@ -52,6 +52,9 @@ def checked_log2(x: np.float32) -> tuple[bool, int]:
 def _sigmoid_prepare(s_in: np.float32, s_out: np.float32, pot_shifts: tuple[int, ...], name: str) -> tuple[int, int]:
     """SigmoidPrepare / TanhPrepare for int16: (input_multiplier, input_left_shift) with the kernel's power-of-two
     substitution applied; a power-of-two input scale with a shift in `pot_shifts` gives multiplier 3 << shift."""
+    pot_out, log2_out = checked_log2(s_out)
+    if not pot_out or log2_out != -15:
+        raise ValueError(f"{name} int16 needs an output scale of 2^-15 (LiteRT checks log2 within 1e-3)")
     pot, log2 = checked_log2(s_in)
     left_shift = 12 + log2
     if pot and left_shift in pot_shifts:
@@ -59,9 +62,6 @@ def _sigmoid_prepare(s_in: np.float32, s_out: np.float32, pot_shifts: tuple[int,
     multiplier, left_shift = float(s_in) * 4096.0 * 3.0, 0
     while multiplier <= 32767.0 / 2.0 and left_shift <= 30:
         left_shift, multiplier = left_shift + 1, multiplier * 2.0
-    pot_out, log2_out = checked_log2(s_out)
-    if not pot_out or log2_out != -15:
-        raise ValueError(f"{name} int16 needs an output scale of 2^-15 (LiteRT checks log2 within 1e-3)")
     return int(multiplier), left_shift
 
 
