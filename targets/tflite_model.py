@@ -112,9 +112,24 @@ def check_lowerable(model: ir.Model) -> None:
         )
 
 
-def _input_perm(value: ir.Value, rank: int) -> tuple[int, ...]:
-    """Channels last where a convolution or pool reads the input (NHWC, or NLC for 1-D), else ONNX order."""
+_KEEPS_LAYOUT = ("Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "LeakyRelu", "Add", "Sub", "Mul")
+
+
+def _readers_through_elementwise(value: ir.Value, depth: int = 3) -> list[ir.Node]:
+    """The readers of `value`, and of elementwise ops in between (they keep whatever layout they get)."""
     found = list(readers(value))
+    if depth > 0:
+        for n in list(found):
+            if n.op_type in _KEEPS_LAYOUT and n.outputs[0].shape is not None and value.shape is not None:
+                if len(n.outputs[0].shape) == len(value.shape):
+                    found += _readers_through_elementwise(n.outputs[0], depth - 1)
+    return found
+
+
+def _input_perm(value: ir.Value, rank: int) -> tuple[int, ...]:
+    """Channels last where a convolution or pool reads the input, directly or through elementwise ops
+    (NHWC, or NLC for 1-D), else ONNX order."""
+    found = _readers_through_elementwise(value)
     if rank in (3, 4) and any(n.op_type in _NEEDS_NHWC for n in found):
         return NHWC if rank == 4 else (0, 2, 1)
     for n in found:  # SOFTMAX runs over the last axis: put the softmax axis there
