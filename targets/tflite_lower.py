@@ -43,6 +43,7 @@ __all__ = [
     "value_name",
     "named_bounds",
     "saturation_clips",
+    "saturating_activation",
     "INT_BOUNDS",
     "integer_dtype",
 ]
@@ -394,9 +395,19 @@ def fusable_activation(node: ir.Node, low: Lowering | None = None) -> tuple[ir.N
     reader = uses[0].node
     bounds = activation_bounds(reader)
     name = named_bounds(bounds, _FUSED_BOUNDS)
-    if name is None and bounds is not None and low is not None and saturation_clips(low, reader.outputs[0], bounds):
-        name = "NONE"
+    if name is None and bounds is not None and low is not None:
+        name = saturating_activation(low, reader.outputs[0], bounds)
     return (reader, name) if name is not None else None
+
+
+def saturating_activation(low: Lowering, value: ir.Value, bounds: tuple[float, float]) -> str | None:
+    """A Clip the output's integer range performs: whole ("NONE"), or above while RELU does 0 (a
+    symmetric int16 range holds negatives, so its lower side is a RELU)."""
+    if saturation_clips(low, value, bounds):
+        return "NONE"
+    if bounds[0] == 0.0 and saturation_clips(low, value, (-np.inf, bounds[1])):
+        return "RELU"
+    return None
 
 
 def saturation_clips(low: Lowering, value: ir.Value, bounds: tuple[float, float]) -> bool:

@@ -22,6 +22,7 @@ from qcompile.targets.tflite_lower import (
     identity,
     named_bounds,
     register,
+    saturating_activation,
     saturation_clips,
 )
 
@@ -126,6 +127,8 @@ _CLIPS = {(0.0, np.inf): "RELU", (0.0, 6.0): "RELU6", (-1.0, 1.0): "RELU_N1_TO_1
 def lower_clip(low: Lowering, node: ir.Node) -> None:
     bounds = activation_bounds(node)
     code = named_bounds(bounds, _CLIPS)
+    if code is None and low.mode == "int" and bounds is not None:
+        code = {"RELU": "RELU", "NONE": None}.get(saturating_activation(low, node.outputs[0], bounds) or "")
     if code is None and low.mode == "int" and bounds is not None and saturation_clips(low, node.outputs[0], bounds):
         x = low.input(node, 0)  # the output quantization's saturation is the clip: a re-scale does it
         for use in node.outputs[0].uses():

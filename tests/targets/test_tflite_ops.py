@@ -60,3 +60,35 @@ def test_tflm_runs_the_same_file(name):
         raw = [to_runtime(t, sample[t.name]) for t in tm.inputs]
         for a, b in zip(tflm.invoke(raw), litert.invoke(raw), strict=True):
             assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+A16_CASES = sorted(
+    n for n, c in CASES.items() if c.target == "tflite" and not n.endswith(("lookup_table", "prelu", "by_a_tensor"))
+)
+
+
+@pytest.mark.parametrize("name", A16_CASES)
+def test_op_in_16x8_is_closer_to_float(name):
+    """With 16-bit activations every op is at least 3 dB closer to float than in int8 (weighted ops are
+    then bounded by their int8 weights), and within 4 dB of the same plan's QDQ model on ORT (TFLite's
+    int16 logistic, tanh and softmax use lookup tables, a little coarser than ORT's float functions)."""
+    case = CASES[name]
+    calib = samples_for(case, 24)
+    sqnr = {}
+    for precision in ("a8w8", "a16w8"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = qcompile.compile(
+                case.build(),
+                "tflite",
+                calibration=calib,
+                evaluation=calib[:6],
+                measure_latency=False,
+                target_options={"precision": precision},
+            )
+        sqnr[precision] = {o["name"]: o["sqnr_db"] for o in result.card["fidelity"]["outputs"]}
+    dep = result.card["deployment"]
+    assert dep["int16_tensors"] > 0 and dep["float_ops"] == 0, dep
+    qdq = {o["name"]: o["sqnr_db"] for o in dep["qdq_on_ort"]["outputs"]}
+    for out, value in sqnr["a16w8"].items():
+        assert value >= sqnr["a8w8"][out] + 3 and value >= qdq[out] - 4, (out, value, sqnr["a8w8"][out], qdq[out])
