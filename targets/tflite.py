@@ -186,7 +186,8 @@ def make_tflite_family(
             "precision": precision,
             # XNNPACK (LiteRT's default kernels) takes CONCATENATION and RESHAPE in int8 but not
             # RESIZE_NEAREST_NEIGHBOR: whole-factor nearest upsampling is written as copies there
-            "lowering": {} if integer_only else {"nearest_as_copies": True},
+            # LiteRT's CONV_2D takes groups (filter channels = input channels / groups); TFLite Micro's does not
+            "lowering": {} if integer_only else {"nearest_as_copies": True, "grouped_conv": True},
         },
         lower=lower_file,
         static_graph=True,

@@ -172,10 +172,11 @@ def lower_conv(low: Lowering, node: ir.Node) -> None:
     group = node.attributes.get("group")
     groups, channels_in, channels_out = (group.as_int() if group is not None else 1), in_shape[1], weight.shape[0]
     depthwise = groups > 1 and groups == channels_in
-    if groups > 1 and not depthwise:
+    if groups > 1 and not depthwise and not low.options.get("grouped_conv"):
         raise UnsupportedOp(
-            f"Conv {node.name!r}: grouped convolution (group={groups} of {channels_in} channels) has no TFLite "
-            "kernel; group=1 and depthwise (group = input channels) lower"
+            f"Conv {node.name!r}: grouped convolution (group={groups} of {channels_in} channels) has no kernel "
+            "in TFLite Micro; group=1 and depthwise (group = input channels) lower there, grouped ones on LiteRT "
+            "(target tflite)"
         )
     if depthwise:
         filt = np.transpose(weight, (1, 2, 3, 0))

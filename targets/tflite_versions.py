@@ -96,7 +96,14 @@ def _depthwise(op: TflOp, graph: TflGraph, version: int) -> int:
     return 2 if dilated and graph.dtype_of(op.inputs[0]) != "int8" else version
 
 
+def _conv(op: TflOp, graph: TflGraph, version: int) -> int:
+    """A grouped CONV_2D (filter channels < input channels) is version 6, whatever the types."""
+    x, w = graph.tensors[op.inputs[0]], graph.tensors[op.inputs[1]]
+    return 6 if len(x.shape) == 4 and len(w.shape) == 4 and w.shape[3] != x.shape[3] else version
+
+
 _ADJUST: dict[str, Callable[[TflOp, TflGraph, int], int]] = {
+    "CONV_2D": _conv,
     "FULLY_CONNECTED": _fully_connected,
     "DEPTHWISE_CONV_2D": _depthwise,
     "MUL": _mul,

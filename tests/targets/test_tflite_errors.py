@@ -50,11 +50,6 @@ CASES = {
         lambda: single_op([_node("Erf", ["x"])], {"x": (1, 8)}),
         r"no TFLite lowering for 1 node\(s\): erf_node \(Erf\); supported: Abs, Add, .*Conv,",
     ),
-    "grouped conv": (
-        lambda: single_op([_node("Conv", ["x", "w"], group=2)], {"x": (1, 4, 6, 6)}, {"w": _w(4, 2, 3, 3)}),
-        r"Conv 'conv_node': grouped convolution \(group=2 of 4 channels\) has no TFLite kernel; group=1 and "
-        r"depthwise",
-    ),
     "3-d conv": (
         lambda: single_op([_node("Conv", ["x", "w"])], {"x": (1, 2, 4, 4, 4)}, {"w": _w(3, 2, 1, 1, 1)}),
         r"Conv 'conv_node': 3-D convolution has no TFLite kernel",
@@ -175,6 +170,16 @@ def test_parameters_computed_at_run_time(nodes, message):
     model = _ir(nodes, inputs, {"e": _i64(1)})
     with pytest.raises(QCompileError, match=message):
         lower_to_tflite(model, integer_io=False)
+
+
+def test_grouped_convolution_on_tflite_micro():
+    model = single_op([_node("Conv", ["x", "w"], group=2)], {"x": (1, 4, 6, 6)}, {"w": _w(4, 2, 3, 3)})
+    with pytest.raises(
+        QCompileError,
+        match=r"Conv 'conv_node': grouped convolution \(group=2 of 4 channels\) has no kernel in TFLite Micro; "
+        r"group=1 and depthwise \(group = input channels\) lower there, grouped ones on LiteRT \(target tflite\)",
+    ):
+        _compile(model, "tflm")
 
 
 def test_a_clip_the_int8_range_does_not_perform():

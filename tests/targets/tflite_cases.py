@@ -97,6 +97,7 @@ CASES: dict[str, Case] = {
     ),
     "conv_dilated_valid": _conv((1, 2, 11, 10), (4, 2, 3, 3), ("CONV_2D",), dilations=[2, 2]),
     "depthwise_relu6": _conv((1, 6, 7, 7), (6, 1, 3, 3), ("DEPTHWISE_CONV_2D",), "Relu6", group=6, pads=[1, 1, 1, 1]),
+    "conv_grouped": _conv((1, 6, 5, 5), (4, 3, 3, 3), ("CONV_2D",), group=2, pads=[1, 1, 1, 1]),
     "depthwise_multiplier": _conv((1, 3, 6, 6), (6, 1, 3, 3), ("DEPTHWISE_CONV_2D",), group=3),
     "conv1d": _conv((1, 4, 20), (5, 4, 3), ("CONV_2D", "RESHAPE"), pads=[1, 1]),
     "conv_transpose": Case(
