@@ -175,6 +175,7 @@ def compile(
     calibrator: str = "minmax",
     policy: str = "naive",
     target_options: dict[str, Any] | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
     progress: bool | None = None,
     measure_latency: bool = True,
     executor: Executor | None = None,
@@ -209,6 +210,8 @@ def compile(
             groups in float, `qcompile.search`) or `"selective"` (also a calibrator per tensor,
             float only where calibration cannot meet the budget, `qcompile.selective`).
         target_options: options for the target's factory (e.g. `{"reduce_range": True}` for ort-cpu).
+        input_shapes: static sizes for inputs with symbolic dimensions, for targets with static graphs
+            (`{"x": [1, 3, 224, 224]}`; else the first calibration sample's, where the target allows it).
         progress: progress bars on stderr; None shows them when stderr is a terminal.
         measure_latency: time both models (1 thread and ORT's default) for the card.
         executor: any `concurrent.futures.Executor` (process pool, a Dask client's
@@ -281,7 +284,7 @@ def compile(
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))
     prepared = _checked(prepared, first, model, config)
     if tgt.static_graph and first is not None:  # integer inputs (a sample rate, a mode) become constants
-        prepared = fix_integer_inputs(prepared, first)
+        prepared = fix_integer_inputs(prepared, first, input_shapes, tgt.explicit_shapes)
         samples = check_fixed(samples, prepared.fixed_inputs, "calibration")
     # before calibration: a graph the target cannot take fails now, not after it
     early_files = tgt.precheck(prepared.model, tgt) if tgt.precheck is not None else {}

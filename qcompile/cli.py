@@ -114,6 +114,13 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="tflite/tflm/ethos-u: a16w8 runs 16-bit activations (int8 weights) wherever an op has the kernel",
     )
+    c.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=D0,D1,...",
+        help="tflite/tflm/ethos-u: the static shape of an input with dynamic dimensions (repeat per input)",
+    )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
     i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
@@ -162,6 +169,20 @@ def _add_budget_options(c: argparse.ArgumentParser) -> None:
     )
 
 
+def _input_shapes(given: list[str]) -> dict[str, list[int]] | None:
+    """NAME=D0,D1,... flags as a dict."""
+    shapes = {}
+    for item in given:
+        name, _, dims = item.partition("=")
+        try:
+            shapes[name] = [int(d) for d in dims.split(",")]
+        except ValueError:
+            shapes[name] = []
+        if not name or not shapes[name] or any(d <= 0 for d in shapes[name]):
+            raise QCompileError(f"--input-shape {item!r}: expected NAME=D0,D1,... with positive sizes")
+    return shapes or None
+
+
 def _target_options(args: argparse.Namespace) -> dict[str, object]:
     """Target options from their flags (a target that has no such option says so)."""
     options: dict[str, object] = {k: True for k in ("float_io", "float_model") if getattr(args, k)}
@@ -202,6 +223,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             reference=args.reference,
             dequantize=args.dequantize,
             target_options=_target_options(args),
+            input_shapes=_input_shapes(args.input_shape),
         )
     files = result.save(args.output, report=args.report)
     sys.stdout.write(render_markdown(result.card))

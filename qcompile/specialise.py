@@ -1,6 +1,7 @@
 """Make a graph static for targets that need one: input shapes and integer inputs from the data.
 
-Symbolic input dimensions take the first calibration sample's sizes, and shape inference
+Symbolic input dimensions take the sizes given with --input-shape, else (unless the target asks
+for them explicitly, as TFLite Micro does) the first calibration sample's, and shape inference
 runs again, so that every tensor has a static shape (recorded in the card).
 
 A TFLite file has one graph with static shapes and no control flow.  A model that takes a
@@ -14,7 +15,7 @@ that does not raises, naming the input); the card records the values.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -33,23 +34,65 @@ def _integer(value: ir.Value) -> bool:
     return value.dtype is not None and value.dtype.is_integer()
 
 
-def _static_shapes(model: ir.Model, sample: Sample) -> dict[str, list[int]]:
-    """Symbolic dimensions of float inputs set from `sample`; the shapes so fixed."""
+def _given_shape(value: ir.Value, shape: Sequence[int]) -> list[int]:
+    dims = list(value.shape) if value.shape is not None else None
+    if dims is not None and len(dims) != len(shape):
+        raise QCompileError(
+            f"--input-shape {value.name}={','.join(map(str, shape))} has {len(shape)} dimensions; "
+            f"input {value.name!r} has {len(dims)}"
+        )
+    for d, n in zip(dims or [], shape, strict=False):
+        if isinstance(d, int) and d != n:
+            raise QCompileError(
+                f"--input-shape {value.name}={','.join(map(str, shape))}: input {value.name!r} is "
+                f"{[x if isinstance(x, int) else str(x) for x in dims or []]}"
+            )
+    return [int(n) for n in shape]
+
+
+def _static_shapes(
+    model: ir.Model, sample: Sample, given: Mapping[str, Sequence[int]], explicit: bool
+) -> dict[str, list[int]]:
+    """Symbolic dimensions of float inputs set from `given` (--input-shape), else from `sample` unless the
+    target asks for them `explicit`ly; the shapes so fixed."""
+    unknown = sorted(set(given) - {v.name for v in model.graph.inputs})
+    if unknown:
+        raise QCompileError(
+            f"--input-shape names {unknown[0]!r}, which is not an input of the model; inputs: "
+            f"{', '.join(v.name or '?' for v in model.graph.inputs)}"
+        )
     fixed = {}
     for value in model.graph.inputs:
         dims = list(value.shape) if value.shape is not None else None
-        if value.name not in sample or (dims is not None and all(isinstance(d, int) for d in dims)):
+        name = value.name or ""
+        static = dims is not None and all(isinstance(d, int) for d in dims)
+        if name in given:
+            shape = _given_shape(value, given[name])
+        elif static or name not in sample:
             continue
-        shape = [int(d) for d in np.shape(sample[value.name])]
+        elif explicit:
+            seen = ",".join(str(int(d)) for d in np.shape(sample[name]))
+            raise QCompileError(
+                f"input {name!r} has dynamic dimensions {[d if isinstance(d, int) else str(d) for d in dims or []]}; "
+                f"this target needs static shapes: give --input-shape {name}={seen} (the first calibration "
+                "sample's)"
+            )
+        else:
+            shape = [int(d) for d in np.shape(sample[name])]
         value.shape = ir.Shape(shape)
-        fixed[value.name or ""] = shape
+        fixed[name] = shape
     return fixed
 
 
-def fix_integer_inputs(prepared: Prepared, sample: Sample) -> Prepared:
+def fix_integer_inputs(
+    prepared: Prepared,
+    sample: Sample,
+    given: Mapping[str, Sequence[int]] | None = None,
+    explicit: bool = False,
+) -> Prepared:
     """`prepared` with static input shapes and every integer input that `sample` carries made a constant."""
     model = prepared.model
-    shapes = _static_shapes(model, sample)
+    shapes = _static_shapes(model, sample, given or {}, explicit)
     fixed: dict[str, list | int | float] = {}
     for value in list(model.graph.inputs):
         if not _integer(value) or value.name not in sample or value.dtype is None:

@@ -105,6 +105,7 @@ class Target:
     options: Mapping[str, Any] = field(default_factory=dict)
     lower: Lower | None = None  # writes the deployment file and runs it; None: the QDQ ONNX model is the file
     static_graph: bool = False  # one graph, static shapes: integer inputs are fixed to the data's values
+    explicit_shapes: bool = False  # dynamic input dimensions need --input-shape (not the data's sizes)
     # before calibration: raises on a float graph `lower` could never take; returns extra files to write
     precheck: Callable[[ir.Model, Target], dict[str, bytes]] | None = None
 

@@ -191,6 +191,7 @@ def make_tflite_family(
         },
         lower=lower_file,
         static_graph=True,
+        explicit_shapes=integer_only,  # a microcontroller build is for one input size: the user says which
         precheck=_precheck,
     )
 

@@ -282,3 +282,47 @@ def test_an_integer_input_must_keep_its_fixed_value():
             r"static, but calibration sample 5 has \[3\]; compile one model per value",
         ):
             qcompile.compile(model, "tflite", calibration=calib, measure_latency=False)
+
+
+def _dynamic_conv():
+    return single_op(
+        [_node("Conv", ["x", "w"], pads=[1, 1, 1, 1])],
+        {"x": ("N", 3, 6, 6)},
+        {"w": _w(4, 3, 3, 3)},
+        output_shape=("N", 4, 6, 6),
+    )
+
+
+def test_tflite_micro_asks_for_the_input_shape():
+    with pytest.raises(
+        QCompileError,
+        match=r"input 'x' has dynamic dimensions \['N', 3, 6, 6\]; this target needs static shapes: give "
+        r"--input-shape x=1,3,6,6 \(the first calibration sample's\)",
+    ):
+        _compile(_dynamic_conv(), "tflm", shape=(1, 3, 6, 6))
+    result = _compile(_dynamic_conv(), "tflm", shape=(1, 3, 6, 6), input_shapes={"x": [1, 3, 6, 6]})
+    assert result.card["static_shapes"] == {"x": [1, 3, 6, 6]}
+    result = _compile(_dynamic_conv(), "tflite", shape=(1, 3, 6, 6))  # LiteRT: the data's shape, recorded
+    assert result.card["static_shapes"] == {"x": [1, 3, 6, 6]}
+
+
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        ({"y": [1, 3, 6, 6]}, r"--input-shape names 'y', which is not an input of the model; inputs: x"),
+        ({"x": [1, 3, 6]}, r"--input-shape x=1,3,6 has 3 dimensions; input 'x' has 4"),
+        ({"x": [1, 4, 6, 6]}, r"--input-shape x=1,4,6,6: input 'x' is \['N', 3, 6, 6\]"),
+    ],
+)
+def test_input_shape_must_fit_the_input(shapes, message):
+    with pytest.raises(QCompileError, match=message):
+        _compile(_dynamic_conv(), "tflm", shape=(1, 3, 6, 6), input_shapes=shapes)
+
+
+@pytest.mark.parametrize("flag", ["x", "x=", "x=1,a", "=1,2", "x=1,0"])
+def test_cli_input_shape_format(flag, capsys):
+    from qcompile.cli import main
+
+    code = main(["compile", "m.onnx", "--target", "tflm", "--calib", "c.npz", "--input-shape", flag, "-o", "o"])
+    assert code == 2
+    assert f"--input-shape {flag!r}: expected NAME=D0,D1,... with positive sizes" in capsys.readouterr().err
