@@ -41,7 +41,8 @@ ACCELERATORS = (
 )
 _COUNT = re.compile(r"^(CPU|NPU) operators = (\d+)", re.M)
 _KIB = re.compile(r"^Total (SRAM|Off-chip Flash) used\s+([\d.]+) KiB", re.M)
-_FALLBACK = re.compile(r"^Warning: (.*(?:CPU|not supported).*)$", re.M)
+# "Warning (supported operators) operator: GATHER, ofm: 'y_q'" then "Reason: Unsupported opType"
+_FALLBACK = re.compile(r"^Warning \(supported operators\) operator: (\w+), ofm: '([^']*)'\s*\nReason: (.*)$", re.M)
 
 
 def run_vela(data: bytes, accelerator: str, stem: str = "model") -> tuple[bytes, dict[str, Any]]:
@@ -65,7 +66,7 @@ def run_vela(data: bytes, accelerator: str, stem: str = "model") -> tuple[bytes,
         "accelerator": accelerator,
         "npu_operators": counts.get("npu", 0),
         "cpu_operators": counts.get("cpu", 0),
-        "cpu_fallbacks": sorted(set(_FALLBACK.findall(text)))[:20],
+        "cpu_fallbacks": [f"{op} ({out!r}): {why.strip()}" for op, out, why in _FALLBACK.findall(text)][:20],
         "sram_kib": memory.get("SRAM"),
         "flash_kib": memory.get("Off-chip Flash"),
         "estimated_inference_ms": 1000 * float(rows[0]["inference_time"]) if rows else None,

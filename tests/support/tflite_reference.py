@@ -97,9 +97,14 @@ def _is16(node: _Node, i: int = 0) -> bool:
 
 
 def _check_zero_points16(node: _Node, *inputs: int) -> None:
-    """16x8 kernels require zero points 0 on their int16 inputs and output."""
+    """16x8 kernels require zero points 0 on their int16 inputs and output (and int8 weights, input 1)."""
     if any(_zp(node.t(i)) != 0 for i in inputs) or _zp(node.out()) != 0:
         raise ValueError(f"{node.name} int16: LiteRT requires zero points 0")
+    if (
+        node.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+        and node.t(1).type != _TT.INT8
+    ):
+        raise node.fail("int16 activations with weights other than int8")
 
 
 def _act_range(node: _Node, fused: int) -> tuple[int, int]:
@@ -288,18 +293,17 @@ def transpose_conv(node: _Node) -> list[np.ndarray]:
 
 def batch_matmul(node: _Node) -> list[np.ndarray]:
     """BatchMatMul int8: (lhs - zp_l) @ (rhs - zp_r) with broadcast batch dims, requantized by
-    QuantizeMultiplier(double(s_l) * double(s_r) / double(s_out)) over the full int8 range (no fused activation)."""
+    QuantizeMultiplier(double(float(s_l * s_r)) / s_out) (the float product, as GetQuantizedConvolutionMultipler)
+    over the full int8 range (no fused activation); int16 (zero points 0): int64 accumulator and multiply."""
     lhs, rhs = fx.i64(node.x(0)) - _zp(node.t(0)), fx.i64(node.x(1)) - _zp(node.t(1))
     if node.opts is not None and node.opts.adjX:
         lhs = np.swapaxes(lhs, -1, -2)
     if node.opts is not None and node.opts.adjY:
         rhs = np.swapaxes(rhs, -1, -2)
-    if _is16(node):  # int16 x int16 or int16 x int8: int64 accumulator, GetQuantizedConvolutionMultipler
+    q, shift = fx.quantize_multiplier(np.float64(_scale(node.t(0)) * _scale(node.t(1))) / _scale(node.out()))
+    if _is16(node):  # int16 x int16 or int16 x int8: int64 accumulator and multiply
         _check_zero_points16(node, 0, 1)
-        q, shift = fx.quantize_multiplier(np.float64(_scale(node.t(0)) * _scale(node.t(1))) / _scale(node.out()))
         return [np.clip(fx.mbqm64(np.matmul(lhs, rhs), q, shift), *_qrange(node.out()))]
-    m = np.float64(_scale(node.t(0))) * np.float64(_scale(node.t(1))) / np.float64(_scale(node.out()))
-    q, shift = fx.quantize_multiplier(m)
     return [_requant(np.matmul(lhs, rhs), q, shift, _zp(node.out()), -128, 127)]
 
 
@@ -486,6 +490,8 @@ def strided_slice(node: _Node) -> list[np.ndarray]:
         start = (-big if st > 0 else big) if o.beginMask >> ax & 1 else int(begin[ax])
         start = min(max(start + dim if start < 0 else start, lo_c), hi_c)
         if o.shrinkAxisMask >> ax & 1:
+            if st < 0:
+                raise ValueError("STRIDED_SLICE: LiteRT writes nothing for a shrunk axis with a negative stride")
             stop = start + 1
         else:
             stop = (big if st > 0 else -big) if o.endMask >> ax & 1 else int(end[ax])

@@ -326,3 +326,20 @@ def test_cli_input_shape_format(flag, capsys):
     code = main(["compile", "m.onnx", "--target", "tflm", "--calib", "c.npz", "--input-shape", flag, "-o", "o"])
     assert code == 2
     assert f"--input-shape {flag!r}: expected NAME=D0,D1,... with positive sizes" in capsys.readouterr().err
+
+
+def test_ethos_u_card_says_which_ops_fall_back_and_why():
+    from tests.targets.tflite_cases import CASES, samples_for
+
+    case = CASES["sqrt_lookup_table"]  # CAST and GATHER (the lookup table) have no Ethos-U kernel
+    calib = samples_for(case, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = qcompile.compile(
+            case.build(), "ethos-u", calibration=calib, evaluation=calib[:2], measure_latency=False
+        )
+    vela = result.card["deployment"]["vela"]
+    assert vela["cpu_operators"] == 2 and vela["npu_operators"] == 1
+    assert sorted(f.split(" ")[0] for f in vela["cpu_fallbacks"]) == ["CAST", "GATHER"]
+    assert all(f.endswith(": Unsupported opType") for f in vela["cpu_fallbacks"])
+    assert "falls back to the CPU: GATHER ('y_q'): Unsupported opType" in qcompile.card.render_markdown(result.card)
