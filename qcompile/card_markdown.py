@@ -32,6 +32,15 @@ def _search_lines(search: dict | None) -> list[str]:
     ]
     if search.get("cut"):
         lines += ["**The search was cut by its time budget**: the plan is the best choice found by then.", ""]
+    a16 = search.get("a16") or {}
+    if a16:
+        promoted = a16.get("promoted", [])
+        lines += [
+            f"16-bit activations instead of float: {len(promoted)} of the {len(a16['nodes'])} float node(s)"
+            f" ({', '.join(promoted[:8]) or 'none'}); the budget then reads {_fmt(a16['value'], 3)} on the"
+            " search samples.",
+            "",
+        ]
     if search.get("calibrator"):
         own = search.get("calibrators") or {}
         lines += [

@@ -5,7 +5,8 @@ for a sensitive op: it leaves the integer graph (a float island; on TFLite Micro
 kernel at all).  So the nodes the search kept float, where the target's rule runs the op with
 16-bit activations, are tried as "int16" together: the plan is assigned again, the QDQ model
 built on a copy and run on the search samples, and the promotion is kept when the budget still
-holds with the search's margin.  One trial: all such nodes or none; the card says which.
+holds with the search's margin.  If all together do not hold, the first `MAX_SINGLE_TRIALS` are
+tried one at a time, each kept if the budget still holds; the card lists the promoted nodes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from qcompile.targets.base import Target
 __all__ = ["promote_to_a16", "PROMOTED"]
 
 PROMOTED = "kept float by the search; 16-bit activations meet the budget there"
+MAX_SINGLE_TRIALS = 8  # after all-at-once fails: nodes tried one by one (each trial builds and runs a model)
 
 
 def _outputs(model: ir.Model, samples: Sequence[Sample]) -> dict[str, list]:
@@ -62,20 +64,34 @@ def promote_to_a16(
     ]
     if not eligible:
         return dict(decisions), {}
-    trial = {**decisions, **{n: NodeDecision("int16", PROMOTED) for n in eligible}}
-    candidate = ir.from_proto(ir.to_proto(model))
-    plan = assign(trial)
-    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan)), candidate)
-    ref, got = _outputs(model, samples), _outputs(candidate, samples)
-    floats = [n for n in ref if ref[n] and np.asarray(ref[n][0]).dtype.kind == "f"]
+    ref = _outputs(model, samples)
     labels = [s[LABELS_KEY] for s in samples if LABELS_KEY in s]
-    result = budget.evaluate(
-        {n: stacked(ref[n]) for n in floats},
-        {n: stacked(got[n]) for n in floats},
-        kinds,
-        np.concatenate([np.ravel(x) for x in labels]) if len(labels) == len(samples) else None,
-        margin,
-        where="the search samples",
-    )
-    report = {"nodes": eligible, "value": result.value, "kept": result.met}
-    return (trial if result.met else dict(decisions)), report
+    label_array = np.concatenate([np.ravel(x) for x in labels]) if len(labels) == len(samples) else None
+
+    def holds(names: list[str]) -> tuple[bool, float]:
+        trial = {**decisions, **{n: NodeDecision("int16", PROMOTED) for n in names}}
+        candidate = ir.from_proto(ir.to_proto(model))
+        plan = assign(trial)
+        run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan)), candidate)
+        got = _outputs(candidate, samples)
+        floats = [n for n in ref if ref[n] and np.asarray(ref[n][0]).dtype.kind == "f"]
+        result = budget.evaluate(
+            {n: stacked(ref[n]) for n in floats},
+            {n: stacked(got[n]) for n in floats},
+            kinds,
+            label_array,
+            margin,
+            where="the search samples",
+        )
+        return result.met, result.value
+
+    met, value = holds(eligible)
+    kept = list(eligible) if met else []
+    if not met and len(eligible) > 1:  # one at a time, in graph order, each kept if the budget still holds
+        for name in eligible[:MAX_SINGLE_TRIALS]:
+            ok, trial_value = holds([*kept, name])
+            if ok:
+                kept.append(name)
+                value = trial_value
+    report = {"nodes": eligible, "promoted": kept, "value": value, "kept": bool(kept)}
+    return {**decisions, **{n: NodeDecision("int16", PROMOTED) for n in kept}}, report

@@ -258,6 +258,9 @@ def test_float_island_after_a_flatten_of_nhwc_data():
     assert sqnr >= dep["qdq_on_ort"]["outputs"][0]["sqnr_db"] - 1.0
     # the search's float nodes were tried at 16 bits; the plan says what came of it
     a16 = result.card["search"]["a16"]
-    assert a16["nodes"] and isinstance(a16["kept"], bool)
-    kept = {result.plan.nodes[n].precision for n in a16["nodes"]}
-    assert kept == ({"int16"} if a16["kept"] else {"float"})
+    assert a16["nodes"] and a16["kept"] == bool(a16["promoted"])
+    for name in a16["nodes"]:
+        assert result.plan.nodes[name].precision == ("int16" if name in a16["promoted"] else "float")
+    assert f"16-bit activations instead of float: {len(a16['promoted'])} of the {len(a16['nodes'])}" in (
+        qcompile.card.render_markdown(result.card)
+    )

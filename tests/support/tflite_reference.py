@@ -97,14 +97,9 @@ def _is16(node: _Node, i: int = 0) -> bool:
 
 
 def _check_zero_points16(node: _Node, *inputs: int) -> None:
-    """16x8 kernels require zero points 0 on their int16 inputs and output (and int8 weights, input 1)."""
+    """int16 kernels require zero points 0 on their int16 inputs and output."""
     if any(_zp(node.t(i)) != 0 for i in inputs) or _zp(node.out()) != 0:
         raise ValueError(f"{node.name} int16: LiteRT requires zero points 0")
-    if (
-        node.name in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-        and node.t(1).type != _TT.INT8
-    ):
-        raise node.fail("int16 activations with weights other than int8")
 
 
 def _act_range(node: _Node, fused: int) -> tuple[int, int]:
@@ -188,19 +183,28 @@ def _bias(node: _Node, i: int, channels: int) -> fx.Ints:
     return np.zeros(channels, np.int64) if b is None else fx.i64(b).reshape(channels)
 
 
-def _requant16x8(node: _Node, acc: fx.Ints, i: int, q: fx.Ints, shift: fx.Ints, lo: int, hi: int) -> fx.Ints:
-    """16x8 requantization of acc + bias (input i): quantized_bias_type INT32 selects an int32 bias, accumulator and
-    MultiplyByQuantizedMultiplier; unset (or INT64) an int64 bias, accumulator and the int64 multiply (16-bit
-    multiplier). The output zero point is 0."""
+def _int32_acc16x8(node: _Node, i: int) -> bool:
+    """16x8 CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / TRANSPOSE_CONV (bias input i): int8 weights, zero points
+    0; quantized_bias_type INT32 selects an int32 bias and accumulator (True), unset or INT64 an int64 accumulator
+    with the bias read as int64 whatever its type (an int32 bias is refused here)."""
+    if node.t(1).type != _TT.INT8:
+        raise node.fail("int16 activations with weights other than int8")
+    _check_zero_points16(node, 2 if node.name == "TRANSPOSE_CONV" else 0)
     qbt, b = getattr(node.opts, "quantizedBiasType", 0), node.opt(i)
     btype = None if b is None else node.t(i).type
     if qbt not in (0, _TT.INT32, _TT.INT64) or (qbt and btype not in (None, qbt)):
         raise ValueError(f"{node.name} 16x8: quantized_bias_type must be INT32 or INT64 and match the bias type")
     if btype not in (None, _TT.INT64) and qbt != _TT.INT32:
         raise ValueError(f"{node.name} 16x8: the bias must be int64, or int32 with quantized_bias_type INT32")
-    _check_zero_points16(node, 2 if node.name == "TRANSPOSE_CONV" else 0)
+    return qbt == _TT.INT32
+
+
+def _requant16x8(node: _Node, acc: fx.Ints, i: int, q: fx.Ints, shift: fx.Ints, lo: int, hi: int) -> fx.Ints:
+    """16x8 requantization of acc + bias (input i): MultiplyByQuantizedMultiplier on an int32 accumulator, or the
+    int64 one (multiplier rounded to 16 bits); the output zero point is 0."""
+    acc32 = _int32_acc16x8(node, i)
     acc = acc + _bias(node, i, acc.shape[-1])
-    return np.clip(fx.mbqm(fx.wrap32(acc), q, shift) if qbt == _TT.INT32 else fx.mbqm64(acc, q, shift), lo, hi)
+    return np.clip(fx.mbqm(fx.wrap32(acc), q, shift) if acc32 else fx.mbqm64(acc, q, shift), lo, hi)
 
 
 def conv_2d(node: _Node) -> list[np.ndarray]:
@@ -239,8 +243,9 @@ def depthwise_conv_2d(node: _Node) -> list[np.ndarray]:
 
 def fully_connected(node: _Node) -> list[np.ndarray]:
     """FullyConnected / FullyConnectedPerChannel (reference variants taking the scales): acc = (w - zp_w) . (x - zp_in)
-    + bias, then round(double(acc) * double(s_in) * double(s_w) / double(s_out)) half away from zero, + zp_out,
-    clamped; per output channel when the weights have several scales (that kernel ignores the weight zero point)."""
+    + bias (int32, or int64 in 16x8), then round(double(acc) * double(s_in) * double(s_w) / double(s_out)) half away
+    from zero, + zp_out, clamped; per output channel when the weights have several scales (that kernel ignores the
+    weight zero point)."""
     x, wt = node.x(0), node.t(1)
     w = fx.i64(node.x(1))
     oc, depth = w.shape[-2], w.shape[-1]
@@ -254,14 +259,7 @@ def fully_connected(node: _Node) -> list[np.ndarray]:
             raise ValueError("FULLY_CONNECTED: LiteRT requires |s_in * s_w - s_bias| / s_out <= 0.02")
     w = w.reshape(oc, depth) - (0 if per_channel else _zp(wt))
     acc = (fx.i64(x).reshape(-1, depth) - _zp(node.t(0))) @ w.T + _bias(node, 2, oc)
-    if _is16(node):  # 16x8: an int64 accumulator unless quantized_bias_type is INT32
-        qbt, b = node.opts.quantizedBiasType, node.opt(2)
-        if qbt not in (0, _TT.INT32, _TT.INT64) or (qbt and b is not None and node.t(2).type != qbt):
-            raise ValueError("FULLY_CONNECTED 16x8: quantized_bias_type must be INT32 or INT64 and match the bias")
-        if b is not None and node.t(2).type != _TT.INT64 and qbt != _TT.INT32:
-            raise ValueError("FULLY_CONNECTED 16x8: the bias must be int64, or int32 with quantized_bias_type INT32")
-        _check_zero_points16(node, 0)
-    acc = fx.wrap32(acc) if not _is16(node) or node.opts.quantizedBiasType == _TT.INT32 else acc
+    acc = acc if _is16(node) and not _int32_acc16x8(node, 2) else fx.wrap32(acc)  # 16x8: int64 unless the bias is int32
     eff = _channel_scales(node, 0, 1, oc)
     y = fx.float_to_int32(fx.round_half_away(acc.astype(np.float64) * eff)) + _zp(node.out())
     lo, hi = _act_range(node, node.opts.fusedActivationFunction)
