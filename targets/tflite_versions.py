@@ -21,8 +21,8 @@ VERSIONS: dict[str, dict[str, int]] = {
     "FULLY_CONNECTED": {"float32": 1, "int8": 4, "int16": 1},
     "TRANSPOSE_CONV": {"float32": 3, "int8": 3, "int16": 3},  # with a bias input
     "BATCH_MATMUL": {"float32": 1, "int8": 2, "int16": 3},
-    "ADD": {"float32": 1, "int8": 2, "int16": 1},
-    "SUB": {"float32": 1, "int8": 2, "int16": 1},
+    "ADD": {"float32": 1, "int8": 2, "int16": 3},  # int16 with pot_scale_int16 off (any scales), as written
+    "SUB": {"float32": 1, "int8": 2, "int16": 5},
     "MUL": {"float32": 1, "int8": 2, "int16": 4},
     "MAXIMUM": {"float32": 1, "int8": 2, "int16": 4},
     "MINIMUM": {"float32": 1, "int8": 2, "int16": 4},
