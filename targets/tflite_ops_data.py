@@ -300,7 +300,32 @@ def lower_gather(low: Lowering, node: ir.Node) -> None:
     idx = np.where(indices < 0, indices + size, indices).astype(np.int32)
     x = low.input(node, 0)
     x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "gather")
-    index = low.g.constant(f"{node.name}_indices", idx, "int32")
     out_perm = x.perm if idx.ndim == 1 else reduced_perm(x.perm, [axis])
+    flat = idx.reshape(-1)
+    if flat.size and np.array_equal(flat, np.arange(flat[0], flat[0] + flat.size)):
+        return _gather_as_slice(low, node, x, axis, int(flat[0]), int(flat.size), out_perm)
+    index = low.g.constant(f"{node.name}_indices", idx, "int32")
     y = low.output(node.outputs[0], out_perm)
     low.g.emit("GATHER", [x.index, index], [y], "GatherOptions", axis=x.perm.index(axis))
+
+
+def _gather_as_slice(
+    low: Lowering, node: ir.Node, x: Bound, axis: int, start: int, count: int, out_perm: tuple[int, ...]
+) -> None:
+    """A Gather of consecutive indices is a STRIDED_SLICE (and a RESHAPE when a scalar index drops the
+    axis): data movement every runtime delegates (XNNPACK and Ethos-U have no int8 GATHER)."""
+    shape = low.g.tensors[x.index].shape
+    at = x.perm.index(axis)
+    begin = [0] * len(shape)
+    end = list(shape)
+    begin[at], end[at] = start, start + count
+    consts = [
+        low.g.constant(f"{node.name}_{k}", np.asarray(v, np.int32), "int32")
+        for k, v in (("begin", begin), ("end", end), ("strides", [1] * len(shape)))
+    ]
+    if len(out_perm) == len(shape):
+        low.g.emit("STRIDED_SLICE", [x.index, *consts], [low.output(node.outputs[0], out_perm)], "StridedSliceOptions")
+        return
+    sliced = low.scratch(node.outputs[0], tuple(count if i == at else d for i, d in enumerate(shape)))
+    low.g.emit("STRIDED_SLICE", [x.index, *consts], [sliced], "StridedSliceOptions")
+    low.reshape_into(sliced, node.outputs[0], out_perm)

@@ -241,6 +241,9 @@ CASES: dict[str, Case] = {
         {"s": _i64(1), "e": _i64(2), "a": _i64(2)},
         ("STRIDED_SLICE", "RESHAPE"),
     ),
+    "gather_one_index": _with_consts(
+        [_node("Gather", ["x", "i"], axis=1)], (2, 5, 4), {"i": np.asarray(3, np.int64)}, ("STRIDED_SLICE", "RESHAPE")
+    ),
     "gather": _with_consts([_node("Gather", ["x", "i"], axis=1)], (1, 6, 4), {"i": _i64(0, 5, 2)}, ("GATHER",)),
 }
 
