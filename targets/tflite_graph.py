@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TflQuant", "TflTensor", "TflOp", "TflGraph", "NUMPY_DTYPES", "OMITTED"]
+__all__ = ["TflQuant", "TflTensor", "TflOp", "TflGraph", "NUMPY_DTYPES", "OMITTED", "INT_BOUNDS"]
 
 NUMPY_DTYPES = {"float32": np.float32, "int8": np.int8, "int16": np.int16, "int32": np.int32, "int64": np.int64}
 OMITTED = -1  # an optional operator input left out
+INT_BOUNDS = {"int8": (-128, 127), "int16": (-32768, 32767)}  # the integer types of TFLite activations
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from qcompile.targets import (  # noqa: F401  (register lowerings)
     tflite_ops_lut,
     tflite_ops_math,
 )
+from qcompile.targets.tflite_fuse import fusable_activation
 from qcompile.targets.tflite_graph import TflQuant, TflTensor
 from qcompile.targets.tflite_lower import (
     FLOAT_ONLY,
@@ -33,7 +34,6 @@ from qcompile.targets.tflite_lower import (
     Bound,
     Lowering,
     UnsupportedOp,
-    fusable_activation,
     identity,
     readers,
 )

@@ -18,9 +18,8 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.ir_utils import name_of
-from qcompile.targets.tflite_graph import OMITTED, TflQuant, TflTensor
+from qcompile.targets.tflite_graph import INT_BOUNDS, OMITTED, TflQuant, TflTensor
 from qcompile.targets.tflite_lower import (
-    INT_BOUNDS,
     NHWC,
     Bound,
     Lowering,

@@ -13,18 +13,9 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.ir_utils import name_of
+from qcompile.targets.tflite_fuse import activation_bounds, named_bounds, saturating_activation, saturation_clips
 from qcompile.targets.tflite_graph import TflQuant
-from qcompile.targets.tflite_lower import (
-    Bound,
-    Lowering,
-    UnsupportedOp,
-    activation_bounds,
-    identity,
-    named_bounds,
-    register,
-    saturating_activation,
-    saturation_clips,
-)
+from qcompile.targets.tflite_lower import Bound, Lowering, UnsupportedOp, identity, register
 
 __all__ = ["FIXED_OUTPUT", "reduced_perm"]
 
