@@ -112,8 +112,9 @@ def deployment_section(lowered: Lowered, verification: Verification) -> dict[str
     section = dict(lowered.summary)
     if verification.qdq_fidelity is not None:
         section["qdq_on_ort"] = verification.qdq_fidelity.to_dict()
-    if lowered.check is not None and verification.qdq_outputs is not None:
-        section["runtimes_vs_qdq"] = lowered.check(verification.evaluation.samples, verification.qdq_outputs)
+    qdq, deployed = verification.qdq_outputs, verification.deployed_outputs
+    if lowered.check is not None and qdq is not None and deployed is not None:
+        section["runtimes_vs_qdq"] = lowered.check(verification.evaluation.samples, qdq, deployed)
     return section
 
 

@@ -23,23 +23,14 @@ from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.pipeline import run_passes
 from qcompile.plan import NodeDecision, QuantPlan
-from qcompile.runtime import SessionSource, make_session, run_session
+from qcompile.runtime import SessionSource
 from qcompile.targets.base import Target
+from qcompile.verify import run_outputs
 
 __all__ = ["promote_to_a16", "PROMOTED"]
 
 PROMOTED = "kept float by the search; 16-bit activations meet the budget there"
 MAX_SINGLE_TRIALS = 8  # after all-at-once fails: nodes tried one by one (each trial builds and runs a model)
-
-
-def _outputs(model: ir.Model, samples: Sequence[Sample]) -> dict[str, list]:
-    session = make_session(SessionSource.of(model))
-    names = [o.name for o in session.get_outputs()]
-    out: dict[str, list] = {n: [] for n in names}
-    for sample in samples:
-        for name, value in run_session(session, sample, names).items():
-            out[name].append(value)
-    return out
 
 
 def promote_to_a16(
@@ -64,7 +55,7 @@ def promote_to_a16(
     ]
     if not eligible:
         return dict(decisions), {}
-    ref = _outputs(model, samples)
+    ref = run_outputs(SessionSource.of(model), samples)
     labels = [s[LABELS_KEY] for s in samples if LABELS_KEY in s]
     label_array = np.concatenate([np.ravel(x) for x in labels]) if len(labels) == len(samples) else None
 
@@ -73,7 +64,7 @@ def promote_to_a16(
         candidate = ir.from_proto(ir.to_proto(model))
         plan = assign(trial)
         run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan)), candidate)
-        got = _outputs(candidate, samples)
+        got = run_outputs(SessionSource.of(candidate), samples)
         floats = [n for n in ref if ref[n] and np.asarray(ref[n][0]).dtype.kind == "f"]
         result = budget.evaluate(
             {n: stacked(ref[n]) for n in floats},

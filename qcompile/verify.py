@@ -136,6 +136,7 @@ class Verification:
     reference: str = "float"  # what the outputs were compared with: "float", "dequantized" or "given"
     qdq_fidelity: Fidelity | None = None  # a target with its own file: the same plan's QDQ model on ORT
     qdq_outputs: dict[str, list[np.ndarray]] | None = None
+    deployed_outputs: dict[str, list[np.ndarray]] | None = None  # ... and the target's file on its runtime
 
 
 def verify(
@@ -164,9 +165,10 @@ def verify(
     samples = evaluation.samples
     ref = run_outputs(float_ref, samples, progress)
     qdq = run_outputs(quant_ref, samples, progress)
-    fidelity, budget_result = figures(ref, run_outputs(runner, samples, progress), samples, kinds, budget)
+    deployed = run_outputs(runner, samples, progress)
+    fidelity, budget_result = figures(ref, deployed, samples, kinds, budget)
     qdq_fidelity, _ = figures(ref, qdq, samples, kinds)
-    return Verification(fidelity, evaluation, kernels, None, budget_result, reference, qdq_fidelity, qdq)
+    return Verification(fidelity, evaluation, kernels, None, budget_result, reference, qdq_fidelity, qdq, deployed)
 
 
 def integer_kernels(quant: SessionSource) -> dict[str, int]:

@@ -68,14 +68,15 @@ class Lowered:
 
     `runner.outputs(samples, progress)` returns every output on every sample, as the float ONNX
     model would (its layout, float values), so fidelity is measured as for ONNX models;
-    `check(samples, qdq_outputs)` runs the other runtimes and compares them with the QDQ model
+    `check(samples, qdq_outputs, runner_outputs)` runs the other runtimes and compares each, and the
+    runner's own outputs, with the QDQ model
     on ONNX Runtime, for the card.
     """
 
     files: dict[str, bytes]  # file name suffix ("tflite", "cc", ...) → content
     runner: Any
     summary: dict[str, Any]
-    check: Callable[[list, dict[str, list]], dict[str, Any]] | None = None
+    check: Callable[[list, dict[str, list], dict[str, list]], dict[str, Any]] | None = None
 
 
 Lower = Callable[[ir.Model, "Target"], Lowered]

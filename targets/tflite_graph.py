@@ -96,8 +96,5 @@ class TflGraph:
     def op_counts(self) -> dict[str, int]:
         return dict(Counter(op.code for op in self.ops))
 
-    def producers(self) -> dict[int, TflOp]:
-        return {t: op for op in self.ops for t in op.outputs}
-
     def dtype_of(self, index: int) -> str:
         return self.tensors[index].dtype

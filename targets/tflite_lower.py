@@ -24,6 +24,7 @@ import onnx_ir as ir
 
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import const_array, name_of
+from qcompile.quant_math import dequantize
 from qcompile.targets.tflite_fuse import fusable_activation
 from qcompile.targets.tflite_graph import INT_BOUNDS, TflGraph, TflQuant, TflTensor
 from qcompile.targets.tflite_layout import moves_only_unit_axes
@@ -41,6 +42,7 @@ __all__ = [
     "readers",
     "value_name",
     "integer_dtype",
+    "as_int16",
 ]
 
 NHWC = (0, 2, 3, 1)
@@ -110,7 +112,6 @@ class Lowering:
         self.ints: dict[str, Bound] = {}  # ONNX value → integer TFLite tensor
         self.floats: dict[str, Bound] = {}  # ONNX value → float32 TFLite tensor
         self.requantized: list[str] = []  # nodes where a QUANTIZE re-scales an input
-        self.batch_fixed: list[str] = []  # graph inputs whose symbolic batch dimension was set to 1
         self.transposes: list[str] = []  # nodes that needed a TRANSPOSE
         self.mode = "float"
         self.width = "int8"  # in int mode: the integer type the op computes in (its output Q's)
@@ -138,7 +139,6 @@ class Lowering:
         if observed is not None:
             return tuple(int(d) for d in observed)
         if value.is_graph_input() and dims and all(isinstance(d, int) for d in dims[1:]):
-            self.batch_fixed.append(name_of(value))
             return (1, *(d for d in dims[1:] if isinstance(d, int)))
         raise QCompileError(f"tensor {name_of(value)!r} has no static shape ({dims}); give the input shapes")
 
@@ -193,8 +193,7 @@ class Lowering:
                 if src.index in self.flat_order:  # a flatten of NHWC data, read by a float layer
                     self.flat_order[index] = self.flat_order[src.index]
                 bound = Bound(index, src.perm)
-            elif (arr := self.constant(value)) is not None or (w := self.weight(value)) is not None:
-                arr = arr if arr is not None else _dequantized(*w)  # type: ignore[misc]
+            elif (arr := self.float_constant(value)) is not None:
                 bound = Bound(self.g.constant(name, arr.astype(np.float32), "float32"), identity(arr.ndim))
             else:
                 raise QCompileError(f"tensor {name!r} was not lowered before its reader")
@@ -246,7 +245,7 @@ class Lowering:
         wanted = [(self.quant_of_q(q), self.dtype_of_q(q)) for q in q_nodes]
         quant, dtype = (fixed, self.width) if fixed is not None else wanted[0]
         if dtype != self.width:  # a 16-bit op writing an 8-bit tensor: into int16 (s/128, 0), then re-scaled
-            quant, dtype = TflQuant(tuple(v / 128 for v in quant.scale), (0,) * len(quant.scale), quant.axis), "int16"
+            quant, dtype = as_int16(quant), "int16"
             fixed = quant
         name = name_of(q_nodes[0].outputs[0]) if fixed is None else name_of(value)
         index = self.g.add(TflTensor(name, tfl_shape, dtype, quant))
@@ -293,7 +292,7 @@ class Lowering:
         if t.dtype == self.width or t.quant is None or t.data is not None or self.mode != "int":
             return bound
         if self.width == "int16":
-            quant = TflQuant(tuple(v / 128 for v in t.quant.scale), (0,) * len(t.quant.scale), t.quant.axis)
+            quant = as_int16(t.quant)
         else:
             quant = TflQuant(tuple(v * 32767 / 127 for v in t.quant.scale), (0,) * len(t.quant.scale), t.quant.axis)
         self.rewidened.append(name)
@@ -323,9 +322,6 @@ class Lowering:
         shape = self.g.tensors[out].shape
         new_shape = self.g.constant(f"{self.g.tensors[out].name}_shape", np.asarray(shape, np.int32), "int32")
         self.g.emit("RESHAPE", [src, new_shape], [out], "ReshapeOptions", newShape=list(shape))
-
-    def dequantized(self, w: tuple[np.ndarray, TflQuant, str]) -> np.ndarray:
-        return _dequantized(*w)
 
     def take_activation(self, node: ir.Node) -> tuple[str, ir.Value]:
         """The Relu/Clip that follows `node` alone, folded into it: (TFLite fused activation, value after it)."""
@@ -380,10 +376,12 @@ def _as_signed(data: np.ndarray, quant: TflQuant) -> tuple[np.ndarray, TflQuant]
     return data, quant
 
 
+def as_int16(quant: TflQuant) -> TflQuant:
+    """The int16 quantization (s/128, 0) holding an int8 one's reals exactly: q16 = 128 (q8 − z)."""
+    return TflQuant(tuple(v / 128 for v in quant.scale), (0,) * len(quant.scale), quant.axis)
+
+
 def _dequantized(data: np.ndarray, quant: TflQuant, dtype: str) -> np.ndarray:
-    shape = [1] * data.ndim
-    if quant.per_channel:
-        shape[quant.axis] = -1
-    scale = np.asarray(quant.scale, np.float32).reshape(shape)
-    zp = np.asarray(quant.zero_point, np.int64).reshape(shape)
-    return ((data.astype(np.int64) - zp) * scale).astype(np.float32)
+    """The reals of a quantized constant, as ONNX Runtime's DequantizeLinear computes them."""
+    axis = quant.axis if quant.per_channel else None
+    return dequantize(data, quant.scale_array(), np.asarray(quant.zero_point, np.int64), axis)

@@ -146,12 +146,12 @@ def _bind_inputs(low: Lowering) -> list[IoTensor]:
         shape = low.shape(value)
         perm = _input_perm(value, len(shape))
         tfl_shape = tuple(shape[a] for a in perm)
-        readers = [u.node for u in value.uses()]
-        quants = {(low.quant_of_q(q), low.dtype_of_q(q)) for q in readers if q.op_type == "QuantizeLinear"}
-        if low.integer_io and readers and len(quants) == 1 and all(q.op_type == "QuantizeLinear" for q in readers):
+        direct = [u.node for u in value.uses()]
+        quants = {(low.quant_of_q(q), low.dtype_of_q(q)) for q in direct if q.op_type == "QuantizeLinear"}
+        if low.integer_io and direct and len(quants) == 1 and all(q.op_type == "QuantizeLinear" for q in direct):
             quant, dtype = quants.pop()
             index = low.g.add(TflTensor(name_of(value), tfl_shape, dtype, quant))
-            for q in readers:
+            for q in direct:
                 low.ints[name_of(q.outputs[0])] = Bound(index, perm)
                 low.done.add(id(q))
             inputs.append(IoTensor(name_of(value), index, perm, dtype, quant, tfl_shape))
@@ -185,11 +185,16 @@ def _lower_dequantize(low: Lowering, dq: ir.Node) -> None:
     low.ints[name_of(dq.outputs[0])] = low.ints[name_of(source)]
 
 
+def _final_outputs(low: Lowering, node: ir.Node) -> list[ir.Value]:
+    """`node`'s outputs, or the output of the Relu/Clip it absorbs."""
+    found = fusable_activation(node, low)
+    return [found[0].outputs[0]] if found is not None else list(node.outputs)
+
+
 def _width(low: Lowering, node: ir.Node) -> str:
     """The integer type an int-mode node computes in: int16 if one of its activations (inputs, or its
     fused output's Qs) is int16, else int8."""
-    found = fusable_activation(node, None)
-    outputs = [found[0].outputs[0]] if found is not None else list(node.outputs)
+    outputs = _final_outputs(low, node)
     dtypes = [low.dtype_of_q(u.node) for o in outputs for u in o.uses() if u.node.op_type == "QuantizeLinear"]
     dtypes += [low.g.tensors[b.index].dtype for v in node.inputs if v is not None and (b := low.ints.get(v.name or ""))]
     return "int16" if "int16" in dtypes else "int8"
@@ -202,11 +207,9 @@ def _integer(low: Lowering, node: ir.Node) -> bool:
     activations = [v for v in node.inputs if is_float_value(v) and low.constant(v) is None]
     if not activations or not all(low.is_integer(v) for v in activations):
         return False
-    found = fusable_activation(node, low)
-    outputs = [found[0].outputs[0]] if found is not None else list(node.outputs)
     return all(
         not o.is_graph_output() and (uses := list(o.uses())) and all(u.node.op_type == "QuantizeLinear" for u in uses)
-        for o in outputs
+        for o in _final_outputs(low, node)
     )
 
 

@@ -98,9 +98,7 @@ def _filter(low: Lowering, node: ir.Node, i: int) -> tuple[np.ndarray, TflQuant 
         if w is None or w[0].dtype != np.int8:
             raise UnsupportedOp(f"{node.op_type} {node.name!r}: weight {name_of(value)!r} is not int8 in [-127, 127]")
         return w[0], w[1]
-    arr = low.constant(value)
-    if arr is None and w is not None:
-        arr = low.dequantized(w)
+    arr = low.float_constant(value)
     if arr is None:
         raise UnsupportedOp(f"{node.op_type} {node.name!r}: weight {name_of(value)!r} is not a constant")
     return arr.astype(np.float32), None
@@ -112,7 +110,7 @@ def _bias(low: Lowering, node: ir.Node, i: int | None, channels: int, x_scale: f
     the stored integers are rescaled, b' = round(b · s_plan / s_x'), exactly for int8 → int16 (× 128)."""
     value = node.inputs[i] if i is not None and len(node.inputs) > i else None
     if low.mode == "float":
-        arr = low.constant(value) if value is not None else None
+        arr = low.float_constant(value) if value is not None else None
         data = np.zeros(channels, np.float32) if arr is None else arr.reshape(-1).astype(np.float32)
         return low.g.constant(f"{node.name}_bias", data, "float32")
     assert w_quant is not None
@@ -124,15 +122,14 @@ def _bias(low: Lowering, node: ir.Node, i: int | None, channels: int, x_scale: f
     w = low.weight(value)
     if w is None or w[0].dtype != np.int32:
         raise UnsupportedOp(f"{node.op_type} {node.name!r}: bias {value.name!r} is not int32")
-    data = w[0].reshape(-1).astype(np.int64)
-    stored = np.broadcast_to(w[1].scale_array().astype(np.float64), data.shape)
+    data, bias_quant = w[0].reshape(-1).astype(np.int64), w[1]
+    stored = np.broadcast_to(bias_quant.scale_array().astype(np.float64), data.shape)
     wanted = np.broadcast_to(scale.astype(np.float64), data.shape)
     if not np.allclose(stored, wanted, rtol=1e-6, atol=0):
-        data = np.round(data * (stored / wanted)).astype(np.int64)
-        w = (w[0], quant, w[2])
+        data, bias_quant = np.round(data * (stored / wanted)).astype(np.int64), quant
     if wide == "int32":
         data = np.clip(data, np.iinfo(np.int32).min, np.iinfo(np.int32).max)
-    return low.g.constant(value.name or f"{node.name}_bias", data.astype(wide), wide, w[1])
+    return low.g.constant(value.name or f"{node.name}_bias", data.astype(wide), wide, bias_quant)
 
 
 def _x_scale(low: Lowering, x: Bound) -> float:

@@ -3,11 +3,10 @@
 These ops move integers without arithmetic, so in TFLite their output keeps the input's
 scale and zero point; where the plan's Q differs, the input is re-scaled first.
 
-Reshape in a permuted layout: the TFLite data, read in row-major order, equals the ONNX
-data read in row-major order exactly when the axes of size > 1 appear in the same order
-in both (unit axes can move freely); then a RESHAPE is a view.  Otherwise the input is
-first transposed back to ONNX order.  A Transpose is never emitted for an ONNX Transpose:
-the output re-labels the data (p' = t⁻¹ ∘ p).
+Reshape in a permuted layout is a view when `tflite_layout.reshape_layout` finds the output's
+storage order; a flatten read only by fully connected layers re-orders their weight columns
+instead; otherwise the input is first transposed back to ONNX order.  A Transpose is never
+emitted for an ONNX Transpose: the output re-labels the data (p' = t⁻¹ ∘ p).
 """
 
 from __future__ import annotations
@@ -16,16 +15,11 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.ir_utils import name_of
-from qcompile.targets.tflite_layout import reshape_layout
+from qcompile.targets.tflite_layout import moves_only_unit_axes, reshape_layout
 from qcompile.targets.tflite_lower import NHWC, Bound, Lowering, UnsupportedOp, identity, readers, register, value_name
 from qcompile.targets.tflite_ops_math import reduced_perm
 
-__all__ = ["reshape_is_view"]
-
-
-def reshape_is_view(shape: tuple[int, ...], perm: tuple[int, ...]) -> bool:
-    """The permuted data, read row-major, is the ONNX data read row-major."""
-    return [a for a in perm if shape[a] != 1] == [a for a in range(len(shape)) if shape[a] != 1]
+__all__: list[str] = []
 
 
 def _alias(low: Lowering, node: ir.Node, src: Bound, perm: tuple[int, ...]) -> None:
@@ -73,7 +67,7 @@ def lower_reshape(low: Lowering, node: ir.Node) -> None:
         x = low.permuted(x, identity(len(in_shape)))
         out_perm = identity(len(out_shape))
     x = low.same_quant(x, low.quant_of_output(node.outputs[0]), node.name or "reshape")
-    if out_perm == identity(len(out_shape)) and len(out_shape) == 4 and reshape_is_view(out_shape, NHWC):
+    if out_perm == identity(len(out_shape)) and len(out_shape) == 4 and moves_only_unit_axes(out_shape, NHWC):
         out_perm = NHWC  # (N, C, 1, 1): NHWC costs nothing
     index = low.reshape_into(x.index, node.outputs[0], out_perm)
     if order is not None:
@@ -201,9 +195,7 @@ def lower_pad(low: Lowering, node: ir.Node) -> None:
     if len(node.inputs) > 3 and node.inputs[3] is not None:
         raise UnsupportedOp(f"Pad {node.name!r}: the axes input is not supported")
     pads = _const_ints(low, node, 1) or []
-    value = low.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
-    if value is None and len(node.inputs) > 2 and node.inputs[2] is not None and low.weight(node.inputs[2]):
-        value = low.dequantized(low.weight(node.inputs[2]))  # type: ignore[arg-type]
+    value = low.float_constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else None
     if value is not None and float(np.asarray(value).reshape(-1)[0]) != 0.0:
         raise UnsupportedOp(f"Pad {node.name!r}: constant value {float(value)} (only 0 lowers)")
     rank = len(pads) // 2

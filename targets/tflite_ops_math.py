@@ -90,19 +90,12 @@ def _unary(low: Lowering, node: ir.Node, code: str, options: str | None = None, 
     low.g.emit(code, [x.index], [y], options, **fields)
 
 
-@register("Sigmoid")
-def lower_sigmoid(low: Lowering, node: ir.Node) -> None:
-    _unary(low, node, "LOGISTIC")
+_UNARY = {"Sigmoid": "LOGISTIC", "Tanh": "TANH", "HardSwish": "HARD_SWISH"}
 
 
-@register("Tanh")
-def lower_tanh(low: Lowering, node: ir.Node) -> None:
-    _unary(low, node, "TANH")
-
-
-@register("HardSwish")
-def lower_hard_swish(low: Lowering, node: ir.Node) -> None:
-    _unary(low, node, "HARD_SWISH")
+@register(*_UNARY)
+def lower_activation(low: Lowering, node: ir.Node) -> None:
+    _unary(low, node, _UNARY[node.op_type])
 
 
 @register("LeakyRelu")
