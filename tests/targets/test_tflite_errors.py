@@ -343,3 +343,46 @@ def test_ethos_u_card_says_which_ops_fall_back_and_why():
     assert sorted(f.split(" ")[0] for f in vela["cpu_fallbacks"]) == ["CAST", "GATHER"]
     assert all(f.endswith(": Unsupported opType") for f in vela["cpu_fallbacks"])
     assert "falls back to the CPU: GATHER ('y_q'): Unsupported opType" in qcompile.card.render_markdown(result.card)
+
+
+def test_float_island_keeps_a_quantized_bias():
+    """A Conv whose output is not quantized runs in float32; its int32 bias (read through a DQ) is
+    dequantized into the float kernel, not dropped."""
+    import onnxruntime as ort
+
+    from qcompile.targets.tflite_run import LiteRtRunner
+
+    rng = np.random.default_rng(3)
+    w = rng.integers(-127, 128, size=(2, 3, 1, 1)).astype(np.int8)
+    b = rng.integers(-2000, 2000, size=2).astype(np.int32)
+    inits = {
+        "w": w,
+        "ws": np.float32(0.01),
+        "wz": np.int8(0),
+        "b": b,
+        "bs": np.float32(0.001),
+        "bz": np.int32(0),
+        "xs": np.float32(0.1),
+        "xz": np.int8(0),
+    }
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"], name="q"),
+        helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"], name="dq"),
+        helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], name="wdq"),
+        helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"], name="bdq"),
+        helper.make_node("Conv", ["xd", "wd", "bd"], ["y"], name="conv"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 2, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 2, 2])],
+        [onnx.numpy_helper.from_array(np.asarray(v), n) for n, v in inits.items()],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    tm = lower_to_tflite(ir.from_proto(proto))
+    assert tm.float_ops == ["conv (Conv)"]
+    x = rng.normal(size=(1, 3, 2, 2)).astype(np.float32)
+    want = ort.InferenceSession(proto.SerializeToString()).run(None, {"x": x})[0]
+    got = LiteRtRunner(tm).run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
