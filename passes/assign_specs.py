@@ -83,7 +83,7 @@ class _Roles:
     """What the int8 nodes' rules make of their tensors."""
 
     activations: list[str] = field(default_factory=list)
-    weights: dict[str, int | None] = field(default_factory=dict)  # name → per-channel axis
+    weights: dict[str, tuple[int | None, str | None]] = field(default_factory=dict)  # name → (axis, own dtype)
     biases: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (activation, weight)
     groups: _Groups = field(default_factory=_Groups)
     fixed: dict[str, tuple[float, int]] = field(default_factory=dict)  # name → the op's fixed (scale, zero point)
@@ -168,7 +168,7 @@ class _Assigner:
         w_const = w.const_value if is_float_value(w) else None
         if w is not None and w_const is not None:
             axis = rule.weight_axis(node, len(w_const.shape)) if (self.per_channel and rule.weight_axis) else None
-            roles.weights[name_of(w)] = axis
+            roles.weights[name_of(w)] = (axis, rule.weight_dtype)
             if is_float_value(b) and b.const_value is not None and acts:
                 roles.biases[name_of(b)] = (name_of(acts[0]), name_of(w))
         elif is_float_value(w):
@@ -188,8 +188,8 @@ class _Assigner:
             extra = [o for o in node.outputs[1:] if is_float_value(o)]  # Split: every piece keeps the scale
             roles.activations += [name_of(o) for o in extra]
             roles.groups.union([name_of(src), name_of(out), *(name_of(o) for o in extra)])
-        elif rule.output == "fixed" and quantize_out and rule.fixed is not None:
-            roles.fixed[name_of(out)] = rule.fixed16 if self._int16(node) and rule.fixed16 else rule.fixed
+        elif quantize_out and (fixed := rule.fixed16 if self._int16(node) and rule.fixed16 else rule.fixed):
+            roles.fixed[name_of(out)] = fixed
 
     def _only_wide_readers(self, value: ir.Value) -> bool:
         """Every integer node that writes or reads `value` is 16-bit (a tensor between a 16-bit and an
@@ -239,10 +239,11 @@ class _Assigner:
             for n in group:
                 self.plan.tensors[n] = spec
 
-    def _assign_weights(self, model: ir.Model, weights: dict[str, int | None]) -> None:
-        dtype = self.target.weight_dtype
-        qrange = int_range(dtype, symmetric=True, reduce_range=self.target.weight_reduce_range)
-        for name, axis in weights.items():
+    def _assign_weights(self, model: ir.Model, weights: dict[str, tuple[int | None, str | None]]) -> None:
+        for name, (axis, own_dtype) in weights.items():
+            # an op's own weight type (QNN's LayerNorm gamma: uint8, asymmetric) else the target's, symmetric
+            dtype, symmetric = own_dtype or self.target.weight_dtype, own_dtype is None
+            qrange = int_range(dtype, symmetric=symmetric, reduce_range=self.target.weight_reduce_range and symmetric)
             init = self.initializers[name]
             values = const_array(init)
             if values is None:
@@ -250,9 +251,10 @@ class _Assigner:
             lo, hi = _weight_range(values, axis)  # min/max are exact in the stored dtype
             del values
             release_external(init)
-            scale, zp = scale_zero_point(lo, hi, qrange, symmetric=True)
-            self.plan.tensors[name] = QuantSpec(dtype, axis=axis, symmetric=True).with_params(scale, zp)
-            self.plan.meta.setdefault("weight_qrange", [qrange.qmin, qrange.qmax])
+            scale, zp = scale_zero_point(lo, hi, qrange, symmetric=symmetric)
+            self.plan.tensors[name] = QuantSpec(dtype, axis=axis, symmetric=symmetric).with_params(scale, zp)
+            if own_dtype is None:
+                self.plan.meta.setdefault("weight_qrange", [qrange.qmin, qrange.qmax])
 
     def _assign_biases(self, model: ir.Model, biases: dict[str, tuple[str, str]]) -> None:
         for name, (act, weight) in biases.items():

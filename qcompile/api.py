@@ -285,7 +285,9 @@ def compile(
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))
     prepared = _checked(prepared, first, model, config)
     if tgt.static_graph and first is not None:  # integer inputs (a sample rate, a mode) become constants
-        prepared = fix_integer_inputs(prepared, first, input_shapes, tgt.explicit_shapes)
+        prepared = fix_integer_inputs(
+            prepared, first, input_shapes, tgt.explicit_shapes, scalars_only=tgt.keeps_integer_inputs
+        )
         samples = check_fixed(samples, prepared.fixed_inputs, "calibration")
     # before calibration: a graph the target cannot take fails now, not after it
     early_files = tgt.precheck(prepared.model, tgt) if tgt.precheck is not None else {}

@@ -11,13 +11,19 @@ _RUNTIMES = {
     "litert_reference": "LiteRT, reference kernels",
     "litert_xnnpack": "LiteRT, default kernels (XNNPACK)",
     "tflm": "TFLite Micro host interpreter",
+    "qnn_htp": "QNN HTP (simulator)",
+    "qnn_context": "QNN context binary on HTP (simulator)",
+    "qnn_context_vs_htp": "context binary vs the HTP run of the QDQ file",
 }
 
 
 def runtime_note(card: dict) -> list[str]:
     """One line under the fidelity heading saying which runtime ran the figures."""
     dep = card.get("deployment")
-    return [f"Measured on {dep['runtime']}, running the `.{dep['format']}` file.", ""] if dep else []
+    if not dep:
+        return []
+    what = "the QDQ ONNX file" if "npu" in dep else f"the `.{dep['format']}` file"
+    return [f"Measured on {dep['runtime']}, running {what}.", ""]
 
 
 def _sqnr(fidelity: dict | None, name: str) -> Any:
@@ -40,18 +46,56 @@ def _vela_lines(vela: dict | None) -> list[str]:
     return lines
 
 
-def deployment_lines(card: dict) -> list[str]:
-    dep = card.get("deployment")
-    if not dep:
-        return []
-    ops = ", ".join(f"{k} ×{v}" for k, v in dep["ops"].items())
+def _npu_lines(dep: dict) -> list[str]:
+    npu = dep["npu"]
+    ops = ", ".join(f"{k} ×{v}" for k, v in dep.get("qnn_ops", {}).items())
     lines = [
+        "## On the NPU",
+        "",
+        f"- {npu['nodes_on_npu']} of {npu['nodes']} nodes ({100 * npu['node_share']:.1f}%) and "
+        f"{100 * npu['mac_share']:.1f}% of the MACs run on the NPU; Q/DQ not counted",
+        f"- provider options: {', '.join(f'{k}={v}' for k, v in dep['provider_options'].items())}",
+    ]
+    lines += [f"  - falls back to the CPU: {text}" for text in npu["fallback_nodes"][:20]]
+    if ops:
+        lines.append(f"- QNN graph: {ops}")
+    if "ep_nodes" in dep:
+        refused = dep.get("ep_refused") or []
+        lines.append(
+            f"- the EP took {dep['ep_nodes']['taken']} of {dep['ep_nodes']['of']} ONNX nodes (Q/DQ included)"
+            + (f"; it left {', '.join(refused[:10])} to the CPU" if refused else "")
+        )
+    floats = dep.get("float_tensors") or []
+    lines.append(
+        f"- float tensors inside the QNN graph: {len(floats)}" + (f" ({', '.join(floats[:5])})" if floats else "")
+    )
+    if "simulator_ms_per_inference" in dep:
+        lines.append(
+            f"- simulator: {dep['simulator_ms_per_inference']} ms per inference (median), session "
+            f"{dep.get('session_seconds', '?')} s — an x86 emulation of the HTP, not a phone latency"
+        )
+    if "context_binary" in dep:
+        ctx = dep["context_binary"]
+        lines.append(f"- context binary: {ctx['bytes']:,} bytes, compiled in {ctx['compile_seconds']} s")
+    return lines
+
+
+def _file_lines(dep: dict) -> list[str]:
+    ops = ", ".join(f"{k} ×{v}" for k, v in dep["ops"].items())
+    return [
         f"## The .{dep['format']} file",
         "",
         f"- {dep['bytes']:,} bytes; ops: {ops}",
         f"- float ops: {dep['float_ops']}; TRANSPOSEs inside the graph: {dep['transposes_inside']}; "
         f"requantizing QUANTIZEs: {dep['requantized']}",
     ]
+
+
+def deployment_lines(card: dict) -> list[str]:
+    dep = card.get("deployment")
+    if not dep:
+        return []
+    lines = _npu_lines(dep) if "npu" in dep else _file_lines(dep)
     for name, shape in (card.get("static_shapes") or {}).items():
         lines.append(f"- input `{name}` shape fixed to {shape} (the first calibration sample's; the graph is static)")
     for name, value in (card.get("fixed_inputs") or {}).items():

@@ -112,14 +112,30 @@ def _build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=("a8w8", "a16w8"),
         default=None,
-        help="tflite/tflm/ethos-u: a16w8 runs 16-bit activations (int8 weights) wherever an op has the kernel",
+        help="tflite/tflm/ethos-u/qnn-htp: a16w8 runs 16-bit activations (int8 weights) wherever an op has the kernel",
+    )
+    c.add_argument(
+        "--allow-cpu-fallback",
+        action="store_true",
+        help="qnn-htp: write the model even if some nodes would leave the NPU; the card reports the NPU's share",
+    )
+    c.add_argument(
+        "--qnn-context",
+        action="store_true",
+        help="qnn-htp: also write the QNN context binary model (MODEL.qnn_ctx.onnx), checked on the HTP backend",
+    )
+    c.add_argument(
+        "--soc-model",
+        default=None,
+        metavar="ID",
+        help="qnn-htp: the Snapdragon SoC (QNN soc_model id, default 57 = SM8650); it sets the HTP's arch and numerics",
     )
     c.add_argument(
         "--input-shape",
         action="append",
         default=[],
         metavar="NAME=D0,D1,...",
-        help="tflite/tflm/ethos-u: the static shape of an input with dynamic dimensions (repeat per input)",
+        help="tflite/tflm/ethos-u/qnn-htp: the static shape of an input with dynamic dimensions (repeat per input)",
     )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
@@ -188,6 +204,12 @@ def _target_options(args: argparse.Namespace) -> dict[str, object]:
     options: dict[str, object] = {k: True for k in ("float_io", "float_model") if getattr(args, k)}
     if args.precision is not None:
         options["precision"] = args.precision
+    if args.allow_cpu_fallback:
+        options["allow_cpu_fallback"] = True
+    if args.qnn_context:
+        options["context"] = True
+    if args.soc_model is not None:
+        options["soc_model"] = args.soc_model
     return options
 
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 from onnx_ir.passes.common import LiftConstantsToInitializersPass, NameFixPass, RemoveUnusedNodesPass
@@ -156,11 +157,26 @@ def canonical_passes(target: Target, steps: int = 3) -> ir.passes.PassManager:
     )
 
 
+SMALL_CONSTANT_OF_SHAPE = 64  # elements
+
+
+def _small_constant_of_shape(node: ir.Node) -> bool | None:
+    """Fold a ConstantOfShape whose output is a handful of values (a shape computation's mask or
+    ones), which the folder otherwise keeps to spare model size; leave the rest to its own rules."""
+    if node.op_type != "ConstantOfShape" or not node.inputs or node.inputs[0] is None:
+        return None
+    shape = node.inputs[0].const_value
+    if shape is None:
+        return None
+    return bool(int(np.prod(shape.numpy())) <= SMALL_CONSTANT_OF_SHAPE) or None
+
+
 def fold_constants_pass() -> FoldConstantsPass:
     return FoldConstantsPass(
         shape_inference=False,
         input_size_limit=DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
         output_size_limit=FOLD_OUTPUT_LIMIT,
+        should_fold=_small_constant_of_shape,
     )
 
 

@@ -89,8 +89,11 @@ def fix_integer_inputs(
     sample: Sample,
     given: Mapping[str, Sequence[int]] | None = None,
     explicit: bool = False,
+    *,
+    scalars_only: bool = False,
 ) -> Prepared:
-    """`prepared` with static input shapes and every integer input that `sample` carries made a constant."""
+    """`prepared` with static input shapes and every integer input that `sample` carries made a constant
+    (with `scalars_only`, only those of one element: token ids stay inputs, a sample rate does not)."""
     model = prepared.model
     shapes = _static_shapes(model, sample, given or {}, explicit)
     fixed: dict[str, list | int | float] = {}
@@ -98,14 +101,36 @@ def fix_integer_inputs(
         if not _integer(value) or value.name not in sample or value.dtype is None:
             continue
         array = np.asarray(sample[value.name]).astype(value.dtype.numpy())
+        if scalars_only and array.size > 1:
+            continue
         model.graph.inputs.remove(value)
         value.const_value = ir.tensor(array, name=value.name)
         model.graph.register_initializer(value)
         fixed[value.name or ""] = array.tolist()
     if not fixed and not shapes:
         return prepared
-    run_passes(ir.passes.Sequential(fold_constants_pass(), RemoveUnusedNodesPass(), InferShapes()), model)
+    _settle_shapes(model)
     return dataclasses.replace(prepared, fixed_inputs=fixed, static_shapes=shapes)
+
+
+def _settle_shapes(model: ir.Model, rounds: int = 6) -> None:
+    """Shape inference and constant folding in turn until nothing changes: each round's static shapes let
+    the next fold Shape → Gather → Concat chains (a Reshape's target shape), which sizes what follows.
+    Symbolic dimensions left from the dynamic model are dropped first, so inference can replace them."""
+    for node in model.graph:
+        for value in node.outputs:
+            if value.shape is not None and not value.shape.is_static():
+                value.shape = None
+    for _ in range(rounds):
+        passes = ir.passes.Sequential(InferShapes(), fold_constants_pass(), RemoveUnusedNodesPass())
+        modified = run_passes(passes, model).modified
+        computed = [v for node in model.graph for v in node.outputs]
+        for value in [*computed, *model.graph.initializers.values()]:  # a folded value has its tensor's shape
+            if value.const_value is not None and value.shape != value.const_value.shape:
+                value.shape, modified = ir.Shape(value.const_value.shape.numpy()), True
+        if not modified:
+            break
+    run_passes(InferShapes(), model)
 
 
 def check_fixed(samples: Iterator[Sample], fixed: Mapping[str, object], what: str) -> Iterator[Sample]:

@@ -81,6 +81,8 @@ def problems(card: dict[str, Any], plan: QuantPlan) -> list[Problem]:
     elif not any(d.precision != "float" for d in plan.nodes.values()) or kernels["integer"] == 0:
         what = f"{kernels['integer']} integer and {kernels['float']} float compute kernels after ORT's fusions"
         found.append(Problem(f"nothing runs in integer: {what}", ADVICE["nothing"], True))
+    if (dep := card.get("deployment")) is not None:  # what the target's own runtime reported
+        found += [Problem(p["problem"], p["advice"], p["fails"]) for p in dep.get("problems", [])]
     search = card.get("search")
     if search and not search["met"]:
         short = (

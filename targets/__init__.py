@@ -34,11 +34,18 @@ def _ethos_u(**options) -> Target:
     return make_ethos_u(**options)
 
 
+def _qnn_htp(**options) -> Target:
+    from qcompile.targets.qnn_htp import make_qnn_htp
+
+    return make_qnn_htp(**options)
+
+
 _FACTORIES: dict[str, Callable[..., Target]] = {
     "ort-cpu": _ort_cpu,
     "tflite": _tflite,
     "tflm": _tflm,
     "ethos-u": _ethos_u,
+    "qnn-htp": _qnn_htp,
 }
 TARGET_NAMES = tuple(_FACTORIES)
 

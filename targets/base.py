@@ -54,6 +54,7 @@ class OpRule:
     fixed: tuple[float, int] | None = None  # the output's (scale, zero point) when output == "fixed"
     a16: bool = False  # the target also runs it with 16-bit activations (the plan's "int16" precision)
     fixed16: tuple[float, int] | None = None  # the fixed output quantization with 16-bit activations
+    weight_dtype: str | None = None  # the weight's own type, asymmetric (None: the target's, symmetric)
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -107,6 +108,7 @@ class Target:
     lower: Lower | None = None  # writes the deployment file and runs it; None: the QDQ ONNX model is the file
     static_graph: bool = False  # one graph, static shapes: integer inputs are fixed to the data's values
     explicit_shapes: bool = False  # dynamic input dimensions need --input-shape (not the data's sizes)
+    keeps_integer_inputs: bool = False  # static graph: only scalar integer inputs (a rate, a flag) become constants
     # before calibration: raises on a float graph `lower` could never take; returns extra files to write
     precheck: Callable[[ir.Model, Target], dict[str, bytes]] | None = None
 

@@ -1,0 +1,244 @@
+"""Target `qnn-htp`: Qualcomm's Hexagon NPU (HTP) through ONNX Runtime's QNN execution provider.
+
+The file is a QDQ ONNX model, written as the EP fuses it into QNN ops: every node a quantized node
+unit (DequantizeLinear → op → QuantizeLinear, graph outputs too), activations uint8 (`a8w8`) or
+uint16 (`a16w8`) asymmetric, weights int8 symmetric per channel (zero point exactly 0), bias int32
+at s_input · s_weight, LayerNorm's gamma uint8 (HTP wants it unsigned with unsigned activations),
+16-bit Sigmoid output fixed at (1/65536, 0) and 16-bit Tanh at (1/32768, 32768) (the EP overrides
+any other), static shapes, no control flow.  Facts from single-op probes on the HTP simulator
+(onnxruntime-qnn 2.7.0, QNN 2.51): 16-bit depthwise Conv and GlobalAveragePool need uint16 (int16 is
+refused); PRelu has no 16-bit kernel; two 16-bit activations into one MatMul are converted to 8 bits
+by the EP (−40 dB), so a plan must not ask for it.
+
+Verification runs the written file on the HTP backend (simulator on x86-64 Linux) with CPU fallback
+disabled; the card records the provider options, the QNN graph's op counts, any float tensor inside
+it (the simulator runs float ops a phone's HTP would not), the NPU's share of nodes and MACs, and the
+simulator's run time (an x86 emulation: not a phone latency).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.targets.base import (
+    LegalityError,
+    Lowered,
+    OpRule,
+    Target,
+    conv_weight_axis,
+    gemm_weight_axis,
+    matmul_weight_axis,
+)
+from qcompile.targets.npu import NpuRules, fallbacks, npu_share
+
+__all__ = ["make_qnn_htp", "OPS", "RULES", "PRECISIONS", "DEFAULT_SOC"]
+
+_RULES = [
+    OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True, a16=True),
+    OpRule("ConvTranspose", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True, a16=True),
+    OpRule("Gemm", weight=1, weight_axis=gemm_weight_axis, bias=2, fuses_activation=True, a16=True),
+    OpRule("MatMul", weight=1, weight_axis=matmul_weight_axis, a16=True),
+    *(OpRule(op, activations=(0, 1), a16=True) for op in ("Add", "Sub", "Mul", "Div")),
+    OpRule("Relu", a16=True),
+    OpRule("Clip", a16=True),
+    OpRule("LeakyRelu", a16=True),
+    OpRule("PRelu", weight=1),
+    OpRule("Sigmoid", a16=True, fixed16=(1 / 65536, 0)),
+    OpRule("Tanh", a16=True, fixed16=(1 / 32768, 32768)),
+    *(OpRule(op, a16=True) for op in ("Softmax", "HardSigmoid", "HardSwish", "Gelu", "Sqrt", "Exp", "Erf")),
+    OpRule("LayerNormalization", weight=1, bias=2, weight_dtype="uint8", a16=True),
+    OpRule("ReduceMean", a16=True),
+    OpRule("GlobalAveragePool", a16=True),
+    OpRule("AveragePool", a16=True),
+    OpRule("Concat", activations=(), output="tied_all", a16=True),
+    OpRule("Split", output="tied", a16=True),
+    *(
+        OpRule(op, output="tied", a16=True)
+        for op in (
+            "MaxPool",
+            "Reshape",
+            "Transpose",
+            "Flatten",
+            "Squeeze",
+            "Unsqueeze",
+            "Slice",
+            "Gather",
+            "Resize",
+            "Pad",
+            "DepthToSpace",
+            "SpaceToDepth",
+        )
+    ),
+]
+OPS = {r.op_type: r for r in _RULES}
+RULES = NpuRules(
+    activation_dtypes=("uint8", "uint16"),
+    weight_dtypes=("int8", "uint8", "int4"),
+    op_checks={
+        "LayerNormalization": ("last-axis", "unsigned-weight"),
+        "Softmax": ("last-axis",),
+        "MatMul": ("not-both-16-bit",),
+    },
+)
+PRECISIONS = ("a8w8", "a16w8")
+DEFAULT_SOC = "57"  # Snapdragon 8 Gen 3 (SM8650), HTP v75
+_PROVIDER_KEYS = ("soc_model", "htp_arch", "vtcm_mb", "htp_performance_mode")
+
+
+def _file_model(model: ir.Model, directory: Path) -> Path:
+    from qcompile.model_io import save_model
+
+    return save_model(model, directory / "model.onnx")
+
+
+def lower_qnn(model: ir.Model, target: Target) -> Lowered:
+    """Check that every node runs on the HTP (else a `LegalityError` listing each node and rule, unless
+    CPU fallback is allowed), then hand over a runner on the HTP backend and, if asked, the context binary."""
+    from qcompile.targets.qnn_run import QnnRunner, qnn_available, qnn_version
+
+    allow = bool(target.options["allow_cpu_fallback"])
+    found = fallbacks(model, target, RULES)
+    if found and not allow:
+        listed = "\n  ".join(f.text() for f in found[:20])
+        more = f"\n  ... and {len(found) - 20} more" if len(found) > 20 else ""
+        raise LegalityError(
+            f"{target.name}: {len(found)} node(s) would fall back to the CPU:\n  {listed}{more}\n"
+            "(--allow-cpu-fallback writes the model anyway and reports the NPU's share)"
+        )
+    if (why := qnn_available()) is not None:
+        raise LegalityError(f"{target.name}: cannot verify on the QNN HTP backend: {why}")
+    provider = dict(target.options["provider_options"])
+    share = npu_share(model, found)
+    summary: dict[str, Any] = {
+        "format": "onnx (QDQ for the QNN EP)",
+        "runtime": f"QNN HTP backend, x86-64 simulator ({qnn_version()}), CPU fallback "
+        + ("allowed" if allow else "disabled"),
+        "provider_options": provider,
+        "npu": share,
+        "integer_ops": share["nodes_on_npu"],
+        "float_ops": share["nodes"] - share["nodes_on_npu"],
+        "timing_note": "simulator_ms_per_inference is an x86 emulation of the HTP, not a phone latency",
+    }
+    if found:
+        summary["problems"] = [
+            {
+                "problem": f"{len(found)} node(s) fall back to the CPU ({100 * share['node_share']:.1f}% of nodes, "
+                f"{100 * share['mac_share']:.1f}% of MACs on the NPU)",
+                "advice": "see the card's NPU section for each node and the rule it breaks",
+                "fails": False,
+            }
+        ]
+    workdir = tempfile.TemporaryDirectory(prefix="qcompile-qnn-model-")
+    path = _file_model(model, Path(workdir.name))
+    runner = QnnRunner(path, provider, allow, summary)
+    runner.workdir = workdir  # type: ignore[attr-defined]  # the file lives as long as the runner
+    files: dict[str, bytes] = {}
+    if target.options["context"]:
+        from qcompile.targets.qnn_context import write_context
+
+        files["{stem}.qnn_ctx.onnx"] = write_context(path, provider, allow, summary)
+    return Lowered(files, runner, summary, _check(files, provider, allow, _output_steps(model)))
+
+
+def _output_steps(model: ir.Model) -> dict[str, float]:
+    """Each graph output's quantization step (the scale of the DequantizeLinear that writes it)."""
+    steps = {}
+    for value in model.graph.outputs:
+        node = value.producer()
+        scale = node.inputs[1] if node is not None and node.op_type == "DequantizeLinear" else None
+        if scale is not None and scale.const_value is not None:
+            steps[value.name or ""] = float(np.ravel(scale.const_value.numpy())[0])
+    return steps
+
+
+def _check(files: dict[str, bytes], provider: dict[str, str], allow: bool, steps: dict[str, float]):
+    """The HTP's outputs and the context binary's against the QDQ model on ORT CPU, and the context
+    binary's against the HTP's (they must be equal: it is the same compiled graph)."""
+
+    def check(samples: list, qdq: dict[str, list], deployed: dict[str, list]) -> dict[str, Any]:
+        result = {"qnn_htp": _agreement(deployed, qdq, steps)}
+        if "{stem}.qnn_ctx.onnx" in files:
+            from qcompile.targets.qnn_context import context_outputs
+
+            got = context_outputs(files["{stem}.qnn_ctx.onnx"], provider, allow, samples)
+            result["qnn_context"] = _agreement(got, qdq, steps)
+            result["qnn_context_vs_htp"] = _agreement(got, deployed, steps)
+        return result
+
+    return check
+
+
+def _agreement(got: dict[str, list], want: dict[str, list], steps: dict[str, float]) -> dict[str, Any]:
+    """Per output: the largest |difference| over all samples, and in steps of the output's scale (LSB)."""
+    out = {}
+    for name, wanted in want.items():
+        diff = max(
+            float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+            for a, b in zip(got[name], wanted, strict=True)
+        )
+        step = steps.get(name)
+        out[name] = {"max_abs_diff": diff, "max_lsb": None if not step else round(diff / step, 3)}
+    return out
+
+
+def _precheck(model: ir.Model, target: Target) -> dict[str, bytes]:
+    """Before calibrating: ops the HTP has no kernel for, control flow and dynamic shapes fail now."""
+    if target.options["allow_cpu_fallback"]:
+        return {}
+    table = dataclasses.replace(RULES, op_checks={})
+    found = [f for f in fallbacks(model, target, table) if f.rule in ("op-table", "no-control-flow", "static-shapes")]
+    if found:
+        listed = "\n  ".join(f.text() for f in found[:20])
+        raise LegalityError(
+            f"{target.name}: {len(found)} node(s) cannot run on the NPU:\n  {listed}\n"
+            f"supported ops: {', '.join(sorted(target.ops))}\n"
+            "(--allow-cpu-fallback compiles anyway and reports the NPU's share)"
+        )
+    return {}
+
+
+def make_qnn_htp(**options: Any) -> Target:
+    precision = options.pop("precision", "a8w8")
+    if precision not in PRECISIONS:
+        raise ValueError(f"qnn-htp: precision {precision!r} not in {', '.join(PRECISIONS)}")
+    allow = bool(options.pop("allow_cpu_fallback", False))
+    context = bool(options.pop("context", False))
+    provider = {"soc_model": str(options.pop("soc_model", DEFAULT_SOC))}
+    for key in _PROVIDER_KEYS:
+        if key in options:
+            provider[key] = str(options.pop(key))
+    if options:
+        known = ", ".join(("precision", "allow_cpu_fallback", "context", *_PROVIDER_KEYS))
+        raise ValueError(f"qnn-htp takes no option(s) {sorted(options)}; known: {known}")
+    return Target(
+        name="qnn-htp",
+        description="Qualcomm QNN HTP (Hexagon NPU) through ONNX Runtime's QNN EP; QDQ ONNX",
+        ops=OPS,
+        activation_dtype="uint8",
+        weight_dtype="int8",
+        min_opset=13,
+        max_opset=21,
+        allowed_qdq_dtypes=("uint8", "uint16", "int8", "int32"),
+        a16_dtype="uint16",
+        a16_symmetric=False,
+        notes=(
+            "uint8/uint16 activations, int8 symmetric per-channel weights, int32 bias; every node a QDQ node unit",
+            "verified on the HTP simulator with CPU fallback disabled; its run time is not a phone latency",
+        ),
+        options={
+            "precision": precision,
+            "allow_cpu_fallback": allow,
+            "context": context,
+            "provider_options": provider,
+        },
+        lower=lower_qnn,
+        static_graph=True,
+        keeps_integer_inputs=True,
+        precheck=_precheck,
+    )
