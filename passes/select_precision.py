@@ -55,7 +55,7 @@ def select_precision(
             decisions[name] = NodeDecision("float", f"{target.name} has no int8 {node.op_type}")
         elif observed is not None and in_subgraph(node, model) and not _seen(node, observed):
             decisions[name] = NodeDecision("float", _unseen_reason(bodies[id(node.graph)]))
-        elif wide and target.rule(node).a16:  # type: ignore[union-attr]
+        elif wide and target.rule(node).runs_a16(node):  # type: ignore[union-attr]
             decisions[name] = NodeDecision("int16", "a16w8: 16-bit activations wherever the target allows")
         else:
             decisions[name] = NodeDecision("int8", "naive: int8 wherever the target allows")

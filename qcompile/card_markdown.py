@@ -36,9 +36,18 @@ def _search_lines(search: dict | None) -> list[str]:
     if a16:
         promoted = a16.get("promoted", [])
         lines += [
-            f"16-bit activations instead of float: {len(promoted)} of the {len(a16['nodes'])} float node(s)"
+            ("The target runs no float: " if a16.get("required") else "")
+            + f"16-bit activations instead of float: {len(promoted)} of the {len(a16['nodes'])} float node(s)"
             f" ({', '.join(promoted[:8]) or 'none'}); the budget then reads {_fmt(a16['value'], 3)} on the"
             " search samples.",
+            "",
+        ]
+    on_target = search.get("on_target") or {}
+    if on_target:
+        trials = "; ".join(f"{t['widened']} group(s) widened: {_fmt(t['value'], 3)}" for t in on_target["trials"])
+        lines += [
+            f"On {on_target['runtime']}'s own runtime (search samples): {trials}. Chosen: "
+            f"{len(on_target['widened'])} node(s) at 16 bits, budget {'met' if on_target['met'] else '**not met**'}.",
             "",
         ]
     if search.get("calibrator"):

@@ -44,6 +44,7 @@ from qcompile.errors import QCompileError, first_line
 from qcompile.ir_utils import const_array, name_of, onnx_opset, op_histogram
 from qcompile.metrics import OutputKind, output_kinds
 from qcompile.model_io import SOURCE_BYTES_KEY, ModelSource, check_serialised, load_model
+from qcompile.passes.clamp_mask import ClampAttentionMask
 from qcompile.passes.cleanup import cleanup_passes
 from qcompile.passes.expand_ops import EXPANSIONS, ExpandOps
 from qcompile.passes.fold_affine import fold_affine_pass
@@ -152,6 +153,7 @@ def canonical_passes(target: Target, steps: int = 3) -> ir.passes.PassManager:
             # before affine folding, which would otherwise take the constant Div of x·Clip(x + 3)/6
             Recorded("pattern fusion", FusePatterns([f.op_type for f in FUSED_OPS if target.has_kernel(f.op_type)])),
             Recorded("affine folding", fold_affine_pass()),
+            Recorded("attention mask clamp", ClampAttentionMask()),
         ],
         steps=steps,
     )

@@ -25,6 +25,7 @@ from qcompile.legalise_import import legalise_imported, untied_requantizations
 from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_serialised, weights_nbytes
 from qcompile.passes.assign_specs import assign_specs
 from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
+from qcompile.passes.convert_widths import ConvertWidths
 from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.import_qdq import IMPORTED, imported_decisions
 from qcompile.passes.insert_qdq import InsertQDQ
@@ -37,6 +38,7 @@ from qcompile.runtime import SessionSource
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
 from qcompile.search_split import SearchSplit
 from qcompile.selective import selective_search
+from qcompile.target_search import widen_on_target
 from qcompile.targets.legality import CheckLegality
 
 __all__ = ["Quantized", "quantize", "SEARCH_SAMPLES"]
@@ -118,6 +120,19 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         decisions, search.a16 = promote_to_a16(
             model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin, pins
         )
+        if not target.float_runs:  # an NPU: its own runtime decides, not ORT's emulation of it
+            ranked = [g for s in search.table for g in s.groups]
+            decisions, search.on_target = widen_on_target(
+                model,
+                target,
+                decisions,
+                lambda d: assign(calib, d),
+                kept.samples,
+                prepared.kinds,
+                budget,
+                margin,
+                ranked,
+            )
         specs = assign(calib, decisions)
     meta = {"calibrator": calib.calibrator, "policy": config.policy, **specs.meta}
     if search is not None:
@@ -167,7 +182,8 @@ def _lower(
     if "search" in plan.meta:
         meta["search"] = plan.meta["search"]
     plan = QuantPlan(plan.tensors, plan.nodes, meta)
-    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), CheckLegality(plan, target)), model)
+    widths = [ConvertWidths(target)] if target.uniform_widths else []
+    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), *widths, CheckLegality(plan, target)), model)
     scratch = _spill_weights(model)
     session = SessionSource.of(model)
     if session.data_folder is None:  # else the checker runs on the written file, in save()

@@ -55,6 +55,19 @@ class OpRule:
     a16: bool = False  # the target also runs it with 16-bit activations (the plan's "int16" precision)
     fixed16: tuple[float, int] | None = None  # the fixed output quantization with 16-bit activations
     weight_dtype: str | None = None  # the weight's own type, asymmetric (None: the target's, symmetric)
+    a16_needs_weight: bool = False  # 16-bit only with a constant weight (QNN: two 16-bit activations into a MatMul)
+
+    def runs_a16(self, node: ir.Node) -> bool:
+        """The target runs `node` with 16-bit activations."""
+        if not self.a16:
+            return False
+        if not self.a16_needs_weight:
+            return True
+        weight = node.inputs[self.weight] if self.weight is not None and self.weight < len(node.inputs) else None
+        producer = weight.producer() if weight is not None else None
+        if producer is not None and producer.op_type == "DequantizeLinear":  # a QDQ graph: the DQ's data
+            weight = producer.inputs[0]
+        return weight is not None and weight.is_initializer()
 
     def __post_init__(self) -> None:
         if self.output not in OUTPUT_MODES:
@@ -108,6 +121,8 @@ class Target:
     lower: Lower | None = None  # writes the deployment file and runs it; None: the QDQ ONNX model is the file
     static_graph: bool = False  # one graph, static shapes: integer inputs are fixed to the data's values
     explicit_shapes: bool = False  # dynamic input dimensions need --input-shape (not the data's sizes)
+    float_runs: bool = True  # a node kept float runs on the target (False: an NPU, where it leaves for the CPU)
+    uniform_widths: bool = False  # a node reads and writes one integer width (passes/convert_widths)
     keeps_integer_inputs: bool = False  # static graph: only scalar integer inputs (a rate, a flag) become constants
     # before calibration: raises on a float graph `lower` could never take; returns extra files to write
     precheck: Callable[[ir.Model, Target], dict[str, bytes]] | None = None

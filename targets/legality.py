@@ -62,7 +62,7 @@ def _int8_ops_supported(model: ir.Model, plan: QuantPlan, target: Target) -> Ite
         elif (
             decision is not None
             and decision.precision == "int16"
-            and not (target.a16_dtype is not None and (rule := target.rule(node)) is not None and rule.a16)
+            and not (target.a16_dtype is not None and (rule := target.rule(node)) is not None and rule.runs_a16(node))
         ):
             yield node.name, f"{node.op_type} is planned as int16 but {target.name} has no 16-bit {node.op_type}"
 

@@ -25,7 +25,7 @@ import onnx_ir as ir
 from qcompile.ir_utils import is_float_value
 from qcompile.targets.base import Target
 
-__all__ = ["NpuRules", "Fallback", "fallbacks", "npu_share", "node_macs", "CHECKS"]
+__all__ = ["NpuRules", "Fallback", "fallbacks", "npu_share", "node_macs", "quantized_casts", "CHECKS"]
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _SIXTEEN = ("uint16", "int16")
@@ -42,6 +42,7 @@ class NpuRules:
     # op type → names of extra checks (keys of CHECKS) its nodes must pass
     op_checks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     wide_weights_need_wide_activations: bool = True  # 16-bit weights only with 16-bit activations
+    integer_ops: tuple[str, ...] = ()  # ops it runs on integer tensors (token ids, masks, indices)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _io_problems(node: ir.Node, target: Target, rules: NpuRules) -> list[tuple[s
     for value in node.outputs:
         if is_float_value(value) and not _consumed_by_q(value, target.fusable_activations):
             problems.append(("quantized-outputs", f"output {value.name!r} stays float (no QuantizeLinear follows)"))
-    if wide_acts and not rule.a16:
+    if wide_acts and not rule.runs_a16(node):
         problems.append(("16-bit-kernel", f"{node.op_type} has no 16-bit kernel here"))
     if rules.wide_weights_need_wide_activations and not wide_acts and _wide_weight(node, rule.weight):
         problems.append(("weight-dtype", "16-bit weights need 16-bit activations"))
@@ -171,8 +172,11 @@ def fallbacks(model: ir.Model, target: Target, rules: NpuRules) -> list[Fallback
         def add(rule: str, problem: str, node: ir.Node = node, name: str = name) -> None:
             found.append(Fallback(name, node.op_type, rule, problem))
 
+        integer = not any(is_float_value(v) for v in (*node.inputs, *node.outputs) if v is not None)
         if node.op_type in rules.forbidden_ops:
             add("no-control-flow", f"{node.op_type} (control flow) cannot run on {target.name}")
+        elif integer and node.op_type in rules.integer_ops:
+            continue
         elif target.rule(node) is None:
             add("op-table", f"{node.op_type} is not in {target.name}'s op table")
         elif target.fusable_activations and node.op_type in target.fusable_activations and _fused(node, target):
@@ -184,6 +188,51 @@ def fallbacks(model: ir.Model, target: Target, rules: NpuRules) -> list[Fallback
                 if (said := CHECKS[check](node, target)) is not None:
                     add(check, said)
     return found
+
+
+def quantized_casts(model: ir.Model) -> list[str]:
+    """Cast(integer → float) → QuantizeLinear(s, z) becomes Cast(→ uint8) → DequantizeLinear(1, 0) →
+    QuantizeLinear(s, z): an NPU has no float tensor to cast into, the DQ → Q pair is one requantizing
+    op there.  Exact for integers in [0, 255] (a mask, a flag); applied only where the Q's whole
+    range, (0 − z)·s … (255 − z)·s for uint8, lies in [0, 255], so the plan never meant to carry more.
+    Returns the names of the rewritten Casts."""
+    done = []
+    for node in list(model.graph):
+        out = node.outputs[0] if node.op_type == "Cast" and node.outputs else None
+        src = node.inputs[0] if node.inputs else None
+        if out is None or src is None or src.dtype is None or not src.dtype.is_integer() or not is_float_value(out):
+            continue
+        readers = [u.node for u in out.uses()]
+        if not readers or out.is_graph_output() or not all(_small_unsigned_q(q) for q in readers):
+            continue
+        node.attributes["to"] = ir.AttrInt64("to", ir.DataType.UINT8.value)
+        out.dtype = ir.DataType.UINT8
+        one = _initializer(model, f"{out.name}_unit_scale", np.array(1.0, np.float32))
+        zero = _initializer(model, f"{out.name}_unit_zero_point", np.array(0, np.uint8))
+        as_float = ir.Value(name=f"{out.name}_as_float", shape=out.shape, type=ir.TensorType(ir.DataType.FLOAT))
+        dq = ir.Node("", "DequantizeLinear", [out, one, zero], outputs=[as_float], name=f"{node.name}_DQ")
+        model.graph.insert_after(node, dq)
+        for q in readers:
+            q.replace_input_with(0, as_float)
+        done.append(node.name or "?")
+    return done
+
+
+def _initializer(model: ir.Model, name: str, array: np.ndarray) -> ir.Value:
+    from qcompile.ir_utils import add_initializer
+
+    return add_initializer(model.graph, name, array)
+
+
+def _small_unsigned_q(node: ir.Node) -> bool:
+    """A QuantizeLinear to uint8 whose real range lies within [0, 255]."""
+    if node.op_type != "QuantizeLinear" or len(node.inputs) < 3 or _dtype(node.inputs[2]) != "uint8":
+        return False
+    scale, zp = node.inputs[1], node.inputs[2]
+    if scale is None or zp is None or scale.const_value is None or zp.const_value is None:
+        return False
+    s, z = scale.const_value.numpy().astype(np.float64), zp.const_value.numpy().astype(np.float64)
+    return bool(np.all((0 - z) * s >= -1e-6) and np.all((255 - z) * s <= 255 + 1e-6))
 
 
 def _fused(node: ir.Node, target: Target) -> bool:

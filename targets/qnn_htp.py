@@ -35,7 +35,7 @@ from qcompile.targets.base import (
     gemm_weight_axis,
     matmul_weight_axis,
 )
-from qcompile.targets.npu import NpuRules, fallbacks, npu_share
+from qcompile.targets.npu import NpuRules, fallbacks, npu_share, quantized_casts
 
 __all__ = ["make_qnn_htp", "OPS", "RULES", "PRECISIONS", "DEFAULT_SOC"]
 
@@ -43,7 +43,8 @@ _RULES = [
     OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True, a16=True),
     OpRule("ConvTranspose", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True, a16=True),
     OpRule("Gemm", weight=1, weight_axis=gemm_weight_axis, bias=2, fuses_activation=True, a16=True),
-    OpRule("MatMul", weight=1, weight_axis=matmul_weight_axis, a16=True),
+    # two 16-bit activations: the EP converts one to 8 bits (−40 dB in a probe), so those stay 8-bit
+    OpRule("MatMul", weight=1, weight_axis=matmul_weight_axis, a16=True, a16_needs_weight=True),
     *(OpRule(op, activations=(0, 1), a16=True) for op in ("Add", "Sub", "Mul", "Div")),
     OpRule("Relu", a16=True),
     OpRule("Clip", a16=True),
@@ -54,6 +55,8 @@ _RULES = [
     *(OpRule(op, a16=True) for op in ("Softmax", "HardSigmoid", "HardSwish", "Gelu", "Sqrt", "Exp", "Erf")),
     OpRule("LayerNormalization", weight=1, bias=2, weight_dtype="uint8", a16=True),
     OpRule("ReduceMean", a16=True),
+    OpRule("ReduceSum", a16=True),
+    OpRule("Cast", activations=()),  # integer → float: its output quantized (npu.quantized_casts)
     OpRule("GlobalAveragePool", a16=True),
     OpRule("AveragePool", a16=True),
     OpRule("Concat", activations=(), output="tied_all", a16=True),
@@ -73,6 +76,8 @@ _RULES = [
             "Pad",
             "DepthToSpace",
             "SpaceToDepth",
+            "Expand",
+            "Identity",
         )
     ),
 ]
@@ -80,6 +85,7 @@ OPS = {r.op_type: r for r in _RULES}
 RULES = NpuRules(
     activation_dtypes=("uint8", "uint16"),
     weight_dtypes=("int8", "uint8", "int4"),
+    integer_ops=("Identity", "Cast", "Expand", "Unsqueeze", "Squeeze", "Reshape", "Gather", "Concat", "Slice"),
     op_checks={
         "LayerNormalization": ("last-axis", "unsigned-weight"),
         "Softmax": ("last-axis",),
@@ -103,12 +109,14 @@ def lower_qnn(model: ir.Model, target: Target) -> Lowered:
     from qcompile.targets.qnn_run import QnnRunner, qnn_available, qnn_version
 
     allow = bool(target.options["allow_cpu_fallback"])
+    casts = quantized_casts(model)
     found = fallbacks(model, target, RULES)
     if found and not allow:
         listed = "\n  ".join(f.text() for f in found[:20])
         more = f"\n  ... and {len(found) - 20} more" if len(found) > 20 else ""
         raise LegalityError(
-            f"{target.name}: {len(found)} node(s) would fall back to the CPU:\n  {listed}{more}\n"
+            f"{target.name}: {len(found)} node(s) break the NPU's rules (each would fall back to the CPU, "
+            f"or lose precision):\n  {listed}{more}\n"
             "(--allow-cpu-fallback writes the model anyway and reports the NPU's share)"
         )
     if (why := qnn_available()) is not None:
@@ -123,6 +131,7 @@ def lower_qnn(model: ir.Model, target: Target) -> Lowered:
         "npu": share,
         "integer_ops": share["nodes_on_npu"],
         "float_ops": share["nodes"] - share["nodes_on_npu"],
+        "casts_to_uint8": casts,
         "timing_note": "simulator_ms_per_inference is an x86 emulation of the HTP, not a phone latency",
     }
     if found:
@@ -239,6 +248,8 @@ def make_qnn_htp(**options: Any) -> Target:
         },
         lower=lower_qnn,
         static_graph=True,
+        uniform_widths=True,
+        float_runs=False,
         keeps_integer_inputs=True,
         precheck=_precheck,
     )

@@ -1,0 +1,125 @@
+"""The precision search checked on the target's own runtime, for targets whose numerics ONNX Runtime
+does not reproduce (an NPU: QNN's HTP rounds each layer its own way, and on deep models the CPU
+emulation of the same QDQ file is no proxy for it).
+
+After the search (run on ORT, as for every target), the plan is built, lowered and run on the target's
+runtime on the search samples.  If the budget fails there, 8-bit nodes that have a 16-bit kernel are
+promoted to 16-bit activations in the search's sensitivity order (its ranked candidates first, then
+graph order; a node together with the Relu/Clip it fuses): the smallest count k that keeps the
+budget is found by bisection, assuming that more 16-bit nodes never hurt (log2(n) + 2 runtime
+evaluations).  If even all of them do not keep it, all
+are promoted (the best the target offers) and the card says the budget is not met.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.budget import Budget, stacked
+from qcompile.data import LABELS_KEY, Sample
+from qcompile.ir_utils import single_consumer
+from qcompile.metrics import OutputKind
+from qcompile.passes.convert_widths import ConvertWidths
+from qcompile.passes.fold_scales import FoldScales
+from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.pipeline import run_passes
+from qcompile.plan import NodeDecision, QuantPlan
+from qcompile.runtime import SessionSource
+from qcompile.targets.base import Target
+from qcompile.verify import run_outputs
+
+__all__ = ["widen_on_target", "WIDENED"]
+
+WIDENED = "16-bit activations: the budget failed on the target's runtime with this node at 8 bits"
+
+
+def _candidates(
+    model: ir.Model, target: Target, decisions: Mapping[str, NodeDecision], ranked: Sequence[str]
+) -> list[tuple[str, ...]]:
+    """8-bit nodes that run at 16 bits, each with the Relu/Clip it fuses (one kernel, one width), the
+    search's ranked ones first, then in graph order."""
+    nodes = {n.name or "": n for n in model.graph.all_nodes()}
+
+    def widenable(name: str) -> bool:
+        d, node = decisions.get(name), nodes.get(name)
+        rule = target.rule(node) if node is not None else None
+        return d is not None and d.precision == "int8" and rule is not None and rule.runs_a16(node)  # type: ignore[arg-type]
+
+    groups, taken = [], set()
+    for name in dict.fromkeys([*ranked, *nodes]):
+        if name in taken or not widenable(name):
+            continue
+        nxt = single_consumer(nodes[name].outputs[0]) if nodes[name].outputs else None
+        rule = target.rule(nodes[name])
+        fused = (
+            nxt is not None and rule is not None and rule.fuses_activation and nxt.op_type in target.fusable_activations
+        )
+        group = (name, nxt.name or "") if fused and widenable(nxt.name or "") else (name,)  # type: ignore[union-attr]
+        taken.update(group)
+        groups.append(group)
+    return groups
+
+
+def widen_on_target(
+    model: ir.Model,
+    target: Target,
+    decisions: Mapping[str, NodeDecision],
+    assign: Callable[[Mapping[str, NodeDecision]], QuantPlan],
+    samples: Sequence[Sample],
+    kinds: Mapping[str, OutputKind],
+    budget: Budget,
+    margin: float,
+    ranked: Sequence[str] = (),
+) -> tuple[dict[str, NodeDecision], dict]:
+    """`decisions` with as few nodes widened to 16 bits as keep the budget on the target's runtime; a report."""
+    if target.lower is None or target.a16_dtype is None or not samples:
+        return dict(decisions), {}
+    quiet = dataclasses.replace(target, options={**target.options, "context": False})
+    ref = run_outputs(SessionSource.of(model), samples)
+    floats = [n for n in ref if ref[n] and np.asarray(ref[n][0]).dtype.kind == "f"]
+    labels = [s[LABELS_KEY] for s in samples if LABELS_KEY in s]
+    label_array = np.concatenate([np.ravel(x) for x in labels]) if len(labels) == len(samples) else None
+    order = _candidates(model, target, decisions, ranked)
+    trials: list[dict] = []
+
+    def trial(k: int) -> tuple[dict[str, NodeDecision], bool]:
+        decs = {**decisions, **{n: NodeDecision("int16", WIDENED) for g in order[:k] for n in g}}
+        candidate = ir.from_proto(ir.to_proto(model))
+        plan = assign(decs)
+        run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), ConvertWidths(target)), candidate)
+        got = run_outputs(quiet.lower(candidate, quiet).runner, samples)  # type: ignore[misc]
+        result = budget.evaluate(
+            {n: stacked(ref[n]) for n in floats},
+            {n: stacked(got[n]) for n in floats},
+            kinds,
+            label_array,
+            margin,
+            where="the search samples",
+        )
+        trials.append({"widened": k, "value": result.value, "met": result.met})
+        return decs, result.met
+
+    chosen, met = trial(0)
+    if not met and order:
+        widest, met = trial(len(order))
+        chosen, lo, hi = widest, 0, len(order)
+        while met and hi - lo > 1:  # the budget fails at lo and holds at hi
+            mid = (lo + hi) // 2
+            decs, ok = trial(mid)
+            lo, hi = (lo, mid) if ok else (mid, hi)
+            chosen = decs if ok else chosen
+    widened = [g for g in order if chosen[g[0]].precision == "int16"]
+    final = next(t for t in reversed(trials) if t["widened"] == len(widened))
+    widened = [n for g in widened for n in g]
+    report = {
+        "runtime": target.name,
+        "widened": widened,
+        "trials": trials,
+        "met": final["met"],
+        "value": final["value"],
+    }
+    return chosen, report
