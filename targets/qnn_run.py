@@ -124,10 +124,15 @@ def graph_report(dump_dir: Path) -> dict[str, Any]:
         data = json.loads(trace.read_text())
         summary = data.get("summary", {})
         report["ep_nodes"] = {"taken": summary.get("supported_nodes"), "of": summary.get("total_onnx_nodes")}
-        report["ep_refused"] = [
-            n.get("name", str(n)) if isinstance(n, dict) else str(n) for n in data.get("unsupported_nodes", [])
-        ]
+        report["ep_refused"] = [_refused(n) for n in data.get("unsupported_nodes", [])]
     return report
+
+
+def _refused(entry: Any) -> str:
+    """One node the EP left to the CPU, as `name (op): reason`."""
+    if not isinstance(entry, dict):
+        return str(entry)
+    return f"{entry.get('node_name', '?')} ({entry.get('op_type', '?')}): {entry.get('reason', 'no reason given')}"
 
 
 class QnnRunner:
@@ -165,7 +170,8 @@ class QnnRunner:
                 {
                     "problem": f"{len(floats)} tensor(s) inside the QNN graph are float ({', '.join(floats[:3])}): "
                     "the simulator runs them, an HTP without float units does not",
-                    "advice": "quantize the nodes that write them (a plan pin, or --precision a16w8)",
+                    "advice": "give the nodes that write them a quantized form the NPU's table has, or leave "
+                    "them to the CPU",
                     "fails": not self.allow_fallback,
                 }
             )
