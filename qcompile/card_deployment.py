@@ -54,8 +54,9 @@ def _npu_lines(dep: dict) -> list[str]:
         "",
         f"- {npu['nodes_on_npu']} of {npu['nodes']} nodes ({100 * npu['node_share']:.1f}%) and "
         f"{100 * npu['mac_share']:.1f}% of the MACs run on the NPU; Q/DQ not counted",
-        f"- provider options: {', '.join(f'{k}={v}' for k, v in dep['provider_options'].items())}",
     ]
+    if dep.get("provider_options"):
+        lines.append(f"- provider options: {', '.join(f'{k}={v}' for k, v in dep['provider_options'].items())}")
     lines += [f"  - falls back to the CPU: {text}" for text in npu["fallback_nodes"][:20]]
     if ops:
         lines.append(f"- QNN graph: {ops}")
@@ -65,10 +66,10 @@ def _npu_lines(dep: dict) -> list[str]:
             f"- the EP took {dep['ep_nodes']['taken']} of {dep['ep_nodes']['of']} ONNX nodes (Q/DQ included)"
             + (f"; it left {', '.join(refused[:10])} to the CPU" if refused else "")
         )
-    floats = dep.get("float_tensors") or []
-    lines.append(
-        f"- float tensors inside the QNN graph: {len(floats)}" + (f" ({', '.join(floats[:5])})" if floats else "")
-    )
+    if "float_tensors" in dep:
+        floats = dep["float_tensors"]
+        listed = f" ({', '.join(floats[:5])})" if floats else ""
+        lines.append(f"- float tensors inside the QNN graph: {len(floats)}{listed}")
     if "simulator_ms_per_inference" in dep:
         lines.append(
             f"- simulator: {dep['simulator_ms_per_inference']} ms per inference (median), session "

@@ -49,7 +49,8 @@ def _candidates(
         rule = target.rule(node) if node is not None else None
         return d is not None and d.precision == "int8" and rule is not None and rule.runs_a16(node)  # type: ignore[arg-type]
 
-    groups, taken = [], set()
+    groups: list[tuple[str, ...]] = []
+    taken: set[str] = set()
     for name in dict.fromkeys([*ranked, *nodes]):
         if name in taken or not widenable(name):
             continue
@@ -112,12 +113,11 @@ def widen_on_target(
             decs, ok = trial(mid)
             lo, hi = (lo, mid) if ok else (mid, hi)
             chosen = decs if ok else chosen
-    widened = [g for g in order if chosen[g[0]].precision == "int16"]
-    final = next(t for t in reversed(trials) if t["widened"] == len(widened))
-    widened = [n for g in widened for n in g]
+    groups = [g for g in order if chosen[g[0]].precision == "int16"]
+    final = next(t for t in reversed(trials) if t["widened"] == len(groups))
     report = {
         "runtime": target.name,
-        "widened": widened,
+        "widened": [n for g in groups for n in g],
         "trials": trials,
         "met": final["met"],
         "value": final["value"],

@@ -40,12 +40,19 @@ def _qnn_htp(**options) -> Target:
     return make_qnn_htp(**options)
 
 
+def _intel_npu(**options) -> Target:
+    from qcompile.targets.intel_npu import make_intel_npu
+
+    return make_intel_npu(**options)
+
+
 _FACTORIES: dict[str, Callable[..., Target]] = {
     "ort-cpu": _ort_cpu,
     "tflite": _tflite,
     "tflm": _tflm,
     "ethos-u": _ethos_u,
     "qnn-htp": _qnn_htp,
+    "intel-npu": _intel_npu,
 }
 TARGET_NAMES = tuple(_FACTORIES)
 

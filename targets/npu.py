@@ -14,6 +14,7 @@ Conv: Π(out) · C_in/g · Π(kernel); MatMul/Gemm: Π(out) · K.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,12 +24,23 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.ir_utils import is_float_value
-from qcompile.targets.base import Target
+from qcompile.targets.base import LegalityError, Target
 
-__all__ = ["NpuRules", "Fallback", "fallbacks", "npu_share", "node_macs", "quantized_casts", "CHECKS"]
+__all__ = [
+    "NpuRules",
+    "Fallback",
+    "fallbacks",
+    "npu_share",
+    "node_macs",
+    "quantized_casts",
+    "check_npu",
+    "npu_precheck",
+    "CHECKS",
+]
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
 _SIXTEEN = ("uint16", "int16")
+_FLOAT_IO = ("quantized-inputs", "quantized-outputs")
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,7 @@ class NpuRules:
     op_checks: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     wide_weights_need_wide_activations: bool = True  # 16-bit weights only with 16-bit activations
     integer_ops: tuple[str, ...] = ()  # ops it runs on integer tensors (token ids, masks, indices)
+    float_ops: tuple[str, ...] = ()  # ops it runs in float itself (fp16 NPUs): a float node of these stays on it
 
 
 @dataclass(frozen=True)
@@ -178,16 +191,64 @@ def fallbacks(model: ir.Model, target: Target, rules: NpuRules) -> list[Fallback
         elif integer and node.op_type in rules.integer_ops:
             continue
         elif target.rule(node) is None:
-            add("op-table", f"{node.op_type} is not in {target.name}'s op table")
+            if node.op_type not in rules.float_ops:
+                add("op-table", f"{node.op_type} is not in {target.name}'s op table")
         elif target.fusable_activations and node.op_type in target.fusable_activations and _fused(node, target):
             continue
         else:
             for rule_name, problem in _io_problems(node, target, rules):
-                add(rule_name, problem)
+                if not (rule_name in _FLOAT_IO and node.op_type in rules.float_ops):  # it may run in float
+                    add(rule_name, problem)
             for check in rules.op_checks.get(node.op_type, ()):
                 if (said := CHECKS[check](node, target)) is not None:
                     add(check, said)
     return found
+
+
+def check_npu(model: ir.Model, target: Target, rules: NpuRules, allow_fallback: bool) -> dict[str, Any]:
+    """The NPU's legality verdict on the QDQ `model`: a `LegalityError` listing every node and the rule it
+    breaks (unless `allow_fallback`), else the card's summary: the NPU's share and any fallback."""
+    found = fallbacks(model, target, rules)
+    if found and not allow_fallback:
+        listed = "\n  ".join(f.text() for f in found[:20])
+        more = f"\n  ... and {len(found) - 20} more" if len(found) > 20 else ""
+        raise LegalityError(
+            f"{target.name}: {len(found)} node(s) break the NPU's rules (each would fall back to the CPU, "
+            f"or lose precision):\n  {listed}{more}\n"
+            "(--allow-cpu-fallback writes the model anyway and reports the NPU's share)"
+        )
+    share = npu_share(model, found)
+    summary: dict[str, Any] = {
+        "npu": share,
+        "integer_ops": share["nodes_on_npu"],
+        "float_ops": share["nodes"] - share["nodes_on_npu"],
+    }
+    if found:
+        summary["problems"] = [
+            {
+                "problem": f"{len(found)} node(s) fall back to the CPU ({100 * share['node_share']:.1f}% of nodes, "
+                f"{100 * share['mac_share']:.1f}% of MACs on the NPU)",
+                "advice": "see the card's NPU section for each node and the rule it breaks",
+                "fails": False,
+            }
+        ]
+    return summary
+
+
+def npu_precheck(model: ir.Model, target: Target, rules: NpuRules, allow_fallback: bool) -> None:
+    """Before calibrating, on the float graph: ops the NPU has no kernel for, control flow and dynamic
+    shapes fail now (the rules on quantization come after it)."""
+    if allow_fallback:
+        return
+    early = ("op-table", "no-control-flow", "static-shapes")
+    found = [f for f in fallbacks(model, target, dataclasses.replace(rules, op_checks={})) if f.rule in early]
+    if found:
+        listed = "\n  ".join(f.text() for f in found[:20])
+        raise LegalityError(
+            f"{target.name}: {len(found)} node(s) cannot run on the NPU:\n  {listed}\n"
+            f"supported ops: {', '.join(sorted(target.ops))}\n"
+            "(--allow-cpu-fallback compiles anyway and reports the NPU's share)"
+        )
 
 
 def quantized_casts(model: ir.Model) -> list[str]:

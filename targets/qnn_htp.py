@@ -18,7 +18,6 @@ simulator's run time (an x86 emulation: not a phone latency).
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from qcompile.targets.base import (
     gemm_weight_axis,
     matmul_weight_axis,
 )
-from qcompile.targets.npu import NpuRules, fallbacks, npu_share, quantized_casts
+from qcompile.targets.npu import NpuRules, check_npu, npu_precheck, quantized_casts
 
 __all__ = ["make_qnn_htp", "OPS", "RULES", "PRECISIONS", "DEFAULT_SOC"]
 
@@ -110,39 +109,19 @@ def lower_qnn(model: ir.Model, target: Target) -> Lowered:
 
     allow = bool(target.options["allow_cpu_fallback"])
     casts = quantized_casts(model)
-    found = fallbacks(model, target, RULES)
-    if found and not allow:
-        listed = "\n  ".join(f.text() for f in found[:20])
-        more = f"\n  ... and {len(found) - 20} more" if len(found) > 20 else ""
-        raise LegalityError(
-            f"{target.name}: {len(found)} node(s) break the NPU's rules (each would fall back to the CPU, "
-            f"or lose precision):\n  {listed}{more}\n"
-            "(--allow-cpu-fallback writes the model anyway and reports the NPU's share)"
-        )
+    checked = check_npu(model, target, RULES, allow)
     if (why := qnn_available()) is not None:
         raise LegalityError(f"{target.name}: cannot verify on the QNN HTP backend: {why}")
     provider = dict(target.options["provider_options"])
-    share = npu_share(model, found)
     summary: dict[str, Any] = {
         "format": "onnx (QDQ for the QNN EP)",
         "runtime": f"QNN HTP backend, x86-64 simulator ({qnn_version()}), CPU fallback "
         + ("allowed" if allow else "disabled"),
         "provider_options": provider,
-        "npu": share,
-        "integer_ops": share["nodes_on_npu"],
-        "float_ops": share["nodes"] - share["nodes_on_npu"],
+        **checked,
         "casts_to_uint8": casts,
         "timing_note": "simulator_ms_per_inference is an x86 emulation of the HTP, not a phone latency",
     }
-    if found:
-        summary["problems"] = [
-            {
-                "problem": f"{len(found)} node(s) fall back to the CPU ({100 * share['node_share']:.1f}% of nodes, "
-                f"{100 * share['mac_share']:.1f}% of MACs on the NPU)",
-                "advice": "see the card's NPU section for each node and the rule it breaks",
-                "fails": False,
-            }
-        ]
     workdir = tempfile.TemporaryDirectory(prefix="qcompile-qnn-model-")
     path = _file_model(model, Path(workdir.name))
     runner = QnnRunner(path, provider, allow, summary)
@@ -197,18 +176,7 @@ def _agreement(got: dict[str, list], want: dict[str, list], steps: dict[str, flo
 
 
 def _precheck(model: ir.Model, target: Target) -> dict[str, bytes]:
-    """Before calibrating: ops the HTP has no kernel for, control flow and dynamic shapes fail now."""
-    if target.options["allow_cpu_fallback"]:
-        return {}
-    table = dataclasses.replace(RULES, op_checks={})
-    found = [f for f in fallbacks(model, target, table) if f.rule in ("op-table", "no-control-flow", "static-shapes")]
-    if found:
-        listed = "\n  ".join(f.text() for f in found[:20])
-        raise LegalityError(
-            f"{target.name}: {len(found)} node(s) cannot run on the NPU:\n  {listed}\n"
-            f"supported ops: {', '.join(sorted(target.ops))}\n"
-            "(--allow-cpu-fallback compiles anyway and reports the NPU's share)"
-        )
+    npu_precheck(model, target, RULES, bool(target.options["allow_cpu_fallback"]))
     return {}
 
 
