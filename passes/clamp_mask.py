@@ -59,7 +59,7 @@ class ClampAttentionMask(ir.passes.InPlacePass):
         for value in list(model.graph.initializers.values()):
             if not value.uses() or not _is_mask_constant(value):
                 continue
-            if not any(_reaches_softmax(o) for use in value.uses() for o in use.node.outputs):
+            if not _reaches_softmax(value):
                 continue
             array = const_array(value)
             assert array is not None

@@ -144,7 +144,13 @@ def _io_problems(node: ir.Node, target: Target, rules: NpuRules) -> list[tuple[s
             problems.append(("quantized-outputs", f"output {value.name!r} stays float (no QuantizeLinear follows)"))
     if wide_acts and not rule.runs_a16(node):
         problems.append(("16-bit-kernel", f"{node.op_type} has no 16-bit kernel here"))
-    if rules.wide_weights_need_wide_activations and not wide_acts and _wide_weight(node, rule.weight):
+    said = {r for r, _ in problems}
+    if (
+        rules.wide_weights_need_wide_activations
+        and not wide_acts
+        and "weight-dtype" not in said
+        and _wide_weight(node, rule.weight)
+    ):
         problems.append(("weight-dtype", "16-bit weights need 16-bit activations"))
     return problems
 

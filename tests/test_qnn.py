@@ -34,7 +34,9 @@ MODEL, CALIB, TEST = SAMPLES / "digits_cnn.onnx", SAMPLES / "digits_calib.npz", 
 def _compile(model=MODEL, evaluation=TEST, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return qcompile.compile(model, "qnn-htp", calibration=CALIB, evaluation=evaluation, measure_latency=False, **kwargs)
+        return qcompile.compile(
+            model, "qnn-htp", calibration=CALIB, evaluation=evaluation, measure_latency=False, **kwargs
+        )
 
 
 def _sqnr(result) -> float:
@@ -65,7 +67,9 @@ def test_sample_runs_whole_on_the_htp_and_matches_its_qdq_model_on_ort(a8w8, tmp
     files = a8w8.save(tmp_path)
     path = next(p for p in files.values() if str(p).endswith(".qnn-htp.onnx"))
     htp, cpu = qnn_session(path, dep["provider_options"]), make_session(path, optimize=False)
-    step = float(nh.to_array(next(t for t in onnx.load(path).graph.initializer if t.name.endswith("_scale"))).ravel()[0])
+    step = float(
+        nh.to_array(next(t for t in onnx.load(path).graph.initializer if t.name.endswith("_scale"))).ravel()[0]
+    )
     for x in _digits(8):
         got = htp.run(None, {"input": x[None]})[0]
         want = cpu.run(None, {"input": x[None]})[0]
