@@ -177,3 +177,35 @@ def test_unavailable_backend_is_named(monkeypatch):
     assert "x86-64 Linux" in str(qnn_available())
     with pytest.raises(QCompileError, match="cannot verify on the QNN HTP backend: the HTP simulator runs on x86-64"):
         _compile(evaluation=None)
+
+
+def _dynamic_model(tmp_path):
+    """A one-Conv QDQ-free model whose batch is dynamic: the EP cannot get its shapes."""
+    w = nh.from_array(np.ones((2, 1, 1, 1), np.float32), "w")
+    graph = oh.make_graph(
+        [oh.make_node("Conv", ["input", "w"], ["y"], name="conv")],
+        "g",
+        [oh.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 4, 4])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [w],
+    )
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 21)]), path)
+    return path
+
+
+def test_a_model_the_htp_refuses_is_an_error_quoting_ort(tmp_path):
+    from qcompile.targets.qnn_run import QnnRunner
+
+    runner = QnnRunner(_dynamic_model(tmp_path), {"soc_model": "57"}, False, {})
+    with pytest.raises(
+        QCompileError, match="QNN HTP refused the model: .*fallback to CPU EP has been explicitly disabled"
+    ):
+        runner.session()
+
+
+def test_a_context_binary_that_cannot_compile_is_an_error(tmp_path):
+    from qcompile.targets.qnn_context import write_context
+
+    with pytest.raises(QCompileError, match="QNN HTP could not compile a context binary: "):
+        write_context(_dynamic_model(tmp_path), {"soc_model": "57"}, False, {})

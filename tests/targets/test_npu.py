@@ -273,3 +273,18 @@ def test_option_errors_name_the_option():
         make_qnn_htp(precision="a4w4")
     with pytest.raises(ValueError, match=r"no option\(s\) \['bogus'\]"):
         make_qnn_htp(bogus=1)
+
+
+def test_check_npu_lists_every_node_and_the_way_out(target):
+    """The legality error names each node with its rule and says how to write the model anyway."""
+    from qcompile.targets.base import LegalityError
+    from qcompile.targets.npu import check_npu
+
+    g = _Graph()
+    g.add("Sin", [g.qdq("x", np.uint8, 1 / 64, 128)], "s", name="sin")
+    model = g.model({"x": [1, 4]}, [g.qdq("s", np.uint8, 1 / 128, 128)])
+    with pytest.raises(LegalityError) as e:
+        check_npu(model, target, RULES, allow_fallback=False)
+    assert "node 'sin' (Sin): rule op-table" in str(e.value) and "--allow-cpu-fallback" in str(e.value)
+    summary = check_npu(model, target, RULES, allow_fallback=True)
+    assert summary["npu"]["fallback_nodes"] and summary["problems"][0]["fails"] is False
