@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
-DEMO_TARGETS := ort-cpu tflite tflm ethos-u
+DEMO_TARGETS := ort-cpu tflite tflm ethos-u qnn-htp
 demo: $(STAMP)
 	@set -e; for t in $(DEMO_TARGETS); do \
 		$(VENV)/bin/qcompile compile samples/digits_cnn.onnx --target $$t \

@@ -21,12 +21,18 @@ def _search_lines(search: dict | None) -> list[str]:
         f"≥ {search['bound']['floor']:g}" if "floor" in search["bound"] else f"drop ≤ {search['bound']['max_drop']:g}"
     )
     where = "samples set aside from calibration" if search.get("unseen") else "calibration samples"
+    on_target = search.get("on_target") or {}
+    chosen = (
+        f"on {on_target['runtime']}'s runtime with {len(on_target['widened'])} node(s) at 16 bits"
+        if on_target
+        else f"with {len(search['float_groups'])} group(s) in float"
+    )
     lines = [
         f"## Precision search ({search.get('policy', 'hybrid')})",
         "",
         f"Budget {search['metric']} {bound}, kept with a margin of {search['margin']:g} on {search['search_samples']} "
-        f"{where}: all int8 gives {_fmt(search['all_int8'], 3)}; with {len(search['float_groups'])} "
-        f"group(s) in float, {_fmt(search['chosen'], 3)} ({'met' if search['met'] else '**not met**'}; "
+        f"{where}: all int8 gives {_fmt(search['all_int8'], 3)}; {chosen}, "
+        f"{_fmt(search['chosen'], 3)} ({'met' if search['met'] else '**not met**'}; "
         f"{search['evaluations']} evaluations).",
         "",
     ]
@@ -36,13 +42,11 @@ def _search_lines(search: dict | None) -> list[str]:
     if a16:
         promoted = a16.get("promoted", [])
         lines += [
-            ("The target runs no float: " if a16.get("required") else "")
-            + f"16-bit activations instead of float: {len(promoted)} of the {len(a16['nodes'])} float node(s)"
+            f"16-bit activations instead of float: {len(promoted)} of the {len(a16['nodes'])} float node(s)"
             f" ({', '.join(promoted[:8]) or 'none'}); the budget then reads {_fmt(a16['value'], 3)} on the"
             " search samples.",
             "",
         ]
-    on_target = search.get("on_target") or {}
     if on_target:
         trials = "; ".join(f"{t['widened']} group(s) widened: {_fmt(t['value'], 3)}" for t in on_target["trials"])
         lines += [
@@ -85,12 +89,12 @@ def _search_lines(search: dict | None) -> list[str]:
         "| rank | candidate | ops | MACs | local SQNR (dB) | only it int8 | all but it int8 | gain | precision |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    floats = set(search["float_groups"])
+    floats, wide = set(search["float_groups"]), set((search.get("on_target") or {}).get("widened", []))
     for k, s in enumerate(search["table"][:15], 1):
+        kept = "float" if set(s["groups"]) <= floats else "int16" if set(s["groups"]) <= wide else "int8"
         lines.append(
             f"| {k} | {s['candidate']} | {'+'.join(s['ops'])} | {s['macs']:,} | {_fmt(s['local_sqnr_db'])} | "
-            f"{_fmt(s['only'], 3)} | {_fmt(s['without'], 3)} | {_fmt(s['gain'], 3)} | "
-            f"{'float' if set(s['groups']) <= floats else 'int8'} |"
+            f"{_fmt(s['only'], 3)} | {_fmt(s['without'], 3)} | {_fmt(s['gain'], 3)} | {kept} |"
         )
     return [*lines, ""]
 

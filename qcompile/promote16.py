@@ -8,9 +8,7 @@ built on a copy and run on the search samples, and the promotion is kept when th
 holds with the search's margin.  If all together do not hold, the first `MAX_SINGLE_TRIALS` are
 tried one at a time, each kept if the budget still holds; the card lists the promoted nodes.
 
-On a target where float is no way out at all (`Target.float_runs` False: an NPU, where a float node
-falls back to the CPU), every float node the search chose becomes 16-bit where the op has a 16-bit
-kernel and 8-bit where it has not; the budget is measured and reported as it then reads.
+On a target where float is no way out at all (an NPU) the search is `target_search.npu_search`.
 """
 
 from __future__ import annotations
@@ -34,8 +32,6 @@ from qcompile.verify import run_outputs
 __all__ = ["promote_to_a16", "PROMOTED"]
 
 PROMOTED = "kept float by the search; 16-bit activations meet the budget there"
-NO_FLOAT = "kept float by the search; the target has no float, so 16-bit activations"
-NO_FLOAT_8 = "kept float by the search; the target has neither float nor a 16-bit kernel for it"
 MAX_SINGLE_TRIALS = 8  # after all-at-once fails: nodes tried one by one (each trial builds and runs a model)
 
 
@@ -62,7 +58,7 @@ def promote_to_a16(
         and (rule := target.rule(nodes[name])) is not None
         and rule.runs_a16(nodes[name])
     ]
-    if not eligible and target.float_runs:
+    if not eligible:
         return dict(decisions), {}
     ref = run_outputs(SessionSource.of(model), samples)
     labels = [s[LABELS_KEY] for s in samples if LABELS_KEY in s]
@@ -85,15 +81,6 @@ def promote_to_a16(
         )
         return result.met, result.value
 
-    if not target.float_runs:  # float is not an option: all float nodes leave float, measured once
-        met, value = holds(eligible) if eligible else (True, None)
-        rest = [n for n, d in decisions.items() if d.precision == "float" and n not in pinned and n not in eligible]
-        report = {"nodes": eligible, "promoted": eligible, "value": value, "kept": True, "required": True, "met": met}
-        return {
-            **decisions,
-            **{n: NodeDecision("int16", NO_FLOAT) for n in eligible},
-            **{n: NodeDecision("int8", NO_FLOAT_8) for n in rest if target.rule(nodes[n]) is not None},
-        }, report
     met, value = holds(eligible)
     kept = list(eligible) if met else []
     if not met and len(eligible) > 1:  # one at a time, in graph order, each kept if the budget still holds

@@ -38,7 +38,7 @@ from qcompile.runtime import SessionSource
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
 from qcompile.search_split import SearchSplit
 from qcompile.selective import selective_search
-from qcompile.target_search import widen_on_target
+from qcompile.target_search import npu_search
 from qcompile.targets.legality import CheckLegality
 
 __all__ = ["Quantized", "quantize", "SEARCH_SAMPLES"]
@@ -95,7 +95,12 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         deadline = Deadline(config.time_budget)
         timed = config.measure_latency and kept.samples
         speed_sample = {k: v for k, v in kept.samples[0].items() if k != LABELS_KEY} if timed else None
-        if config.policy == "hybrid":
+        if not target.float_runs:  # an NPU: 8 or 16 bits per group, decided on its own runtime
+            decisions, search = npu_search(
+                model, specs, target, kept.samples, prepared.kinds, budget, margin,
+                lambda d: assign(calib, d), config.policy, pins, bar, deadline,
+            )  # fmt: skip
+        elif config.policy == "hybrid":
             decisions, search = hybrid_search(
                 model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar, config.executor, deadline
             )
@@ -117,21 +122,9 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
                 speed_sample,
             )
         search.unseen = not kept.too_few
-        decisions, search.a16 = promote_to_a16(
-            model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin, pins
-        )
-        if not target.float_runs:  # an NPU: its own runtime decides, not ORT's emulation of it
-            ranked = [g for s in search.table for g in s.groups]
-            decisions, search.on_target = widen_on_target(
-                model,
-                target,
-                decisions,
-                lambda d: assign(calib, d),
-                kept.samples,
-                prepared.kinds,
-                budget,
-                margin,
-                ranked,
+        if target.float_runs:
+            decisions, search.a16 = promote_to_a16(
+                model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin, pins
             )
         specs = assign(calib, decisions)
     meta = {"calibrator": calib.calibrator, "policy": config.policy, **specs.meta}

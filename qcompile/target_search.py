@@ -1,14 +1,16 @@
-"""The precision search checked on the target's own runtime, for targets whose numerics ONNX Runtime
-does not reproduce (an NPU: QNN's HTP rounds each layer its own way, and on deep models the CPU
-emulation of the same QDQ file is no proxy for it).
+"""The precision search on the target's own runtime, for targets whose numerics ONNX Runtime does
+not reproduce (an NPU: QNN's HTP rounds each layer its own way, and on deep models the CPU emulation
+of the same QDQ file is no proxy for it).
 
-After the search (run on ORT, as for every target), the plan is built, lowered and run on the target's
-runtime on the search samples.  If the budget fails there, 8-bit nodes that have a 16-bit kernel are
-promoted to 16-bit activations in the search's sensitivity order (its ranked candidates first, then
-graph order; a node together with the Relu/Clip it fuses): the smallest count k that keeps the
-budget is found by bisection, assuming that more 16-bit nodes never hurt (log2(n) + 2 runtime
-evaluations).  If even all of them do not keep it, all
-are promoted (the best the target offers) and the card says the budget is not met.
+On an NPU float is no option (`Target.float_runs` False), so the search does not look for float
+groups on ORT (`npu_search`): it ranks the groups by sensitivity there (each quantized alone and all
+but it, as `passes.sensitivity` does; cut by the time budget, the rest in graph order).  The plan is
+then built, lowered and run on the target's runtime on the search samples.  If the budget fails
+there, 8-bit nodes that have a 16-bit kernel are promoted to 16-bit activations in that order (a
+node together with the Relu/Clip it fuses): the smallest count k that keeps the budget is found by
+bisection, assuming that more 16-bit nodes never hurt (log2(n) + 2 runtime evaluations).  If even
+all of them do not keep it, all are promoted (the best the target offers) and the card says the
+budget is not met.
 """
 
 from __future__ import annotations
@@ -21,18 +23,23 @@ import onnx_ir as ir
 
 from qcompile.budget import Budget, stacked
 from qcompile.data import LABELS_KEY, Sample
+from qcompile.deadline import Deadline
 from qcompile.ir_utils import single_consumer
 from qcompile.metrics import OutputKind
 from qcompile.passes.convert_widths import ConvertWidths
 from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.passes.quant_groups import quant_groups
+from qcompile.passes.sensitivity import rank_groups
+from qcompile.passes.switchable import Evaluator
 from qcompile.pipeline import run_passes
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.runtime import SessionSource
+from qcompile.search import SearchReport
 from qcompile.targets.base import Target
 from qcompile.verify import run_outputs
 
-__all__ = ["widen_on_target", "WIDENED"]
+__all__ = ["widen_on_target", "npu_search", "WIDENED"]
 
 WIDENED = "16-bit activations: the budget failed on the target's runtime with this node at 8 bits"
 
@@ -123,3 +130,45 @@ def widen_on_target(
         "value": final["value"],
     }
     return chosen, report
+
+
+def npu_search(
+    model: ir.Model,
+    plan: QuantPlan,
+    target: Target,
+    samples: Sequence[Sample],
+    kinds: Mapping[str, OutputKind],
+    budget: Budget,
+    margin: float,
+    assign: Callable[[Mapping[str, NodeDecision]], QuantPlan],
+    policy: str,
+    pinned: set[str],
+    progress: Callable | None = None,
+    deadline: Deadline | None = None,
+) -> tuple[dict[str, NodeDecision], SearchReport]:
+    """8-bit or 16-bit per group for a target without float: ranked on ORT, decided on the target."""
+    groups = quant_groups(model, plan, target)
+    evaluator = Evaluator(model, plan, groups, samples, kinds, budget)
+    fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
+    all_int8, table = rank_groups(evaluator, progress, exclude=fixed, deadline=deadline)
+    ranked = [g for s in table for g in s.groups]
+    free = {n: d for n, d in plan.nodes.items() if n not in pinned}
+    decisions, found = widen_on_target(model, target, free, assign, samples, kinds, budget, margin, ranked)
+    decisions.update({n: d for n, d in plan.nodes.items() if n in pinned})
+    bound = {"floor": budget.floor} if budget.floor is not None else {"max_drop": budget.max_drop}
+    report = SearchReport(
+        budget.metric.name,
+        bound,
+        margin,
+        len(samples),
+        all_int8,
+        found.get("value", all_int8),
+        bool(found.get("met", False)),
+        evaluations=2 * len(table) + 1 + len(found.get("trials", [])),
+        table=table,
+        policy=policy,
+        cut=deadline is not None and deadline.cut,
+        trials=evaluator.trials,
+        on_target=found,
+    )
+    return decisions, report
