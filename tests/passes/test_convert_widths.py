@@ -135,3 +135,32 @@ def test_agreeing_widths_are_left_alone():
         before = ir.to_proto(model).SerializeToString()
         assert not ConvertWidths(make_qnn_htp())(model).modified
         assert ir.to_proto(model).SerializeToString() == before
+
+
+def test_a_constant_read_at_the_other_width_is_stored_again_at_the_nodes_width():
+    """Mul by a uint16 constant in a node that writes uint8: the constant gets uint8 data and a DQ of
+    its own (no Q → DQ pair on static data), holding the same value to within one uint8 step."""
+    g = _Graph()
+    value, c_scale, c_zp = 0.37, 1.0 / 65535, 0
+    c = g.const("c_data", np.array([round(value / c_scale)], np.uint16))
+    s = g.const("c_scale", np.float32(c_scale))
+    z = g.const("c_zero_point", np.array(c_zp, np.uint16))
+    g.add("DequantizeLinear", [c, s, z], "c_dq")
+    g.add("Mul", [g.qdq("x", np.uint8, 1 / 64, 128), "c_dq"], "m", name="mul")
+    model = g.model({"x": [1, 8]}, g.qdq("m", np.uint8, 1 / 128, 128))
+    before = copy(model)
+
+    assert ConvertWidths(make_qnn_htp())(model).modified
+    dq = model.graph.node("mul").inputs[1].producer()
+    assert dq.op_type == "DequantizeLinear" and dq.inputs[0].is_initializer()
+    assert dq.inputs[0].dtype == ir.DataType.UINT8
+    scale, zp, _ = _params(dq)
+    stored = float((dq.inputs[0].const_value.numpy().astype(np.float64)[0] - zp) * scale)
+    assert abs(stored - value) <= scale
+    dangling = [n for n in model.graph if not n.outputs[0].uses() and not n.outputs[0].is_graph_output()]
+    assert dangling == []  # the constant's old DQ is gone (an NPU would run it alone, in float)
+    assert "QuantizeLinear" not in {
+        n.op_type for n in model.graph if n.inputs and n.inputs[0] is not None and n.inputs[0].name == "c_dq"
+    }
+    x = np.linspace(-1.5, 1.5, 8, dtype=np.float32)[None]
+    _assert_close_on_ort(before, model, {"x": x}, atol=1 / 128 + 1.5 * scale)
