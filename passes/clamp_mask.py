@@ -25,6 +25,7 @@ __all__ = ["ClampAttentionMask", "MASK_VALUE", "HUGE_NEGATIVE"]
 MASK_VALUE = -100.0
 HUGE_NEGATIVE = -1.0e4
 MAX_DEPTH = 5
+MAX_MASK_ELEMENTS = 1 << 20
 _PATH_OPS = frozenset(
     ("Mul", "Add", "Sub", "Where", "Cast", "Reshape", "Unsqueeze", "Expand", "Slice", "Squeeze", "Transpose")
 )
@@ -47,6 +48,8 @@ def _reaches_softmax(value: ir.Value, depth: int = 0) -> bool:
 def _is_mask_constant(value: ir.Value) -> bool:
     if value.dtype is None or not value.dtype.is_floating_point():
         return False
+    if value.const_value is None or value.const_value.size > MAX_MASK_ELEMENTS:
+        return False
     array = const_array(value)
     return array is not None and array.size > 0 and bool(np.all(array <= HUGE_NEGATIVE))
 
@@ -57,9 +60,8 @@ class ClampAttentionMask(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for value in list(model.graph.initializers.values()):
-            if not value.uses() or not _is_mask_constant(value):
-                continue
-            if not _reaches_softmax(value):
+            # the graph is read first: a weight's data (perhaps on disk) is never loaded to be looked at
+            if not value.uses() or not _reaches_softmax(value) or not _is_mask_constant(value):
                 continue
             array = const_array(value)
             assert array is not None

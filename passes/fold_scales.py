@@ -112,16 +112,14 @@ class UnshareQuantizedData(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, fresh, modified = model.graph, FreshNames(model.graph), False
         for value in list(graph.initializers.values()):
-            data = const_array(value) if len(value.uses()) > 1 else None
-            if data is None:
-                continue
             readers: dict[tuple, list[ir.Node]] = {}
             for use in value.uses():
                 if use.node.op_type == "DequantizeLinear" and use.idx == 0:
                     key = tuple(name_of(v) if v is not None else "" for v in use.node.inputs[1:])
                     readers.setdefault(key, []).append(use.node)
+            data = const_array(value) if len(readers) > 1 else None
             for nodes in list(readers.values())[1:]:
-                copy = add_initializer(graph, name_of(value), data, fresh)
+                copy = add_initializer(graph, name_of(value), data, fresh)  # type: ignore[arg-type]
                 for node in nodes:
                     node.replace_input_with(0, copy)
                 modified = True
