@@ -155,8 +155,9 @@ class _Assigner:
                 self._collect(node, rule, roles)
         self._assign_activations(model, roles.activations, roles.groups, roles.fixed, roles.wide)
         self._assign_weights(model, roles.weights)
+        self._apply_pins(model)  # biases derive from the pinned weights and activations (an int4 weight)...
         self._assign_biases(model, roles.biases)
-        self._apply_pins(model)
+        self._apply_pins(model)  # ...and a pinned bias is the user's
         self.plan.meta["per_channel"] = self.per_channel
         return self.plan
 
@@ -293,14 +294,19 @@ class _Assigner:
             elif spec.is_resolved:
                 self.plan.tensors[name] = spec
             else:
-                rng = self._range_of(model, name)
+                init = self.initializers.get(name)
+                values = const_array(init) if init is not None and spec.axis is not None else None
+                rng = _weight_range(values, spec.axis) if values is not None else self._range_of(model, name)
                 if rng is None:
                     raise QCompileError(
                         f"plan asks for tensor {name!r} as {spec.dtype}, but it was never observed as float"
                     )
                 qrange = int_range(spec.dtype, symmetric=spec.symmetric)
                 scale, zp = scale_zero_point(rng[0], rng[1], qrange, symmetric=spec.symmetric)
-                self.plan.tensors[name] = QuantSpec(spec.dtype, symmetric=spec.symmetric).with_params(scale, zp)
+                axis = spec.axis if values is not None else None  # a constant's own channels, as asked
+                self.plan.tensors[name] = QuantSpec(spec.dtype, axis=axis, symmetric=spec.symmetric).with_params(
+                    scale, zp
+                )
 
 
 def _weight_range(w: np.ndarray, axis: int | None) -> tuple:

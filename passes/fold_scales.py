@@ -33,7 +33,7 @@ from qcompile.ir_utils import (
     release_external,
     uses_by_graph,
 )
-from qcompile.passes.insert_qdq import qdq_params
+from qcompile.passes.insert_qdq import PACKED, qdq_params
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.quant_math import INT_RANGES, quantize
 
@@ -50,7 +50,8 @@ def _fold_weight_q(graph: ir.Graph, q: ir.Node, fresh: FreshNames) -> bool:
     w, scale, zp = (const_array(v) for v in [*q.inputs, None, None][:3])
     if weight is None or w is None or scale is None or zp is None:
         return False
-    dtype = zp.dtype.name
+    stored_as = q.inputs[2].dtype if len(q.inputs) > 2 and q.inputs[2] is not None else None
+    dtype = stored_as.name.lower() if stored_as in PACKED.values() else zp.dtype.name  # type: ignore[union-attr]
     axis = _axis(q) if scale.ndim else None
     if axis is not None and axis < 0:
         axis += w.ndim
@@ -58,7 +59,7 @@ def _fold_weight_q(graph: ir.Graph, q: ir.Node, fresh: FreshNames) -> bool:
     w_q = quantize(w, scale, zp, qrange, axis=axis)
     del w  # the float weights may be a memory map: drop the view, then unmap
     release_external(weight)
-    stored = add_initializer(weight.graph or graph, f"{name_of(weight)}_{dtype}", w_q, fresh)
+    stored = add_initializer(weight.graph or graph, f"{name_of(weight)}_{dtype}", w_q, fresh, PACKED.get(dtype))
     # the zero point stays even when it is 0: ORT fuses DQ→Gemm→Q into QGemm only with one
     q.outputs[0].replace_all_uses_with(stored)
     (q.graph or graph).remove(q, safe=True)

@@ -23,12 +23,20 @@ from qcompile.plan import QuantPlan, QuantSpec
 __all__ = ["InsertQDQ", "qdq_params"]
 
 
+PACKED = {"int4": ir.DataType.INT4, "uint4": ir.DataType.UINT4}
+
+
 def qdq_params(
     graph: ir.Graph, name: str, spec: QuantSpec, fresh: FreshNames, *, with_zero_point: bool = True
 ) -> tuple[ir.Value, ir.Value | None, list[ir.Attr]]:
     """Scale and zero-point initializers (and the axis attribute) for `spec`."""
     scale = add_initializer(graph, f"{name}_scale", spec.scale_array().astype(np.float32), fresh)
-    zp = add_initializer(graph, f"{name}_zero_point", spec.zero_point_array(), fresh) if with_zero_point else None
+    packed = PACKED.get(spec.dtype)  # 4-bit types: ONNX's own INT4/UINT4 (opset 21), not int8 storage
+    zp = (
+        add_initializer(graph, f"{name}_zero_point", spec.zero_point_array(), fresh, packed)
+        if with_zero_point
+        else None
+    )
     attrs = [ir.AttrInt64("axis", spec.axis)] if spec.axis is not None else []
     if spec.block_size is not None:
         attrs.append(ir.AttrInt64("block_size", spec.block_size))

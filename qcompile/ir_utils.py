@@ -137,14 +137,18 @@ def all_initializers(graph: ir.Graph) -> dict[str, ir.Value]:
     return found
 
 
-def add_initializer(graph: ir.Graph, name: str, array: np.ndarray, fresh: FreshNames | None = None) -> ir.Value:
-    """Register `array` as a new initializer with a fresh name (from `fresh` when given)."""
+def add_initializer(
+    graph: ir.Graph, name: str, array: np.ndarray, fresh: FreshNames | None = None, dtype: ir.DataType | None = None
+) -> ir.Value:
+    """Register `array` as a new initializer with a fresh name (from `fresh` when given), stored as
+    `dtype` when given (INT4 data held in an int8 array)."""
     name = (fresh or FreshNames(graph))(name)
+    stored = dtype or ir.DataType.from_numpy(array.dtype)
     value = ir.Value(
         name=name,
-        const_value=ir.tensor(array, name=name),
+        const_value=ir.tensor(array, dtype=stored, name=name),
         shape=ir.Shape(array.shape),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        type=ir.TensorType(stored),
     )
     graph.register_initializer(value)
     return value

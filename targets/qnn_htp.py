@@ -201,7 +201,7 @@ def make_qnn_htp(**options: Any) -> Target:
         weight_dtype="int8",
         min_opset=13,
         max_opset=21,
-        allowed_qdq_dtypes=("uint8", "uint16", "int8", "int32"),
+        allowed_qdq_dtypes=("uint8", "uint16", "int8", "int4", "int32"),
         a16_dtype="uint16",
         a16_symmetric=False,
         notes=(

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto
 from onnx import helper as oh
@@ -209,3 +210,21 @@ def test_a_context_binary_that_cannot_compile_is_an_error(tmp_path):
 
     with pytest.raises(QCompileError, match="QNN HTP could not compile a context binary: "):
         write_context(_dynamic_model(tmp_path), {"soc_model": "57"}, False, {})
+
+
+def test_int4_weights_pinned_in_a_plan_run_per_channel_on_the_htp(tmp_path):
+    """A plan that asks for int4 Conv weights: per-channel int4 in the file, the int32 bias rescaled to
+    the int4 weight's scales, and the HTP agreeing with the QDQ model on ORT."""
+    plan = tmp_path / "plan.json"
+    pins = {name: {"dtype": "int4", "axis": 0, "symmetric": True} for name in ("conv2.w", "conv3.w")}
+    plan.write_text(json.dumps({"tensors": pins, "nodes": {}}))
+    result = _compile(plan=plan)
+    spec, bias, act = (result.plan.tensors[n] for n in ("conv2.w", "conv2.b", "r1"))
+    assert spec.dtype == "int4" and spec.axis == 0 and spec.scale_array().size == 32
+    np.testing.assert_allclose(bias.scale_array(), act.scale_array() * spec.scale_array(), rtol=1e-6)
+    int4 = {v.name for v in result.model.graph.initializers.values() if v.dtype == ir.DataType.INT4}
+    assert {"conv2.w_int4", "conv3.w_int4", "conv2.w_zero_point", "conv3.w_zero_point"} <= int4  # ONNX's INT4
+    dep = result.card["deployment"]
+    assert dep["npu"]["node_share"] == 1.0 and dep["float_tensors"] == []
+    qdq = dep["qdq_on_ort"]["outputs"][0]["sqnr_db"]
+    assert abs(_sqnr(result) - qdq) < 1.0
