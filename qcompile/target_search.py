@@ -4,7 +4,8 @@ of the same QDQ file is no proxy for it).
 
 On an NPU float is no option (`Target.float_runs` False), so the search does not look for float
 groups on ORT (`npu_search`): it ranks the groups by sensitivity there (each quantized alone and all
-but it, as `passes.sensitivity` does; cut by the time budget, the rest in graph order).  The plan is
+but it, as `passes.sensitivity` does, on the first `RANK_SAMPLES` search samples; cut by the time
+budget, the rest in graph order).  The plan is
 then built, lowered and run on the target's runtime on the search samples.  If the budget fails
 there, 8-bit nodes that have a 16-bit kernel are promoted to 16-bit activations in that order (a
 node together with the Relu/Clip it fuses): the smallest count k that keeps the budget is found by
@@ -41,6 +42,7 @@ from qcompile.verify import run_outputs
 
 __all__ = ["widen_on_target", "npu_search", "WIDENED"]
 
+RANK_SAMPLES = 8  # the ORT ranking's share of the search samples (the target's runs judge on all)
 WIDENED = "16-bit activations: the budget failed on the target's runtime with this node at 8 bits"
 
 
@@ -148,7 +150,7 @@ def npu_search(
 ) -> tuple[dict[str, NodeDecision], SearchReport]:
     """8-bit or 16-bit per group for a target without float: ranked on ORT, decided on the target."""
     groups = quant_groups(model, plan, target)
-    evaluator = Evaluator(model, plan, groups, samples, kinds, budget)
+    evaluator = Evaluator(model, plan, groups, samples[:RANK_SAMPLES], kinds, budget)
     fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
     all_int8, table = rank_groups(evaluator, progress, exclude=fixed, deadline=deadline)
     ranked = [g for s in table for g in s.groups]
