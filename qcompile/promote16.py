@@ -15,19 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
 import onnx_ir as ir
 
-from qcompile.budget import Budget, stacked
-from qcompile.data import LABELS_KEY, Sample
+from qcompile.budget import Budget
+from qcompile.data import Sample
+from qcompile.judge import SampleJudge, built
 from qcompile.metrics import OutputKind
-from qcompile.passes.fold_scales import FoldScales
-from qcompile.passes.insert_qdq import InsertQDQ
-from qcompile.pipeline import run_passes
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.runtime import SessionSource
 from qcompile.targets.base import Target
-from qcompile.verify import run_outputs
 
 __all__ = ["promote_to_a16", "PROMOTED"]
 
@@ -60,25 +56,11 @@ def promote_to_a16(
     ]
     if not eligible:
         return dict(decisions), {}
-    ref = run_outputs(SessionSource.of(model), samples)
-    labels = [s[LABELS_KEY] for s in samples if LABELS_KEY in s]
-    label_array = np.concatenate([np.ravel(x) for x in labels]) if len(labels) == len(samples) else None
+    judge = SampleJudge(model, samples, kinds, budget, margin)
 
     def holds(names: list[str]) -> tuple[bool, float]:
         trial = {**decisions, **{n: NodeDecision("int16", PROMOTED) for n in names}}
-        candidate = ir.from_proto(ir.to_proto(model))
-        plan = assign(trial)
-        run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan)), candidate)
-        got = run_outputs(SessionSource.of(candidate), samples)
-        floats = [n for n in ref if ref[n] and np.asarray(ref[n][0]).dtype.kind == "f"]
-        result = budget.evaluate(
-            {n: stacked(ref[n]) for n in floats},
-            {n: stacked(got[n]) for n in floats},
-            kinds,
-            label_array,
-            margin,
-            where="the search samples",
-        )
+        result = judge.evaluate(SessionSource.of(built(model, assign(trial))))
         return result.met, result.value
 
     met, value = holds(eligible)

@@ -19,26 +19,21 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
-import numpy as np
 import onnx_ir as ir
 
-from qcompile.budget import Budget, stacked
-from qcompile.data import LABELS_KEY, Sample
+from qcompile.budget import Budget
+from qcompile.data import Sample
 from qcompile.deadline import Deadline
 from qcompile.ir_utils import single_consumer
+from qcompile.judge import SampleJudge, built
 from qcompile.metrics import OutputKind
 from qcompile.passes.convert_widths import ConvertWidths
-from qcompile.passes.fold_scales import FoldScales
-from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.passes.quant_groups import quant_groups
 from qcompile.passes.sensitivity import rank_groups
 from qcompile.passes.switchable import Evaluator
-from qcompile.pipeline import run_passes
 from qcompile.plan import NodeDecision, QuantPlan
-from qcompile.runtime import SessionSource
 from qcompile.search import SearchReport
 from qcompile.targets.base import Target
-from qcompile.verify import run_outputs
 
 __all__ = ["widen_on_target", "npu_search", "WIDENED"]
 
@@ -89,27 +84,14 @@ def widen_on_target(
     if target.lower is None or target.a16_dtype is None or not samples:
         return dict(decisions), {}
     quiet = dataclasses.replace(target, options={**target.options, "context": False})
-    ref = run_outputs(SessionSource.of(model), samples)
-    floats = [n for n in ref if ref[n] and np.asarray(ref[n][0]).dtype.kind == "f"]
-    labels = [s[LABELS_KEY] for s in samples if LABELS_KEY in s]
-    label_array = np.concatenate([np.ravel(x) for x in labels]) if len(labels) == len(samples) else None
+    judge = SampleJudge(model, samples, kinds, budget, margin)
     order = _candidates(model, target, decisions, ranked)
     trials: list[dict] = []
 
     def trial(k: int) -> tuple[dict[str, NodeDecision], bool]:
         decs = {**decisions, **{n: NodeDecision("int16", WIDENED) for g in order[:k] for n in g}}
-        candidate = ir.from_proto(ir.to_proto(model))
-        plan = assign(decs)
-        run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), ConvertWidths(target)), candidate)
-        got = run_outputs(quiet.lower(candidate, quiet).runner, samples)  # type: ignore[misc]
-        result = budget.evaluate(
-            {n: stacked(ref[n]) for n in floats},
-            {n: stacked(got[n]) for n in floats},
-            kinds,
-            label_array,
-            margin,
-            where="the search samples",
-        )
+        candidate = built(model, assign(decs), ConvertWidths(target))
+        result = judge.evaluate(quiet.lower(candidate, quiet).runner)  # type: ignore[misc]
         trials.append({"widened": k, "value": result.value, "met": result.met})
         return decs, result.met
 

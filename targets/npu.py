@@ -211,16 +211,20 @@ def fallbacks(model: ir.Model, target: Target, rules: NpuRules) -> list[Fallback
     return found
 
 
+def _listed(found: list[Fallback], most: int = 20) -> str:
+    """The first `most` fallbacks, one per line, and how many more."""
+    more = f"\n  ... and {len(found) - most} more" if len(found) > most else ""
+    return "\n  ".join(f.text() for f in found[:most]) + more
+
+
 def check_npu(model: ir.Model, target: Target, rules: NpuRules, allow_fallback: bool) -> dict[str, Any]:
     """The NPU's legality verdict on the QDQ `model`: a `LegalityError` listing every node and the rule it
     breaks (unless `allow_fallback`), else the card's summary: the NPU's share and any fallback."""
     found = fallbacks(model, target, rules)
     if found and not allow_fallback:
-        listed = "\n  ".join(f.text() for f in found[:20])
-        more = f"\n  ... and {len(found) - 20} more" if len(found) > 20 else ""
         raise LegalityError(
             f"{target.name}: {len(found)} node(s) break the NPU's rules (each would fall back to the CPU, "
-            f"or lose precision):\n  {listed}{more}\n"
+            f"or lose precision):\n  {_listed(found)}\n"
             "(--allow-cpu-fallback writes the model anyway and reports the NPU's share)"
         )
     share = npu_share(model, found)
@@ -249,9 +253,8 @@ def npu_precheck(model: ir.Model, target: Target, rules: NpuRules, allow_fallbac
     early = ("op-table", "no-control-flow", "static-shapes")
     found = [f for f in fallbacks(model, target, dataclasses.replace(rules, op_checks={})) if f.rule in early]
     if found:
-        listed = "\n  ".join(f.text() for f in found[:20])
         raise LegalityError(
-            f"{target.name}: {len(found)} node(s) cannot run on the NPU:\n  {listed}\n"
+            f"{target.name}: {len(found)} node(s) cannot run on the NPU:\n  {_listed(found)}\n"
             f"supported ops: {', '.join(sorted(target.ops))}\n"
             "(--allow-cpu-fallback compiles anyway and reports the NPU's share)"
         )

@@ -1,0 +1,56 @@
+"""A candidate plan judged on the search samples: built as a QDQ model on a copy of the float graph,
+run, and its outputs compared with the float model's under the budget.  Shared by the searches that
+try whole plans after the ranking (`promote16`, `target_search`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from qcompile.budget import Budget, BudgetResult, stacked
+from qcompile.data import LABELS_KEY, Sample
+from qcompile.metrics import OutputKind
+from qcompile.passes.fold_scales import FoldScales
+from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.pipeline import run_passes
+from qcompile.plan import QuantPlan
+from qcompile.runtime import SessionSource
+from qcompile.verify import run_outputs
+
+__all__ = ["SampleJudge", "built"]
+
+
+def built(model: ir.Model, plan: QuantPlan, *after: ir.passes.PassBase) -> ir.Model:
+    """A copy of the float `model` with `plan`'s Q/DQ inserted and scales folded (then `after`)."""
+    candidate = ir.from_proto(ir.to_proto(model))
+    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), *after), candidate)
+    return candidate
+
+
+class SampleJudge:
+    """The float model's outputs on the search samples, computed once; `evaluate` reads the budget
+    on a candidate's outputs there (float outputs only, with the search's margin)."""
+
+    def __init__(
+        self, model: ir.Model, samples: Sequence[Sample], kinds: Mapping[str, OutputKind], budget: Budget, margin: float
+    ):
+        self.samples, self.kinds, self.budget, self.margin = samples, kinds, budget, margin
+        self.ref = run_outputs(SessionSource.of(model), samples)
+        self.floats = [n for n in self.ref if self.ref[n] and np.asarray(self.ref[n][0]).dtype.kind == "f"]
+        labels = [s[LABELS_KEY] for s in samples if LABELS_KEY in s]
+        self.labels = np.concatenate([np.ravel(x) for x in labels]) if len(labels) == len(samples) else None
+
+    def evaluate(self, runner: Any) -> BudgetResult:
+        """The budget on `runner`'s outputs (anything `run_outputs` takes) over the search samples."""
+        got = run_outputs(runner, self.samples)
+        return self.budget.evaluate(
+            {n: stacked(self.ref[n]) for n in self.floats},
+            {n: stacked(got[n]) for n in self.floats},
+            self.kinds,
+            self.labels,
+            self.margin,
+            where="the search samples",
+        )
