@@ -50,6 +50,8 @@ class CalibrationResult:
     num_samples: int = 0
     # calibrator → tensor → range, for every histogram calibrator (when asked for: the selective policy)
     alternatives: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
+    # tensor → mean per channel (float64), for the tensors `calibrate` was asked to average
+    channel_means: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 def observable_tensors(model: ir.Model) -> list[str]:
@@ -71,13 +73,15 @@ def calibrate(
     chunk_size: int = 8,
     max_in_flight: int = 4,
     alternatives: bool = False,
+    mean_axes: Mapping[str, int] | None = None,
 ) -> CalibrationResult:
     """Run `samples` through the float `model` and return the range of every float tensor.
 
     The model is only read.  `calibrator` names the statistic (see `qcompile.calibrators`);
     `executor` runs chunks of `chunk_size` samples, with at most `max_in_flight` pending.
     With `alternatives`, every tensor keeps one histogram and the result holds the range
-    of each of `HISTOGRAM_CALIBRATORS` too (`calibrator` must be one of them).
+    of each of `HISTOGRAM_CALIBRATORS` too (`calibrator` must be one of them).  Each tensor of
+    `mean_axes` (name → channel axis) also gets its mean per channel over every sample.
     """
     check_calibrator(calibrator)  # before any model runs
     if alternatives:
@@ -91,7 +95,7 @@ def calibrate(
         if executor is not None:
             source = source.spill(tmp)  # workers read the model from a file, not from every task
         try:
-            for obs in _observations(source, names, observed, chunks, executor, max_in_flight):
+            for obs in _observations(source, names, observed, chunks, executor, max_in_flight, dict(mean_axes or {})):
                 total.merge(obs)
         finally:
             release_sessions()
@@ -99,7 +103,9 @@ def calibrate(
     if alternatives:
         others = {c: {k: s.range_by(c) for k, s in total.stats.items()} for c in HISTOGRAM_CALIBRATORS}  # type: ignore[attr-defined]
     ranges = others[calibrator] if alternatives else {k: s.range() for k, s in total.stats.items()}
-    return CalibrationResult(calibrator, ranges, total.dtypes, total.shapes, total.num_samples, others)
+    return CalibrationResult(
+        calibrator, ranges, total.dtypes, total.shapes, total.num_samples, others, total.channel_means()
+    )
 
 
 def _chunks(samples: Iterator[Sample], size: int) -> Iterator[tuple[int, list[Sample]]]:
@@ -116,17 +122,18 @@ def _observations(
     chunks: Iterator[tuple[int, list[Sample]]],
     executor: Executor | None,
     max_in_flight: int,
+    mean_axes: dict[str, int],
 ) -> Iterator[ChunkObservation]:
     """Chunk observations in chunk order, with at most `max_in_flight` submitted and not yet merged."""
     if executor is None:  # a session of this call's own: nothing shared with other compiles
         session = make_session(source, optimize=False, threads=CALIBRATION_THREADS)
         for start, chunk in chunks:
-            yield observe_samples(session, names, calibrator, chunk, start)
+            yield observe_samples(session, names, calibrator, chunk, start, mean_axes)
         return
     pending: deque[Future] = deque()
     try:
         for start, chunk in chunks:
-            pending.append(executor.submit(observe_chunk, source, names, calibrator, chunk, start))
+            pending.append(executor.submit(observe_chunk, source, names, calibrator, chunk, start, mean_axes))
             if len(pending) >= max_in_flight:
                 yield pending.popleft().result()
         while pending:

@@ -173,6 +173,7 @@ def compile(
     *,
     plan: QuantPlan | str | os.PathLike | None = None,
     per_channel: bool = True,
+    bias_correction: bool = True,
     calibrator: str = "minmax",
     policy: str = "naive",
     target_options: dict[str, Any] | None = None,
@@ -205,6 +206,8 @@ def compile(
         plan: a `QuantPlan` (or the path of a `plan.json`) whose node decisions and tensor
             specs override the policy: pins.
         per_channel: per-channel weight scales where the target supports them (else per tensor).
+        bias_correction: add to each Conv/ConvTranspose/Gemm bias the mean output shift that
+            rounding its weight causes, measured on the calibration data (`qcompile.passes.correct_bias`).
         calibrator: `"minmax"`, `"ema"`, `"percentile"`, `"mse"` or `"entropy"` (`qcompile.calibrators`);
             under the selective policy, the one its search starts from (not ema).
         policy: `"naive"` (int8 wherever the target can), `"hybrid"` (int8 but the most sensitive
@@ -264,6 +267,7 @@ def compile(
         tgt,
         plan=pinned,
         per_channel=per_channel,
+        bias_correction=bias_correction,
         calibrator=calibrator,
         policy=policy,
         progress=progress,

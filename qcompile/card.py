@@ -34,6 +34,7 @@ def build_card(
         "calibrator": calib.calibrator,
         "calibration_samples": calib.num_samples,
         "per_channel": plan.meta.get("per_channel"),
+        "bias_corrected": list(plan.meta.get("bias_correction", [])),
         "shape_inference": quantized.model.meta.get("qcompile.shape_inference", "not run"),
         "sizes": {
             "float_bytes": prepared.float_bytes,

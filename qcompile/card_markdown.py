@@ -181,6 +181,13 @@ def _fidelity_lines(card: dict) -> list[str]:
     return lines
 
 
+def _bias_line(card: dict) -> list[str]:
+    n = len(card.get("bias_corrected", []))
+    if not n:
+        return []
+    return [f"- bias correction: {n} Conv/Gemm bias(es) shifted by the mean error of their rounded weights"]
+
+
 def _cpu_line(target: dict) -> list[str]:
     cpu = target.get("options", {}).get("cpu")
     if not cpu:
@@ -257,6 +264,7 @@ def render_markdown(card: dict) -> str:
         f"{'per-channel' if card['per_channel'] else 'per-tensor'}{' (7-bit)' if t['weight_reduce_range'] else ''}"
         if "imported" not in card
         else "- dtypes, granularity and scales as the file has them",
+        *_bias_line(card),
         *_cpu_line(t),
         f"- opset {card['opset']['before']} → {card['opset']['after']}; shape inference: {card['shape_inference']}",
         f"- size {sizes['float_bytes']:,} B → {sizes['quantized_bytes']:,} B ({100 * sizes['ratio']:.1f}%)",

@@ -59,6 +59,11 @@ def _build_parser() -> argparse.ArgumentParser:
     c.add_argument("--eval", default=None, help="evaluation data (default: held-out fifth of --calib)")
     c.add_argument("--plan", type=Path, default=None, help="plan.json whose decisions and specs override the policy")
     c.add_argument("--per-tensor", action="store_true", help="per-tensor weight scales instead of per-channel")
+    c.add_argument(
+        "--no-bias-correction",
+        action="store_true",
+        help="leave biases as they are (by default each Conv/Gemm bias absorbs its rounded weight's mean error)",
+    )
     c.add_argument("--calibrator", default="minmax", choices=CALIBRATORS)
     c.add_argument("--policy", default="naive", choices=POLICIES)
     c.add_argument(
@@ -229,6 +234,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             evaluation=args.eval,
             plan=args.plan,
             per_channel=not args.per_tensor,
+            bias_correction=not args.no_bias_correction,
             calibrator=args.calibrator,
             policy=args.policy,
             progress=args.progress,

@@ -27,6 +27,7 @@ class CompileConfig:
     target: Target
     plan: QuantPlan | None = None
     per_channel: bool = True
+    bias_correction: bool = True  # add back the mean output shift of weight rounding (passes.correct_bias)
     calibrator: str = "minmax"
     policy: str = "naive"
     progress: bool | None = None

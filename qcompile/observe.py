@@ -10,7 +10,7 @@ computes the same floats, and parallelism comes from running chunks side by side
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,12 +29,18 @@ _SESSIONS: dict[SessionSource, object] = {}
 
 @dataclass
 class ChunkObservation:
-    """Per-tensor statistics, dtypes and shapes of a run of consecutive samples."""
+    """Per-tensor statistics, dtypes and shapes of a run of consecutive samples, and for the
+    tensors asked for, per-channel sums (float64) and how many values each channel summed."""
 
     stats: dict[str, RangeStat] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     num_samples: int = 0
+    channel_sums: dict[str, np.ndarray] = field(default_factory=dict)
+    channel_counts: dict[str, int] = field(default_factory=dict)
+
+    def channel_means(self) -> dict[str, np.ndarray]:
+        return {k: s / self.channel_counts[k] for k, s in self.channel_sums.items() if self.channel_counts[k]}
 
     def merge(self, later: ChunkObservation) -> None:
         """Fold in the observation of the samples that came right after these."""
@@ -46,6 +52,12 @@ class ChunkObservation:
         for name, dtype in later.dtypes.items():
             self.dtypes.setdefault(name, dtype)
             self.shapes.setdefault(name, later.shapes[name])
+        for name, sums in later.channel_sums.items():
+            if name in self.channel_sums and self.channel_sums[name].shape == sums.shape:
+                self.channel_sums[name] = self.channel_sums[name] + sums
+                self.channel_counts[name] += later.channel_counts[name]
+            elif name not in self.channel_sums:
+                self.channel_sums[name], self.channel_counts[name] = sums, later.channel_counts[name]
         self.num_samples += later.num_samples
 
 
@@ -62,16 +74,41 @@ def release_sessions() -> None:
 
 
 def observe_chunk(
-    source: SessionSource, names: Sequence[str], calibrator: str, samples: Sequence[Sample], first_index: int
+    source: SessionSource,
+    names: Sequence[str],
+    calibrator: str,
+    samples: Sequence[Sample],
+    first_index: int,
+    mean_axes: Mapping[str, int] | None = None,
 ) -> ChunkObservation:
     """On a worker: run `samples` (numbered from `first_index`) on this process's cached session."""
-    return observe_samples(_session(source), names, calibrator, samples, first_index)
+    return observe_samples(_session(source), names, calibrator, samples, first_index, mean_axes)
+
+
+def _add_channel_sums(obs: ChunkObservation, name: str, arr: np.ndarray, axis: int) -> None:
+    """Sum `arr` over every axis but `axis` (a sample with another channel count is left out:
+    the tensors asked for feed a weight, which fixes the count)."""
+    if arr.ndim <= axis:
+        return
+    sums = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1).sum(axis=1, dtype=np.float64)
+    if name not in obs.channel_sums:
+        obs.channel_sums[name], obs.channel_counts[name] = sums, arr.size // arr.shape[axis]
+    elif obs.channel_sums[name].shape == sums.shape:
+        obs.channel_sums[name] += sums
+        obs.channel_counts[name] += arr.size // arr.shape[axis]
 
 
 def observe_samples(
-    session: Any, names: Sequence[str], calibrator: str, samples: Sequence[Sample], first_index: int
+    session: Any,
+    names: Sequence[str],
+    calibrator: str,
+    samples: Sequence[Sample],
+    first_index: int,
+    mean_axes: Mapping[str, int] | None = None,
 ) -> ChunkObservation:
-    """Run `samples` (numbered from `first_index`) and reduce every float tensor into its statistic."""
+    """Run `samples` (numbered from `first_index`), reduce every float tensor into its statistic,
+    and sum the tensors of `mean_axes` per channel (name → channel axis)."""
+    mean_axes = mean_axes or {}
     obs = ChunkObservation()
     for i, sample in enumerate(samples):
         outputs = run_session(session, sample, names)
@@ -90,5 +127,7 @@ def observe_samples(
                     "the float model itself overflows on this input"
                 )
             obs.stats.setdefault(name, make_stat(calibrator)).update(arr)
+            if name in mean_axes:
+                _add_channel_sums(obs, name, arr, mean_axes[name])
         obs.num_samples += 1
     return obs

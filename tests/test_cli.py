@@ -47,9 +47,14 @@ def test_per_tensor_percentile_and_plan(tmp_path):
     assert plan["tensors"]["conv1.w"]["axis"] is None and plan["meta"]["calibrator"] == "percentile"
     plan["nodes"]["fc2"]["precision"] = "float"
     (tmp_path / "edited.json").write_text(json.dumps(plan))
+    assert plan["meta"]["bias_correction"]  # corrected biases keep their names when the plan is reused
     r = qc("compile", MODEL, "--calib", CALIB, "--plan", tmp_path / "edited.json", "-o", tmp_path / "b", "--no-latency")
     assert r.returncode == 0, r.stderr
     assert "| fc2 | Gemm | float | pinned by the user plan |" in r.stdout
+    assert "fc2" not in json.loads((tmp_path / "b" / "plan.json").read_text())["meta"]["bias_correction"]
+    r = qc("compile", MODEL, "--calib", CALIB, "--no-bias-correction", "-o", tmp_path / "c", "--no-latency")
+    assert r.returncode == 0, r.stderr
+    assert "bias_correction" not in json.loads((tmp_path / "c" / "plan.json").read_text())["meta"]
 
 
 @pytest.mark.parametrize(

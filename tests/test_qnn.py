@@ -161,7 +161,7 @@ def test_float_tensors_inside_the_qnn_graph_are_reported(tmp_path):
 def test_selective_meets_a_budget_between_a8w8_and_a16w8_with_every_node_on_the_npu(a8w8, a16w8):
     low, high = _sqnr(a8w8), _sqnr(a16w8)
     assert high > low + 0.5  # else there is no budget between them to meet
-    floor = (low + high) / 2
+    floor = low + (high - low) / 4  # the search keeps a margin above it on its own samples
     result = _compile(policy="selective", metric="sqnr", floor=floor)
     assert result.card["budget"]["met"] and _sqnr(result) >= floor
     precisions = {d.precision for d in result.plan.nodes.values()}

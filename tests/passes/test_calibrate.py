@@ -86,3 +86,18 @@ def test_alternatives_hold_each_histogram_calibrators_range(rng):
 def test_alternatives_need_a_histogram_calibrator(rng):
     with pytest.raises(QCompileError, match="chooses among the calibrators minmax, percentile, mse, entropy; 'ema'"):
         calibrate(parse(TEXT), [{"x": np.ones((1, 4), np.float32)}], calibrator="ema", alternatives=True)
+
+
+def test_channel_means_match_numpy_and_every_executor(rng):
+    xs = [{"x": rng.normal(size=(1, 4)).astype(np.float32) + np.arange(4, dtype=np.float32)} for _ in range(11)]
+    axes = {"x": 1, "m": 1}
+    one = calibrate(parse(TEXT), xs, chunk_size=3, mean_axes=axes)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunked = calibrate(parse(TEXT), xs, chunk_size=3, executor=pool, mean_axes=axes)
+    stacked = np.concatenate([x["x"] for x in xs]).astype(np.float64)
+    np.testing.assert_allclose(one.channel_means["x"], stacked.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(one.channel_means["m"], (stacked * [1, 2, -1, 3]).mean(axis=0), rtol=1e-6)
+    assert set(chunked.channel_means) == {"x", "m"}
+    for name in axes:
+        assert np.array_equal(chunked.channel_means[name], one.channel_means[name])  # same plan, any executor
+    assert calibrate(parse(TEXT), xs).channel_means == {}
