@@ -55,6 +55,14 @@ __all__ = ["assign_specs", "BIAS_HEADROOM"]
 BIAS_HEADROOM = 2.0**30  # |int32 bias| stays below this, leaving room for the accumulated products
 
 
+def _per_output(w_scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
+    """The weight scale of each bias element: a grouped ConvTranspose's per-channel weight scales
+    run over M/group of its M outputs (output g·M/group + m reads scale m), so they repeat per group."""
+    if bias is None or w_scale.size <= 1 or bias.size == w_scale.size or bias.size % w_scale.size:
+        return w_scale
+    return np.tile(w_scale, bias.size // w_scale.size)
+
+
 def _input(node: ir.Node, index: int | None) -> ir.Value | None:
     return node.inputs[index] if index is not None and index < len(node.inputs) else None
 
@@ -262,9 +270,11 @@ class _Assigner:
             a, w = self.plan.tensors.get(act), self.plan.tensors.get(weight)
             if a is None or w is None or a.is_float or w.is_float:
                 continue
-            w = self._widen_for_bias(weight, w, a, const_array(self.initializers[name]))
+            bias = const_array(self.initializers[name])
+            w = self._widen_for_bias(weight, w, a, bias)
             # the product in float64, stored as the float32 the file will hold (what an import reads back)
-            scale = (a.scale_array().astype(np.float64) * w.scale_array().astype(np.float64)).astype(np.float32)
+            w_scale = _per_output(w.scale_array().astype(np.float64), bias)
+            scale = (a.scale_array().astype(np.float64) * w_scale).astype(np.float32)
             zp = np.zeros(np.shape(scale), np.int32)
             axis = 0 if w.per_channel else None
             self.plan.tensors[name] = QuantSpec("int32", axis=axis, symmetric=True).with_params(scale, zp)
@@ -275,6 +285,8 @@ class _Assigner:
             return w
         needed = np.abs(bias.astype(np.float64)).reshape(-1) / (BIAS_HEADROOM * float(a.scale_array()))
         current = w.scale_array().astype(np.float64)
+        if w.per_channel and needed.size != current.size and needed.size % current.size == 0:
+            needed = needed.reshape(-1, current.size).max(axis=0)  # grouped ConvTranspose: per group
         widened = np.maximum(current, needed if w.per_channel else needed.max(initial=0.0))
         if np.array_equal(widened, current):
             return w

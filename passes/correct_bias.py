@@ -14,8 +14,8 @@ the bias restores the float model's mean output per channel: the empirical bias 
 Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias Correction" (2019),
 §4.2, with μ measured by `calibrate` on the calibration data (the float input's mean per channel).
 Before calibration `OwnBiases` gives each such node a bias of its own (zeros where it has none,
-a copy where it shares one), so the saved plan names tensors the model has; δ is then added in
-place, before the plan's int32 bias specs are derived, so they cover it.
+a copy where it shares one), so a saved plan names tensors the model has, corrected or not; δ is
+set in place for the chosen plan, before its int32 bias specs are derived, so they cover it.
 
 Only nodes that the plan runs in integer, with a quantized weight (per tensor or per channel,
 no blocks) and a measured input mean, are corrected; inside Loop/Scan bodies nothing is
@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.ir_utils import FreshNames, add_initializer, const_array, is_float_value, name_of
+from qcompile.ir_utils import FreshNames, add_initializer, const_array, is_float_value, name_of, release_external
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.quant_math import INT_RANGES, dequantize, quantize
 
@@ -41,6 +41,7 @@ __all__ = [
     "OwnBiases",
     "bias_shifts",
     "correctable_nodes",
+    "corrected_weights",
     "mean_axes",
     "own_bias_values",
 ]
@@ -65,15 +66,30 @@ def _attr(node: ir.Node, name: str, default):
     return default if attr is None else attr.value
 
 
+def _constant(value: ir.Value | None) -> bool:
+    return value is not None and value.const_value is not None
+
+
+def _key(node: ir.Node) -> str:
+    return node.name or name_of(node.outputs[0])
+
+
 def correctable_nodes(model: ir.Model) -> list[ir.Node]:
-    """Conv, ConvTranspose and Gemm (A not transposed) with a float input and a constant weight."""
+    """Conv, ConvTranspose and Gemm (A not transposed; C absent or a vector; β ≠ 0) with a float
+    input, a constant weight and a constant bias or none (a bias computed at run time is left
+    alone).  Reads no weight data."""
     found = []
     for node in _nodes(model.graph):
         if node.op_type not in CORRECTED_OPS or len(node.inputs) < 2 or not is_float_value(node.inputs[0]):
             continue
-        if const_array(node.inputs[1]) is None:
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
+        if not _constant(node.inputs[1]) or (bias is not None and not _constant(bias)):
             continue
-        if node.op_type == "Gemm" and (_attr(node, "transA", 0) or _gemm_bias(node) is False):
+        if node.op_type == "Gemm" and (
+            _attr(node, "transA", 0)
+            or _attr(node, "beta", 1.0) == 0
+            or (bias is not None and len(bias.const_value.shape) != 1)  # type: ignore[union-attr]
+        ):
             continue
         found.append(node)
     return found
@@ -86,15 +102,9 @@ def _input_and_weight(node: ir.Node) -> tuple[str, str]:
     return name_of(x), name_of(w)
 
 
-def _gemm_bias(node: ir.Node) -> np.ndarray | None | bool:
-    """Gemm's C when it is a constant vector, None when absent, False when it cannot take δ."""
-    c = node.inputs[2] if len(node.inputs) > 2 else None
-    if c is None:
-        return None
-    arr = const_array(c)
-    if arr is None or arr.ndim != 1 or _attr(node, "beta", 1.0) == 0:
-        return False
-    return arr
+def corrected_weights(model: ir.Model, keys: Mapping[str, object]) -> list[str]:
+    """The weights of the nodes `keys` names (the keys of `bias_shifts`)."""
+    return [_input_and_weight(n)[1] for n in correctable_nodes(model) if _key(n) in keys]
 
 
 def mean_axes(model: ir.Model) -> dict[str, int]:
@@ -102,58 +112,74 @@ def mean_axes(model: ir.Model) -> dict[str, int]:
     return {_input_and_weight(node)[0]: 1 for node in correctable_nodes(model)}
 
 
-def _rounded(weight: np.ndarray, spec: QuantSpec) -> np.ndarray:
-    """Ŵ: the weight as the quantized model computes it."""
-    q = quantize(weight, spec.scale_array(), spec.zero_point_array(), INT_RANGES[spec.dtype], spec.axis)
-    return dequantize(q, spec.scale_array(), spec.zero_point_array(), spec.axis).astype(np.float64)
+CHUNK_BYTES = 64 << 20  # rows of a weight rounded at a time
 
 
-def _shift(node: ir.Node, delta_w: np.ndarray, mu: np.ndarray) -> np.ndarray | None:
-    """δ per output channel (see the module docstring), or None when μ does not fit the weight."""
+def _tap_sums(value: ir.Value, spec: QuantSpec) -> np.ndarray:
+    """Σ over the kernel taps of W − Ŵ, as [W.shape[0], W.shape[1]] in float64, with Ŵ as the
+    quantized model computes it; rows of W in blocks of `CHUNK_BYTES`, W released after."""
+    weight = const_array(value)
+    assert weight is not None
+    scale, zero_point, qrange = spec.scale_array(), spec.zero_point_array(), INT_RANGES[spec.dtype]
+    rows = max(1, CHUNK_BYTES // max(1, weight[:1].nbytes))
+    sums = np.empty(weight.shape[:2], np.float64)
+    for start in range(0, weight.shape[0], rows):
+        block = np.asarray(weight[start : start + rows], np.float32)
+        s, z = (scale, zero_point) if spec.axis != 0 or scale.size == 1 else (
+            scale[start : start + rows], zero_point[start : start + rows]
+        )  # fmt: skip
+        error = block - dequantize(quantize(block, s, z, qrange, spec.axis), s, z, spec.axis)
+        sums[start : start + rows] = error.reshape(block.shape[0], block.shape[1], -1).sum(axis=-1, dtype=np.float64)
+    del weight
+    release_external(value)
+    return sums
+
+
+def _shift(node: ir.Node, taps: np.ndarray, mu: np.ndarray) -> np.ndarray | None:
+    """δ per output channel (see the module docstring) from ΔW's tap sums, or None when μ does
+    not fit the weight."""
     group = _attr(node, "group", 1)
     if node.op_type == "Conv":
-        m, cg = delta_w.shape[0], delta_w.shape[1]
+        m, cg = taps.shape
         if mu.size != cg * group:
             return None
-        taps = delta_w.reshape(group, m // group, cg, -1).sum(axis=-1)
-        return np.einsum("gmc,gc->gm", taps, mu.reshape(group, cg)).reshape(m)
+        return np.einsum("gmc,gc->gm", taps.reshape(group, m // group, cg), mu.reshape(group, cg)).reshape(m)
     if node.op_type == "ConvTranspose":
-        c, mg = delta_w.shape[0], delta_w.shape[1]
+        c, mg = taps.shape
         if mu.size != c:
             return None
-        strides = _attr(node, "strides", None) or [1] * (delta_w.ndim - 2)
-        taps = delta_w.reshape(group, c // group, mg, -1).sum(axis=-1) / float(np.prod(strides))
-        return np.einsum("gcm,gc->gm", taps, mu.reshape(group, c // group)).reshape(group * mg)
-    b = delta_w.T if _attr(node, "transB", 0) else delta_w  # [K, N]
-    if delta_w.ndim != 2 or mu.size != b.shape[0]:
+        per_tap = taps.reshape(group, c // group, mg) / float(np.prod(_attr(node, "strides", None) or [1]))
+        return np.einsum("gcm,gc->gm", per_tap, mu.reshape(group, c // group)).reshape(group * mg)
+    b = taps.T if _attr(node, "transB", 0) else taps  # [K, N]
+    if mu.size != b.shape[0]:
         return None
     return _attr(node, "alpha", 1.0) * (mu @ b) / _attr(node, "beta", 1.0)
 
 
 def bias_shifts(model: ir.Model, plan: QuantPlan, means: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Node name → δ to add to its bias, for every node whose weight `plan` quantizes.  An analysis:
-    reads the model, changes nothing."""
+    """Node name → δ to add to its float bias, for every node `plan` runs in integer with a
+    quantized weight.  An analysis: reads the model, changes nothing."""
     shifts = {}
     for node in correctable_nodes(model):
         x, w = _input_and_weight(node)
-        spec, mu = plan.tensors.get(w), means.get(x)
-        decision = plan.nodes.get(node.name or "")
+        spec, mu, decision = plan.tensors.get(w), means.get(x), plan.nodes.get(node.name or "")
         if decision is None or decision.precision == "float":  # a float node reads its float weight
             continue
         if spec is None or spec.is_float or not spec.is_resolved or spec.block_size is not None or mu is None:
             continue
-        weight = const_array(node.inputs[1])
-        assert weight is not None
-        shift = _shift(node, weight.astype(np.float64) - _rounded(weight, spec), np.asarray(mu, np.float64))
+        weight = node.inputs[1]
+        assert weight is not None and weight.const_value is not None
+        if len(weight.const_value.shape) < 2:
+            continue
+        shift = _shift(node, _tap_sums(weight, spec), np.asarray(mu, np.float64))
         if shift is not None and np.all(np.isfinite(shift)) and np.any(shift):
-            shifts[node.name or name_of(node.outputs[0])] = shift
+            shifts[_key(node)] = shift
     return shifts
 
 
 class OwnBiases(ir.passes.InPlacePass):
     """Give every correctable node a bias initializer of its own: zeros where it has none, a copy
-    where another node shares it.  The float model computes the same; run before the plan is
-    made, so a saved plan names the biases that the corrected model has."""
+    where another node shares it.  The float model computes the same."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified, fresh = False, FreshNames(model.graph)
@@ -161,11 +187,9 @@ class OwnBiases(ir.passes.InPlacePass):
             old = node.inputs[2] if len(node.inputs) > 2 else None
             if old is not None and old.is_initializer() and len(old.uses()) == 1 and not old.is_graph_output():
                 continue
-            base = const_array(old)
-            if base is None:  # no bias yet: one zero per output channel
-                base = np.zeros(_output_channels(node), np.float32)
+            base = const_array(old) if old is not None else np.zeros(_output_channels(node), np.float32)
             graph = node.graph
-            assert graph is not None
+            assert graph is not None and base is not None
             value = add_initializer(graph, f"{node.name or 'node'}_bias", np.array(base), fresh)
             if len(node.inputs) < 3:
                 node.resize_inputs(3)
@@ -175,13 +199,13 @@ class OwnBiases(ir.passes.InPlacePass):
 
 
 def _output_channels(node: ir.Node) -> int:
-    weight = const_array(node.inputs[1])
-    assert weight is not None
+    assert node.inputs[1] is not None and node.inputs[1].const_value is not None
+    shape = [int(d) for d in node.inputs[1].const_value.shape.numpy()]
     if node.op_type == "Conv":
-        return weight.shape[0]
+        return shape[0]
     if node.op_type == "ConvTranspose":
-        return weight.shape[1] * _attr(node, "group", 1)
-    return weight.shape[0] if _attr(node, "transB", 0) else weight.shape[1]
+        return shape[1] * _attr(node, "group", 1)
+    return shape[0] if _attr(node, "transB", 0) else shape[1]
 
 
 def own_bias_values(model: ir.Model) -> dict[str, np.ndarray]:
@@ -191,7 +215,7 @@ def own_bias_values(model: ir.Model) -> dict[str, np.ndarray]:
     for node in correctable_nodes(model):
         bias = const_array(node.inputs[2]) if len(node.inputs) > 2 else None
         if bias is not None:
-            found[node.name or name_of(node.outputs[0])] = bias.copy()
+            found[_key(node)] = bias.copy()
     return found
 
 
@@ -206,7 +230,7 @@ class BiasCorrection(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for node in correctable_nodes(model):
-            key = node.name or name_of(node.outputs[0])
+            key = _key(node)
             if key not in self.originals:
                 continue
             bias = node.inputs[2]

@@ -14,7 +14,6 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx_ir as ir
 
 from qcompile.config import CompileConfig
@@ -27,7 +26,14 @@ from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_
 from qcompile.passes.assign_specs import assign_specs
 from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
 from qcompile.passes.convert_widths import ConvertWidths
-from qcompile.passes.correct_bias import BiasCorrection, OwnBiases, bias_shifts, mean_axes, own_bias_values
+from qcompile.passes.correct_bias import (
+    BiasCorrection,
+    OwnBiases,
+    bias_shifts,
+    corrected_weights,
+    mean_axes,
+    own_bias_values,
+)
 from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.import_qdq import IMPORTED, imported_decisions
 from qcompile.passes.insert_qdq import InsertQDQ
@@ -70,10 +76,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     if prepared.imported is not None:
         return _lower(prepared.model, config, _imported_plan(prepared, config), CalibrationResult("imported"))
     model, target = prepared.model, config.target
-    float_biases = None
-    if config.bias_correction:
-        run_passes(OwnBiases(), model)
-        float_biases = own_bias_values(model)
+    run_passes(OwnBiases(), model)  # with or without correction, so that a saved plan reloads either way
     default = SEARCH_SAMPLES if target.float_runs else NPU_SEARCH_SAMPLES
     kept = SearchSplit(samples, (config.search_samples or default) if config.policy != "naive" else 0)
 
@@ -98,8 +101,6 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         return assign_specs(model, target, calib, decisions, per_channel=config.per_channel, pinned=config.plan)
 
     specs = assign(calib, decisions)
-    if float_biases is not None:  # the search's candidates see corrected int8 nodes too
-        specs = _correct_biases(model, specs, calib, float_biases, lambda: assign(calib, decisions))
     search = None
     if config.policy != "naive":
         budget = config.budget or DEFAULT_BUDGET
@@ -141,8 +142,8 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
                 model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin, pins
             )
         specs = assign(calib, decisions)
-        if float_biases is not None:  # again for the chosen plan, from the float biases
-            specs = _correct_biases(model, specs, calib, float_biases, lambda: assign(calib, decisions))
+    if config.bias_correction:  # for the chosen plan; the search judged its candidates uncorrected
+        specs = _correct_biases(model, specs, calib, lambda: assign(calib, decisions))
     meta = {"calibrator": calib.calibrator, "policy": config.policy, **specs.meta}
     if search is not None:
         meta["search"] = {k: v for k, v in search.describe().items() if k not in ("table", "trials")}
@@ -150,19 +151,19 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
 
 
 def _correct_biases(
-    model: ir.Model,
-    specs: QuantPlan,
-    calib: CalibrationResult,
-    float_biases: Mapping[str, np.ndarray],
-    reassign: Callable[[], QuantPlan],
+    model: ir.Model, specs: QuantPlan, calib: CalibrationResult, reassign: Callable[[], QuantPlan]
 ) -> QuantPlan:
-    """Set the biases to their float value plus the mean error of the weights as `specs`
-    rounds them (passes.correct_bias), then derive the plan again: a larger bias may widen
-    its weight's scale (assign_specs' headroom rule)."""
-    shifts = bias_shifts(model, specs, calib.channel_means)
-    if not run_passes(BiasCorrection(float_biases, shifts), model).modified and not shifts:
-        return specs
-    specs = reassign()
+    """Set the biases to their float value plus the mean error of the weights as `specs` rounds
+    them (passes.correct_bias), and derive the plan again.  A larger bias may widen its weight's
+    scale (assign_specs' headroom rule), which changes Ŵ: then once more from the new specs."""
+    float_biases = own_bias_values(model)
+    for _ in range(2):
+        shifts = bias_shifts(model, specs, calib.channel_means)
+        if not run_passes(BiasCorrection(float_biases, shifts), model).modified:
+            break
+        before, specs = specs, reassign()
+        if all(before.tensors.get(w) == specs.tensors.get(w) for w in corrected_weights(model, shifts)):
+            break
     if shifts:
         specs.meta["bias_correction"] = sorted(shifts)
     return specs

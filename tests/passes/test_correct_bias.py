@@ -12,7 +12,14 @@ import qcompile
 from qcompile.card_markdown import render_markdown
 from qcompile.passes.assign_specs import assign_specs
 from qcompile.passes.calibrate import calibrate
-from qcompile.passes.correct_bias import BiasCorrection, OwnBiases, bias_shifts, mean_axes, own_bias_values
+from qcompile.passes.correct_bias import (
+    BiasCorrection,
+    OwnBiases,
+    bias_shifts,
+    correctable_nodes,
+    mean_axes,
+    own_bias_values,
+)
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.select_precision import select_precision
 from qcompile.plan import NodeDecision, QuantPlan
@@ -70,18 +77,25 @@ def test_grouped_pointwise_conv_shift_is_the_mean_output_error(rng):
     np.testing.assert_allclose(shifts["conv"], want, rtol=1e-4, atol=1e-9)
 
 
-def test_conv_transpose_shift_averages_over_the_strided_taps(rng):
-    w = rng.normal(size=(3, 2, 2, 2)).astype(np.float32)  # [C, M, k, k], kernel = stride
-    model = _model(
-        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], "up", strides=[2, 2])], [1, 3, 4, 4], {"w": w}, ["y"]
-    )
+@pytest.mark.parametrize("group", [1, 3])
+def test_conv_transpose_shift_averages_over_the_strided_taps(rng, group):
+    w = rng.normal(size=(3, 2, 2, 2)).astype(np.float32)  # [C, M/group, k, k], kernel = stride
+    up = helper.make_node("ConvTranspose", ["x", "w"], ["y"], "up", strides=[2, 2], group=group)
+    model = _model([up], [1, 3, 4, 4], {"w": w}, ["y"])
     samples = _samples(rng, (1, 3, 4, 4))
     shifts, plan = _shifts(model, samples)
     spec = plan.tensors["w"]
     dw = _rounding_error(w, spec.scale_array(), spec.axis)
     xs = np.stack([s["x"][0] for s in samples]).astype(np.float64)
-    out = np.einsum("ncij,cmab->nmiajb", xs, dw)  # every output pixel gets exactly one tap
-    np.testing.assert_allclose(shifts["up"], out.mean(axis=(0, 2, 3, 4, 5)), rtol=1e-4, atol=1e-9)
+    per = 3 // group  # input channels per group; output channel g·2 + m reads group g's
+    outs = [
+        np.einsum("ncij,cmab->nmiajb", xs[:, g * per : (g + 1) * per], dw[g * per : (g + 1) * per])
+        for g in range(group)
+    ]
+    want = np.concatenate(outs, axis=1).mean(axis=(0, 2, 3, 4, 5))  # every output pixel gets one tap
+    np.testing.assert_allclose(shifts["up"], want, rtol=1e-4, atol=1e-9)
+    result = qcompile.compile(model, "ort-cpu", samples, samples[:2], measure_latency=False)
+    assert result.plan.meta["bias_correction"] == ["up"]  # its int32 bias spec has one scale per output
 
 
 def test_gemm_shift_goes_into_c_through_alpha_and_beta(rng):
@@ -177,3 +191,25 @@ def test_only_quantized_weights_are_corrected(rng):
     assert bias_shifts(model, float_weight, calib.channel_means) == {}
     float_node = QuantPlan(plan.tensors, {**plan.nodes, "conv": NodeDecision("float")}, plan.meta)
     assert bias_shifts(model, float_node, calib.channel_means) == {}  # its weight spec pinned, the node float
+
+
+def test_a_bias_computed_at_run_time_is_left_alone(rng):
+    model = _model(
+        [
+            helper.make_node("ReduceMean", ["x"], ["m"], "mean", axes=[0, 2, 3], keepdims=0),
+            helper.make_node("Conv", ["x", "w", "m"], ["y"], "conv"),
+        ],
+        [1, 2, 3, 3],
+        {"w": rng.normal(size=(2, 2, 1, 1)).astype(np.float32)},
+        ["y"],
+    )
+    assert correctable_nodes(model) == [] and not OwnBiases()(model).modified
+
+
+@pytest.mark.parametrize("first,then", [(True, False), (False, True)])
+def test_a_saved_plan_reloads_with_bias_correction_on_or_off(rng, first, then):
+    model = _systematic_conv(rng, bias=False)
+    calib = _samples(rng, (1, 4, 8, 8), 8, mean=5.0)
+    plan = qcompile.compile(model, "ort-cpu", calib, calib[:2], measure_latency=False, bias_correction=first).plan
+    again = qcompile.compile(model, "ort-cpu", calib, calib[:2], measure_latency=False, bias_correction=then, plan=plan)
+    assert ("bias_correction" in again.plan.meta) == then
