@@ -13,6 +13,7 @@ and validates on the same samples qcompile calibrates on; both are judged on the
 
     pip install -e '.[compare]'      # nncf
     python -m bench.nncf_compare [MODEL ...]
+    python -m bench.nncf_compare --only qcompile [MODEL ...]     # rerun one tool, keep the other's
 """
 
 from __future__ import annotations
@@ -189,15 +190,17 @@ def _nncf(name: str, path: Path, calib: list, kinds: dict) -> onnx.ModelProto:
     )
 
 
-def main(names: list[str]) -> None:
+def main(names: list[str], tools: tuple[str, ...] = ("qcompile", "nncf")) -> None:
+    """Run `tools` on `names`; a tool not run keeps its entry from the results file (each
+    entry records its date)."""
     from qcompile.cpu import cpu_info
 
     out = HERE / "results" / "nncf_compare.json"
     report = json.loads(out.read_text()) if out.exists() else {"models": {}}
     report.update({"machine": cpu_info().summary(), "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__})
     for name in names:
-        entry = {}
-        for tool in ("qcompile", "nncf"):
+        entry = dict(report["models"].get(name, {}))
+        for tool in tools:
             run = subprocess.run(
                 [sys.executable, "-W", "ignore", "-m", "bench.nncf_compare", "--one", name, tool],
                 capture_output=True,
@@ -205,6 +208,7 @@ def main(names: list[str]) -> None:
             )
             lines = run.stdout.strip().splitlines()
             entry[tool] = json.loads(lines[-1]) if run.returncode == 0 and lines else {"error": run.stderr[-1500:]}
+            entry[tool]["date"] = time.strftime("%Y-%m-%d")
             print(name, tool, json.dumps(entry[tool])[:400], file=sys.stderr, flush=True)
         report["models"][name] = entry
         out.parent.mkdir(exist_ok=True)
@@ -214,5 +218,7 @@ def main(names: list[str]) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
         print(json.dumps(run_one(sys.argv[2], sys.argv[3]), default=float))
+    elif sys.argv[1:2] == ["--only"]:  # --only TOOL MODEL ...: the other tool's entries stay
+        main(sys.argv[3:] or MODELS, (sys.argv[2],))
     else:
         main(sys.argv[1:] or MODELS)
