@@ -122,12 +122,11 @@ def _tap_sums(value: ir.Value, spec: QuantSpec) -> np.ndarray:
     assert weight is not None
     scale, zero_point, qrange = spec.scale_array(), spec.zero_point_array(), INT_RANGES[spec.dtype]
     rows = max(1, CHUNK_BYTES // max(1, weight[:1].nbytes))
+    per_row = spec.axis == 0 and scale.size > 1  # the scales run along the rows being cut
     sums = np.empty(weight.shape[:2], np.float64)
     for start in range(0, weight.shape[0], rows):
         block = np.asarray(weight[start : start + rows], np.float32)
-        s, z = (scale, zero_point) if spec.axis != 0 or scale.size == 1 else (
-            scale[start : start + rows], zero_point[start : start + rows]
-        )  # fmt: skip
+        s, z = (scale[start : start + rows], zero_point[start : start + rows]) if per_row else (scale, zero_point)
         error = block - dequantize(quantize(block, s, z, qrange, spec.axis), s, z, spec.axis)
         sums[start : start + rows] = error.reshape(block.shape[0], block.shape[1], -1).sum(axis=-1, dtype=np.float64)
     del weight

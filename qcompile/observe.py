@@ -39,6 +39,15 @@ class ChunkObservation:
     channel_sums: dict[str, np.ndarray] = field(default_factory=dict)
     channel_counts: dict[str, int] = field(default_factory=dict)
 
+    def add_channel_sums(self, name: str, sums: np.ndarray, count: int) -> None:
+        """Add per-channel `sums` over `count` values each (sums of another channel count are left
+        out: the tensors asked for feed a weight, which fixes the count)."""
+        if name not in self.channel_sums:
+            self.channel_sums[name], self.channel_counts[name] = sums, count
+        elif self.channel_sums[name].shape == sums.shape:
+            self.channel_sums[name] = self.channel_sums[name] + sums
+            self.channel_counts[name] += count
+
     def channel_means(self) -> dict[str, np.ndarray]:
         return {k: s / self.channel_counts[k] for k, s in self.channel_sums.items() if self.channel_counts[k]}
 
@@ -53,11 +62,7 @@ class ChunkObservation:
             self.dtypes.setdefault(name, dtype)
             self.shapes.setdefault(name, later.shapes[name])
         for name, sums in later.channel_sums.items():
-            if name in self.channel_sums and self.channel_sums[name].shape == sums.shape:
-                self.channel_sums[name] = self.channel_sums[name] + sums
-                self.channel_counts[name] += later.channel_counts[name]
-            elif name not in self.channel_sums:
-                self.channel_sums[name], self.channel_counts[name] = sums, later.channel_counts[name]
+            self.add_channel_sums(name, sums, later.channel_counts[name])
         self.num_samples += later.num_samples
 
 
@@ -83,19 +88,6 @@ def observe_chunk(
 ) -> ChunkObservation:
     """On a worker: run `samples` (numbered from `first_index`) on this process's cached session."""
     return observe_samples(_session(source), names, calibrator, samples, first_index, mean_axes)
-
-
-def _add_channel_sums(obs: ChunkObservation, name: str, arr: np.ndarray, axis: int) -> None:
-    """Sum `arr` over every axis but `axis` (a sample with another channel count is left out:
-    the tensors asked for feed a weight, which fixes the count)."""
-    if arr.ndim <= axis:
-        return
-    sums = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1).sum(axis=1, dtype=np.float64)
-    if name not in obs.channel_sums:
-        obs.channel_sums[name], obs.channel_counts[name] = sums, arr.size // arr.shape[axis]
-    elif obs.channel_sums[name].shape == sums.shape:
-        obs.channel_sums[name] += sums
-        obs.channel_counts[name] += arr.size // arr.shape[axis]
 
 
 def observe_samples(
@@ -127,7 +119,8 @@ def observe_samples(
                     "the float model itself overflows on this input"
                 )
             obs.stats.setdefault(name, make_stat(calibrator)).update(arr)
-            if name in mean_axes:
-                _add_channel_sums(obs, name, arr, mean_axes[name])
+            if name in mean_axes and arr.ndim > (axis := mean_axes[name]):
+                sums = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1).sum(axis=1, dtype=np.float64)
+                obs.add_channel_sums(name, sums, arr.size // arr.shape[axis])
         obs.num_samples += 1
     return obs
