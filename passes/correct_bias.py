@@ -42,7 +42,9 @@ __all__ = [
     "bias_shifts",
     "correctable_nodes",
     "corrected_weights",
+    "input_and_weight",
     "mean_axes",
+    "node_key",
     "own_bias_values",
 ]
 
@@ -70,7 +72,8 @@ def _constant(value: ir.Value | None) -> bool:
     return value is not None and value.const_value is not None
 
 
-def _key(node: ir.Node) -> str:
+def node_key(node: ir.Node) -> str:
+    """How `bias_shifts` names a node: its name, else its first output's."""
     return node.name or name_of(node.outputs[0])
 
 
@@ -95,7 +98,7 @@ def correctable_nodes(model: ir.Model) -> list[ir.Node]:
     return found
 
 
-def _input_and_weight(node: ir.Node) -> tuple[str, str]:
+def input_and_weight(node: ir.Node) -> tuple[str, str]:
     """Names of a correctable node's input x and weight W."""
     x, w = node.inputs[0], node.inputs[1]
     assert x is not None and w is not None
@@ -104,12 +107,12 @@ def _input_and_weight(node: ir.Node) -> tuple[str, str]:
 
 def corrected_weights(model: ir.Model, keys: Mapping[str, object]) -> list[str]:
     """The weights of the nodes `keys` names (the keys of `bias_shifts`)."""
-    return [_input_and_weight(n)[1] for n in correctable_nodes(model) if _key(n) in keys]
+    return [input_and_weight(n)[1] for n in correctable_nodes(model) if node_key(n) in keys]
 
 
 def mean_axes(model: ir.Model) -> dict[str, int]:
     """The tensors whose per-channel mean bias correction needs: each corrected node's input, axis 1."""
-    return {_input_and_weight(node)[0]: 1 for node in correctable_nodes(model)}
+    return {input_and_weight(node)[0]: 1 for node in correctable_nodes(model)}
 
 
 CHUNK_BYTES = 64 << 20  # rows of a weight rounded at a time
@@ -160,7 +163,7 @@ def bias_shifts(model: ir.Model, plan: QuantPlan, means: Mapping[str, np.ndarray
     quantized weight.  An analysis: reads the model, changes nothing."""
     shifts = {}
     for node in correctable_nodes(model):
-        x, w = _input_and_weight(node)
+        x, w = input_and_weight(node)
         spec, mu, decision = plan.tensors.get(w), means.get(x), plan.nodes.get(node.name or "")
         if decision is None or decision.precision == "float":  # a float node reads its float weight
             continue
@@ -172,7 +175,7 @@ def bias_shifts(model: ir.Model, plan: QuantPlan, means: Mapping[str, np.ndarray
             continue
         shift = _shift(node, _tap_sums(weight, spec), np.asarray(mu, np.float64))
         if shift is not None and np.all(np.isfinite(shift)) and np.any(shift):
-            shifts[_key(node)] = shift
+            shifts[node_key(node)] = shift
     return shifts
 
 
@@ -214,7 +217,7 @@ def own_bias_values(model: ir.Model) -> dict[str, np.ndarray]:
     for node in correctable_nodes(model):
         bias = const_array(node.inputs[2]) if len(node.inputs) > 2 else None
         if bias is not None:
-            found[_key(node)] = bias.copy()
+            found[node_key(node)] = bias.copy()
     return found
 
 
@@ -229,7 +232,7 @@ class BiasCorrection(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for node in correctable_nodes(model):
-            key = _key(node)
+            key = node_key(node)
             if key not in self.originals:
                 continue
             bias = node.inputs[2]

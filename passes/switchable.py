@@ -29,6 +29,8 @@ from qcompile.budget import Budget, BudgetResult, stacked
 from qcompile.data import LABELS_KEY, Sample
 from qcompile.ir_utils import FreshNames, all_initializers, prepend, values_by_name
 from qcompile.metrics import OutputKind
+from qcompile.passes.bias_switch import bias_targets, switch_biases
+from qcompile.passes.correct_bias import bias_shifts
 from qcompile.passes.insert_qdq import qdq_params
 from qcompile.passes.quant_groups import QuantGroup, quantized_tensors_when
 from qcompile.plan import QuantPlan, QuantSpec
@@ -47,12 +49,18 @@ BASE = ""  # the variant of the plan's own spec
 
 
 def switchable_model(
-    model: ir.Model, plan: QuantPlan, variants: Mapping[str, Mapping[str, QuantSpec]] | None = None
+    model: ir.Model,
+    plan: QuantPlan,
+    variants: Mapping[str, Mapping[str, QuantSpec]] | None = None,
+    bias_shifts: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[ir.Model, Switches]:
     """A copy of float `model` whose quantized tensors each read through switches, one per variant:
-    the plan's spec (`BASE`) and any other spec `variants` names for the tensor (a calibrator's)."""
+    the plan's spec (`BASE`) and any other spec `variants` names for the tensor (a calibrator's);
+    the nodes `bias_shifts` corrects read their corrected bias while their weight's switch is on
+    (`qcompile.passes.bias_switch`)."""
     switchable = ir.from_proto(ir.to_proto(model))
     graph = switchable.graph
+    biased = bias_targets(switchable, bias_shifts or {})
     values, fresh = values_by_name(graph), FreshNames(graph)
     switches = {}
     for name, spec in sorted(plan.quantized_tensors().items()):
@@ -61,6 +69,7 @@ def switchable_model(
             continue
         options = {BASE: spec, **dict(sorted((variants or {}).get(name, {}).items()))}
         switches[name] = _insert_switches(graph, value, options, fresh)
+    switch_biases(graph, biased, {t: by_variant for t, (by_variant, _) in switches.items()})
     TopologicalSortPass()(switchable)
     return switchable, switches
 
@@ -112,8 +121,10 @@ class Evaluator:
         where: str = "the search samples",
         variants: Mapping[str, Mapping[str, QuantSpec]] | None = None,
         executor: Executor | None = None,
+        means: Mapping[str, np.ndarray] | None = None,
     ):
-        switchable, self.switches = switchable_model(model, plan, variants)
+        shifts = bias_shifts(model, plan, means) if means else None  # corrected where `plan` rounds a weight
+        switchable, self.switches = switchable_model(model, plan, variants, shifts)
         self.executor = executor
         self.choice: Mapping[str, str] = {}  # tensor → variant used when it is quantized (default BASE)
         # every configuration scored, in order: {"int8_share", "value", "float_groups", "choices"} (shared by

@@ -25,6 +25,7 @@ import onnx_ir as ir
 from qcompile.atomic import StagedFolder
 from qcompile.budget import Budget, parse_metric
 from qcompile.card import build_card, render_markdown
+from qcompile.card_deployment import UNFUSED_NOTE
 from qcompile.config import CompileConfig
 from qcompile.data import HoldoutSplit, Sample, iter_samples
 from qcompile.errors import QCompileError, QCompileWarning
@@ -318,6 +319,8 @@ def compile(
     card = build_card(prepared, quantized, verification, config.target, config.budget)
     if lowered is not None:
         card["deployment"] = deployment_section(lowered, verification)
+        if quantized.session.unfused_qdq:
+            card["deployment"]["qdq_unfused"] = UNFUSED_NOTE
     found = problems(card, quantized.plan)
     card["verdict"] = [{"problem": p.text, "advice": p.advice, "fails": p.fails} for p in found]
     for p in found:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["deployment_lines", "runtime_note"]
+__all__ = ["deployment_lines", "runtime_note", "UNFUSED_NOTE"]
+
+UNFUSED_NOTE = (
+    "run unfused (DequantizeLinear → float op → QuantizeLinear), since on this x86 CPU without VNNI"
+    " ORT's u8s8 kernels saturate with 8-bit weights"
+)
 
 _RUNTIMES = {
     "litert_reference": "LiteRT, reference kernels",
@@ -23,7 +28,8 @@ def runtime_note(card: dict) -> list[str]:
     if not dep:
         return []
     what = "the QDQ ONNX file" if "npu" in dep else f"the `.{dep['format']}` file"
-    return [f"Measured on {dep['runtime']}, running {what}.", ""]
+    unfused = [f"The same plan's QDQ model on ONNX Runtime: {dep['qdq_unfused']}."] if "qdq_unfused" in dep else []
+    return [f"Measured on {dep['runtime']}, running {what}.", *unfused, ""]
 
 
 def _sqnr(fidelity: dict | None, name: str) -> Any:

@@ -13,6 +13,7 @@ import onnx_ir as ir
 from qcompile.budget import Budget, BudgetResult, stacked
 from qcompile.data import LABELS_KEY, Sample
 from qcompile.metrics import OutputKind
+from qcompile.passes.correct_bias import BiasCorrection, bias_shifts, own_bias_values
 from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.pipeline import run_passes
@@ -23,9 +24,15 @@ from qcompile.verify import run_outputs
 __all__ = ["SampleJudge", "built"]
 
 
-def built(model: ir.Model, plan: QuantPlan, *after: ir.passes.PassBase) -> ir.Model:
-    """A copy of the float `model` with `plan`'s Q/DQ inserted and scales folded (then `after`)."""
+def built(
+    model: ir.Model, plan: QuantPlan, *after: ir.passes.PassBase, means: Mapping[str, np.ndarray] | None = None
+) -> ir.Model:
+    """A copy of the float `model` with `plan`'s Q/DQ inserted and scales folded (then `after`);
+    with the calibration's channel `means`, its biases corrected for `plan` first, as the compiled
+    model's will be (`qcompile.passes.correct_bias`)."""
     candidate = ir.from_proto(ir.to_proto(model))
+    if means:
+        run_passes(BiasCorrection(own_bias_values(candidate), bias_shifts(candidate, plan, means)), candidate)
     run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), *after), candidate)
     return candidate
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import onnx_ir as ir
 
 from qcompile.budget import Budget
@@ -22,7 +23,7 @@ from qcompile.data import Sample
 from qcompile.judge import SampleJudge, built
 from qcompile.metrics import OutputKind
 from qcompile.plan import NodeDecision, QuantPlan
-from qcompile.runtime import SessionSource
+from qcompile.runtime import SessionSource, unfused_stand_in
 from qcompile.targets.base import Target
 
 __all__ = ["promote_to_a16", "PROMOTED"]
@@ -41,6 +42,7 @@ def promote_to_a16(
     budget: Budget,
     margin: float,
     pinned: set[str],
+    means: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, NodeDecision], dict]:
     """The decisions with the search's float nodes at int16 if the budget holds that way; a report."""
     if target.a16_dtype is None or not samples:
@@ -60,7 +62,8 @@ def promote_to_a16(
 
     def holds(names: list[str]) -> tuple[bool, float]:
         trial = {**decisions, **{n: NodeDecision("int16", PROMOTED) for n in names}}
-        result = judge.evaluate(SessionSource.of(built(model, assign(trial))))
+        candidate = built(model, assign(trial), means=means)
+        result = judge.evaluate(SessionSource.of(candidate, unfused_qdq=unfused_stand_in(target.ort_is_runtime)))
         return result.met, result.value
 
     met, value = holds(eligible)

@@ -42,7 +42,7 @@ from qcompile.pipeline import run_passes
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.prepare import Prepared
 from qcompile.promote16 import promote_to_a16
-from qcompile.runtime import SessionSource
+from qcompile.runtime import SessionSource, unfused_stand_in
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
 from qcompile.search_split import SearchSplit
 from qcompile.selective import selective_search
@@ -110,15 +110,17 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         deadline = Deadline(config.time_budget)
         timed = config.measure_latency and kept.samples
         speed_sample = {k: v for k, v in kept.samples[0].items() if k != LABELS_KEY} if timed else None
+        means = calib.channel_means if config.bias_correction else None  # candidates scored as they compile
         if not target.float_runs:  # an NPU: 8 or 16 bits per group, decided on its own runtime
             decisions, search = npu_search(
                 model, specs, target, kept.samples, prepared.kinds, budget, margin,
-                lambda d: assign(calib, d), config.policy, pins, bar, deadline,
+                lambda d: assign(calib, d), config.policy, pins, bar, deadline, means,
             )  # fmt: skip
         elif config.policy == "hybrid":
             decisions, search = hybrid_search(
-                model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar, config.executor, deadline
-            )
+                model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar, config.executor,
+                deadline, means,
+            )  # fmt: skip
         else:
             decisions, calib, search = selective_search(
                 model,
@@ -135,14 +137,16 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
                 config.executor,
                 deadline,
                 speed_sample,
+                config.bias_correction,
             )
         search.unseen = not kept.too_few
         if target.float_runs:
             decisions, search.a16 = promote_to_a16(
-                model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin, pins
-            )
+                model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin,
+                pins, means,
+            )  # fmt: skip
         specs = assign(calib, decisions)
-    if config.bias_correction:  # for the chosen plan; the search judged its candidates uncorrected
+    if config.bias_correction:  # for the chosen plan (the searches scored their candidates corrected too)
         specs = _correct_biases(model, specs, calib, lambda: assign(calib, decisions))
     meta = {"calibrator": calib.calibrator, "policy": config.policy, **specs.meta}
     if search is not None:
@@ -214,7 +218,7 @@ def _lower(
     widths = [ConvertWidths(target)] if target.uniform_widths else []
     run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), *widths, CheckLegality(plan, target)), model)
     scratch = _spill_weights(model)
-    session = SessionSource.of(model)
+    session = SessionSource.of(model, unfused_qdq=unfused_stand_in(target.ort_is_runtime))
     if session.data_folder is None:  # else the checker runs on the written file, in save()
         check_serialised(session.model_bytes())
     return Quantized(model, plan, calib, session, scratch, search)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
+from qcompile.cpu import cpu_info
 from qcompile.errors import QCompileError, first_line
 from qcompile.expose import expose_branch_values
 from qcompile.ir_utils import external_tensors, values_by_name
@@ -26,6 +27,7 @@ from qcompile.quant_form import WEIGHT_ONLY_OPS
 
 __all__ = [
     "SessionSource",
+    "unfused_stand_in",
     "make_session",
     "run_session",
     "median_latency_ms",
@@ -50,19 +52,22 @@ class SessionSource:
 
     model: bytes | str  # serialised model, or the path of a file holding it
     data_folder: str | None = None
+    # run Q/DQ as written (DQ → float op → Q), not fused into ORT's integer kernels: for a QDQ model
+    # that stands in for another runtime on a CPU whose u8s8 kernels saturate (`unfused_stand_in`)
+    unfused_qdq: bool = False
 
     def spill(self, folder: str | Path) -> SessionSource:
         if isinstance(self.model, str):
             return self
         path = Path(folder) / "session.onnx"
         path.write_bytes(self.model)
-        return SessionSource(str(path), self.data_folder)
+        return replace(self, model=str(path))
 
     def model_bytes(self) -> bytes:
         return Path(self.model).read_bytes() if isinstance(self.model, str) else self.model
 
     @classmethod
-    def of(cls, model: ir.Model, extra_outputs: Sequence[str] = ()) -> SessionSource:
+    def of(cls, model: ir.Model, extra_outputs: Sequence[str] = (), unfused_qdq: bool = False) -> SessionSource:
         proto = proto_without_value_info(model)
         _expose_inner(model, proto.graph, extra_outputs)
         present = {o.name for o in proto.graph.output}
@@ -72,7 +77,16 @@ class SessionSource:
             raise QCompileError(f"the model's external data lives in several folders: {sorted(map(str, folders))}")
         if proto.ByteSize() > PROTO_LIMIT:
             raise QCompileError("the model holds over 2 GB of in-memory weights; save it with external data first")
-        return cls(proto.SerializeToString(), str(folders.pop()) if folders else None)
+        return cls(proto.SerializeToString(), str(folders.pop()) if folders else None, unfused_qdq)
+
+
+def unfused_stand_in(ort_is_runtime: bool) -> bool:
+    """Whether a target's QDQ model, run on ORT's CPU, must run unfused: when it stands in for
+    another runtime (TFLite, an NPU) whose kernels take full 8-bit weights, on an x86 CPU without
+    VNNI, where ORT's u8s8 kernels add pairs of products into a saturating int16 (`qcompile.cpu`):
+    fused, ORT would measure its own overflow, not the plan.  Unfused, every op computes in float
+    between DequantizeLinear and QuantizeLinear, which is the plan's arithmetic."""
+    return not ort_is_runtime and cpu_info().u8s8_saturates
 
 
 def _expose_inner(model: ir.Model, graph: onnx.GraphProto, names: Sequence[str]) -> None:
@@ -136,6 +150,8 @@ def make_session(
             "session.optimized_model_external_initializers_file_name", Path(optimized_model_path).name + ".data"
         )
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    if isinstance(source, SessionSource) and source.unfused_qdq:
+        so.add_session_config_entry("session.disable_quant_qdq", "1")
     if isinstance(source, SessionSource) and source.data_folder:
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", source.data_folder)
     try:

@@ -23,11 +23,12 @@ verification measures.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 from qcompile.budget import Budget, parse_metric
@@ -111,13 +112,17 @@ def hybrid_search(
     progress: Callable | None = None,
     executor: Executor | None = None,
     deadline: Deadline | None = None,
+    means: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, NodeDecision], SearchReport]:
     """Node decisions for `plan`'s model under `budget`, and how the search got there.
 
     Groups with a pinned node are measured as the pin has them but are never candidates; the
-    ranking's runs go to `executor` when given (same decisions whatever the executor)."""
+    ranking's runs go to `executor` when given (same decisions whatever the executor); with the
+    calibration's channel `means`, candidates are scored with their biases corrected."""
     groups = quant_groups(model, plan, target)
-    evaluator = Evaluator(model, plan, groups, samples, kinds, budget, "the calibration data", executor=executor)
+    evaluator = Evaluator(
+        model, plan, groups, samples, kinds, budget, "the calibration data", executor=executor, means=means
+    )
     found = float_search(evaluator, pinned, margin, progress, deadline)
     report = found.report(budget, margin, len(samples), "hybrid")
     report.cut, report.trials = deadline is not None and deadline.cut, evaluator.trials

@@ -89,19 +89,22 @@ def selective_search(
     executor: Executor | None = None,
     deadline: Deadline | None = None,
     speed_sample: Sample | None = None,
+    correct_biases: bool = False,
 ) -> tuple[dict[str, NodeDecision], CalibrationResult, SearchReport]:
     """Node decisions, the calibration with each tensor's chosen range, and the search's report.
 
     `assign(calib, decisions)` is `assign_specs` with the compile's options.  With a
     `speed_sample`, the speed step (`qcompile.speed`) follows, on that sample, and keeps a group
-    float for speed only if the budget still holds on the search samples."""
+    float for speed only if the budget still holds on the search samples.  With `correct_biases`,
+    candidates are scored with their biases corrected (`calib`'s channel means)."""
     base, deadline = calib.calibrator, deadline or Deadline()
     plans = {c: assign(_using(calib, c, calib.alternatives[c]), decisions) for c in _order(base)}
     variants = _variants(plans, base)
     groups = quant_groups(model, plans[base], target)
     evaluator = Evaluator(
-        model, plans[base], groups, samples, kinds, budget, "the calibration data", variants, executor
-    )
+        model, plans[base], groups, samples, kinds, budget, "the calibration data", variants, executor,
+        calib.channel_means if correct_biases else None,
+    )  # fmt: skip
     uniform = {c: {t: c for t, v in variants.items() if c in v} for c in _order(base)}
     scores = {c: evaluator.choosing(choice).score(set(), margin) for c, choice in uniform.items()}
     best = max(_order(base), key=lambda c: (scores[c].value, -_order(base).index(c)))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 
+import numpy as np
 import onnx_ir as ir
 
 from qcompile.budget import Budget
@@ -79,6 +80,7 @@ def widen_on_target(
     budget: Budget,
     margin: float,
     ranked: Sequence[str] = (),
+    means: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, NodeDecision], dict]:
     """`decisions` with as few nodes widened to 16 bits as keep the budget on the target's runtime; a report."""
     if target.lower is None or target.a16_dtype is None or not samples:
@@ -90,7 +92,7 @@ def widen_on_target(
 
     def trial(k: int) -> tuple[dict[str, NodeDecision], bool]:
         decs = {**decisions, **{n: NodeDecision("int16", WIDENED) for g in order[:k] for n in g}}
-        candidate = built(model, assign(decs), ConvertWidths(target))
+        candidate = built(model, assign(decs), ConvertWidths(target), means=means)
         result = judge.evaluate(quiet.lower(candidate, quiet).runner)  # type: ignore[misc]
         trials.append({"widened": k, "value": result.value, "met": result.met})
         return decs, result.met
@@ -129,15 +131,17 @@ def npu_search(
     pinned: set[str],
     progress: Callable | None = None,
     deadline: Deadline | None = None,
+    means: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, NodeDecision], SearchReport]:
-    """8-bit or 16-bit per group for a target without float: ranked on ORT, decided on the target."""
+    """8-bit or 16-bit per group for a target without float: ranked on ORT, decided on the target
+    (with the calibration's channel `means`, every candidate's biases corrected)."""
     groups = quant_groups(model, plan, target)
-    evaluator = Evaluator(model, plan, groups, samples[:RANK_SAMPLES], kinds, budget)
+    evaluator = Evaluator(model, plan, groups, samples[:RANK_SAMPLES], kinds, budget, means=means)
     fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
     all_int8, table = rank_groups(evaluator, progress, exclude=fixed, deadline=deadline)
     ranked = [g for s in table for g in s.groups]
     free = {n: d for n, d in plan.nodes.items() if n not in pinned}
-    decisions, found = widen_on_target(model, target, free, assign, samples, kinds, budget, margin, ranked)
+    decisions, found = widen_on_target(model, target, free, assign, samples, kinds, budget, margin, ranked, means)
     decisions.update({n: d for n, d in plan.nodes.items() if n in pinned})
     bound = {"floor": budget.floor} if budget.floor is not None else {"max_drop": budget.max_drop}
     report = SearchReport(

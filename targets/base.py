@@ -124,6 +124,7 @@ class Target:
     float_runs: bool = True  # a node kept float runs on the target (False: an NPU, where it leaves for the CPU)
     uniform_widths: bool = False  # a node reads and writes one integer width (passes/convert_widths)
     keeps_integer_inputs: bool = False  # static graph: only scalar integer inputs (a rate, a flag) become constants
+    ort_is_runtime: bool = False  # ORT's CPU runs the QDQ model in deployment (else it stands in for the target's)
     # before calibration: raises on a float graph `lower` could never take; returns extra files to write
     precheck: Callable[[ir.Model, Target], dict[str, bytes]] | None = None
 

@@ -72,7 +72,10 @@ def test_selective_clips_a_rare_outlier_where_hybrid_needs_float(rng):
 
 
 def test_selective_keeps_float_what_no_calibrator_can_fix(rng):
-    calib, held = ([{"x": np.abs(rng.normal(size=(1, 16))).astype(np.float32)} for _ in range(n)] for n in (24, 12))
+    # 64 and 16 samples: with fewer, a held-out input beyond the calibrated range of x (clipped by
+    # fc_a, the one int8 node) decides the held-out figure (24 and 12: 29.6 dB against 36 searched,
+    # with ORT's 7-bit weights on x86 without VNNI)
+    calib, held = ([{"x": np.abs(rng.normal(size=(1, 16))).astype(np.float32)} for _ in range(n)] for n in (64, 16))
     result = _compile(planted_chain(np.random.default_rng(1234)), calib, held, "selective", metric="sqnr", floor=30)
     assert result.card["budget"]["met"], result.card["budget"]
     assert {"fc_b", "fc_c"} <= set(result.card["search"]["float_groups"])

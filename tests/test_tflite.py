@@ -251,7 +251,9 @@ def test_a_file_with_no_integer_op_reads_as_a_failure():
 def test_float_island_after_a_flatten_of_nhwc_data():
     """Hybrid keeps the fully connected layers float: the float island reads the flatten of NHWC data,
     and its weight columns follow that order (a regression: they did not, and the file read −1.8 dB)."""
-    result = _compile("tflite", policy="hybrid", metric="sqnr", floor=38.5)
+    # a floor that all int8 (38.9 dB on the search samples, biases corrected) and fc2 at 16 bits miss,
+    # and fc2 in float meets (43.1): fc2 stays a float island
+    result = _compile("tflite", policy="hybrid", metric="sqnr", floor=42)
     dep = result.card["deployment"]
     assert dep["float_ops"] >= 1 and "DEQUANTIZE" in dep["ops"]
     sqnr = result.card["fidelity"]["outputs"][0]["sqnr_db"]
