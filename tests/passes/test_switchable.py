@@ -9,6 +9,7 @@ import numpy as np
 
 from qcompile.budget import Budget, parse_metric
 from qcompile.metrics import OutputKind
+from qcompile.passes import switchable
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.passes.quant_groups import quant_groups
 from qcompile.passes.switchable import BASE, Evaluator, switchable_model
@@ -85,3 +86,19 @@ def test_runs_on_an_executor_equal_runs_in_process(rng):
         for name in a:
             for x, y in zip(a[name], b[name], strict=True):
                 np.testing.assert_array_equal(x, y)
+
+
+def test_samples_side_by_side_give_the_sequential_floats_in_order(rng, monkeypatch):
+    model, samples = conv_model(rng), feeds(rng)
+    plan, _ = planned(model, samples)
+    groups = quant_groups(model, plan, get_target("ort-cpu"))
+    budget, kinds = Budget(parse_metric("sqnr"), floor=30), {"y": OutputKind(), "s": OutputKind()}
+    runs = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(switchable, "SAMPLE_THREADS", threads)
+        evaluator = Evaluator(model, plan, groups, samples, kinds, budget)
+        runs[threads] = evaluator.run(set(plan.tensors), evaluator.probes)
+    for name, sequential in runs[1].items():
+        assert len(sequential) == len(samples)
+        for x, y in zip(sequential, runs[3][name], strict=True):
+            np.testing.assert_array_equal(x, y)
