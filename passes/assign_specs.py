@@ -184,8 +184,12 @@ class _Assigner:
             acts.append(w)
         out = node.outputs[0]
         quantize_out = is_float_value(out) and not self._fused_away(node, out)
-        if quantize_out and out.is_graph_output() and rule.float_output_ok:
-            quantize_out = False  # the integer kernel writes the float graph output itself
+        if quantize_out and rule.float_output_ok and (out.is_graph_output() or not self._int8_readers(out)):
+            quantize_out = False  # the integer kernel writes float itself, for a graph output or float readers
+            matmul = node.op_type == "MatMul" and w is not None and w_const is not None
+            bias = self._float_bias_add(out, w_const.shape.numpy()[-1]) if matmul else None  # type: ignore[union-attr]
+            if bias is not None and acts:
+                roles.biases[name_of(bias)] = (name_of(acts[0]), name_of(w))  # type: ignore[arg-type]
         if quantize_out:
             acts.append(out)
         if self._int16(node):  # tensors whose integer producer and readers are all 16-bit
@@ -199,6 +203,22 @@ class _Assigner:
             roles.groups.union([name_of(src), name_of(out), *(name_of(o) for o in extra)])
         elif quantize_out and (fixed := rule.fixed16 if self._int16(node) and rule.fixed16 else rule.fixed):
             roles.fixed[name_of(out)] = fixed
+
+    def _int8_readers(self, value: ir.Value) -> bool:
+        return any(self._int8(u.node) for u in value.uses())
+
+    def _float_bias_add(self, out: ir.Value, channels: int) -> ir.Value | None:
+        """The constant [channels] operand of a float Add that alone reads `out`: stored as an int32
+        bias (scale = input scale × weight scale), so that ORT, which merges MatMul + Add into a Gemm
+        when shapes are static, fuses DQ → Gemm into QGemm instead of leaving a float Gemm."""
+        add = single_consumer(out)
+        if add is None or add.op_type != "Add" or self._int8(add) or len(add.inputs) != 2:
+            return None
+        other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+        arr = const_array(other) if other is not None and other.is_initializer() else None
+        if arr is None or arr.shape != (channels,) or arr.dtype != np.float32 or len(other.uses()) != 1:  # type: ignore[union-attr]
+            return None
+        return other
 
     def _only_wide_readers(self, value: ir.Value) -> bool:
         """Every integer node that writes or reads `value` is 16-bit (a tensor between a 16-bit and an

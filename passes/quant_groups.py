@@ -37,6 +37,9 @@ class QuantGroup:
     tensors: tuple[str, ...]
     macs: int
     output: str  # what the group computes: its last node's output
+    # an output the group's integer kernel can write in float (ORT's MatMulIntegerToFloat, QGemm): it stays
+    # quantized only while an int8 reader touches it too (as `assign_specs` decides)
+    soft_output: str | None = None
 
 
 def _shape(value: ir.Value | None) -> tuple[int, ...] | None:
@@ -100,11 +103,13 @@ def quant_groups(model: ir.Model, plan: QuantPlan, target: Target) -> list[Quant
                 tuple(dict.fromkeys(name_of(v) for v in values)),
                 sum(weight_macs(m) for m in members),
                 name_of(members[-1].outputs[0]),
+                name_of(members[-1].outputs[0]) if len(members) == 1 and rule and rule.float_output_ok else None,
             )
         )
     return groups
 
 
 def quantized_tensors_when(groups: Iterable[QuantGroup], float_groups: set[str]) -> set[str]:
-    """The tensors still quantized when the groups named in `float_groups` run in float."""
-    return {t for g in groups if g.name not in float_groups for t in g.tensors}
+    """The tensors still quantized when the groups named in `float_groups` run in float (a group's
+    soft output only while another int8 group reads it)."""
+    return {t for g in groups if g.name not in float_groups for t in g.tensors if t != g.soft_output}

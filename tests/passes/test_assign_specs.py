@@ -1,10 +1,21 @@
+import tempfile
+from pathlib import Path
+
 import numpy as np
+import onnx
+import onnx_ir as ir
 import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx_ir.passes.common import NameFixPass
 
 from qcompile.cpu import CpuInfo
 from qcompile.errors import QCompileError
-from qcompile.plan import QuantPlan, QuantSpec
-from tests.helpers import graph_signature
+from qcompile.passes.fold_scales import FoldScales
+from qcompile.passes.infer_shapes import InferShapes
+from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
+from qcompile.runtime import fused_op_counts, make_session
+from tests.helpers import copy, graph_signature, run
 from tests.support.quant_models import conv_model, feeds, planned
 
 
@@ -86,3 +97,52 @@ def test_a_dead_channel_keeps_its_bias(rng):
     got = run_session(make_session(model), samples[0])["y"]
     np.testing.assert_allclose(got[0, 1], 3.0, atol=3 * plan.tensors["y"].scale[0])  # the dead channel is its bias
     assert np.abs(got - want).max() < 4 * plan.tensors["y"].scale[0]
+
+
+def _matmul_then(rng, op: str) -> ir.Model:
+    """x [1, 6, 16] → MatMul(w) → `op` (an Add of a constant bias, or a Sigmoid) → y."""
+    inits = {"w": rng.normal(size=(16, 8)).astype(np.float32), "b": rng.normal(size=8).astype(np.float32)}
+    after = helper.make_node("Add", ["h", "b"], ["y"], "bias") if op == "Add" else helper.make_node(op, ["h"], ["y"])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], "mm"), after],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+    InferShapes()(model)
+    NameFixPass()(model)
+    return model
+
+
+def test_a_matmul_read_only_by_float_nodes_writes_float_from_its_integer_kernel(rng):
+    """ORT runs DQ → MatMul with a float output as an integer kernel (MatMulIntegerToFloat; with a
+    bias Add and static shapes, MatMul + Add become QGemm once the bias is int32): quantizing the
+    output too would only add roundings before the float reader."""
+    model = _matmul_then(rng, "Add")
+    samples = [{"x": rng.normal(size=(1, 6, 16)).astype(np.float32)} for _ in range(8)]
+    int8_add, _ = planned(model, samples)
+    float_add, _ = planned(model, samples, pinned=QuantPlan(nodes={"bias": NodeDecision("float", "test")}))
+    assert "h" in int8_add.tensors and "h" not in float_add.tensors and "x" in float_add.tensors
+    assert float_add.tensors["b"].dtype == "int32" and int8_add.tensors["b"].dtype == "uint8"
+    np.testing.assert_allclose(
+        float_add.tensors["b"].scale_array(),
+        float_add.tensors["x"].scale_array() * float_add.tensors["w"].scale_array(),
+    )
+    errors = {}
+    for name, plan in (("float", float_add), ("int8", int8_add)):
+        compiled = copy(model)
+        ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan))(compiled)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "opt.onnx"
+            make_session(compiled, optimized_model_path=path)
+            counts = fused_op_counts(onnx.load(str(path)).graph.node)
+        assert counts["integer"] >= 1 and counts["float"] == 0, (name, counts)
+        errors[name] = np.mean(
+            [np.abs(run(compiled, s, optimize=True)["y"] - run(model, s)["y"]).mean() for s in samples]
+        )
+    assert errors["float"] < errors["int8"], errors
+    # an int8 reader (Sigmoid) still needs the MatMul's output quantized
+    sigmoid = _matmul_then(rng, "Sigmoid")
+    assert "h" in planned(sigmoid, samples)[0].tensors
