@@ -4,7 +4,11 @@ On the search samples (calibration samples set aside, a uniform sample of the st
 `qcompile.search_split`; never the held-out evaluation data):
 
 1. rank the naive plan's groups by sensitivity (`qcompile.passes.sensitivity`);
-2. try groups in rank order (the largest gain first; among equal gains, the fewest MACs),
+2. first every candidate without weight MACs (an Add, a Softmax, a Concat) that gains when float,
+   all at once, if that does not make the metric worse: float there costs no integer compute,
+   which is what the search keeps (one at a time, each gains little: their errors add up along
+   a residual stream); step 3 gives back what is not needed;
+   then groups in rank order (the largest gain first; among equal gains, the fewest MACs),
    keeping each in float only if that improves the metric, until the budget holds with
    `margin` to spare;
 3. give back to int8, last chosen first, each float candidate the budget can do without, then
@@ -206,10 +210,17 @@ def _floats(picks: Sequence[Sensitivity]) -> set[str]:
 def _greedy(
     evaluator: Evaluator, table: list[Sensitivity], margin: float, deadline: Deadline
 ) -> tuple[list[Sensitivity], Any, int]:
-    """Candidates in rank order, each kept float unless that makes the metric worse, until the
-    budget holds; then each given back to int8, last first, if the budget still holds."""
+    """The candidates without weight MACs that gain, together (kept if the metric does not get worse); then
+    candidates in rank order, each kept float unless that makes the metric worse, until the budget
+    holds; then each given back to int8, last first, if the budget still holds."""
     chosen: list[Sensitivity] = []
     result, evaluations = evaluator.score(set(), margin), 1
+    free = [e for e in table if e.macs == 0 and e.gain > 0]  # no weight MACs: float costs no integer compute
+    if free and not result.met and not deadline.expired():
+        trial = evaluator.score(_floats(free), margin)
+        evaluations += 1
+        if trial.value >= result.value:
+            chosen, result = list(free), trial
     for entry in table:
         if result.met or deadline.expired():
             break

@@ -5,9 +5,13 @@ import numpy as np
 import pytest
 
 import qcompile
+from qcompile.budget import BudgetResult
 from qcompile.card import render_markdown
+from qcompile.deadline import Deadline
 from qcompile.errors import QCompileError
+from qcompile.passes.sensitivity import Sensitivity
 from qcompile.plan import NodeDecision, QuantPlan
+from qcompile.search import _greedy
 from tests.helpers import SAMPLES
 from tests.passes.test_sensitivity import planted_chain
 
@@ -121,3 +125,25 @@ def test_the_number_of_search_samples_is_the_users_to_choose(rng):
         qcompile.compile(planted_chain(rng), calibration=data, search_samples=12, measure_latency=False)
     with pytest.raises(QCompileError, match="the search needs at least 1 sample, got 0"):
         qcompile.compile(planted_chain(rng), calibration=data, policy="hybrid", search_samples=0)
+
+
+class _ResidualStream:
+    """A search's scores as a residual stream gives them: each of two Adds (no weight MACs) gains
+    1 dB alone and 6 together; the MatMul gains 8 dB at 1,000 MACs.  The budget is 15 dB."""
+
+    groups: list = []
+
+    def score(self, floats: set[str], margin: float = 0.0) -> BudgetResult:
+        value = 10.0 + (6.0 if {"add1", "add2"} <= floats else 1.0 if floats & {"add1", "add2"} else 0.0)
+        value += 8.0 if "mm" in floats else 0.0
+        return BudgetResult(value, None, value >= 15.0 + margin)
+
+
+def _candidate(name: str, macs: int, gain: float) -> Sensitivity:
+    return Sensitivity(name, (name,), ("Add" if macs == 0 else "MatMul",), macs, 30.0, 10.0, 10.0 + gain, gain)
+
+
+def test_candidates_without_weight_macs_go_float_together_before_any_matmul():
+    table = [_candidate("mm", 1000, 8.0), _candidate("add1", 0, 1.0), _candidate("add2", 0, 1.0)]
+    chosen, result, _ = _greedy(_ResidualStream(), table, 0.0, Deadline())  # type: ignore[arg-type]
+    assert {g for c in chosen for g in c.groups} == {"add1", "add2"} and result.met, (chosen, result)
