@@ -197,7 +197,9 @@ def main(names: list[str], tools: tuple[str, ...] = ("qcompile", "nncf")) -> Non
 
     out = HERE / "results" / "nncf_compare.json"
     report = json.loads(out.read_text()) if out.exists() else {"models": {}}
-    report.update({"machine": cpu_info().summary(), "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__})
+    machine = cpu_info().summary()
+    if set(tools) == {"qcompile", "nncf"} and set(names) == set(MODELS):  # a full run: the file's machine
+        report.update({"machine": machine, "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__})
     for name in names:
         entry = dict(report["models"].get(name, {}))
         for tool in tools:
@@ -209,6 +211,7 @@ def main(names: list[str], tools: tuple[str, ...] = ("qcompile", "nncf")) -> Non
             lines = run.stdout.strip().splitlines()
             entry[tool] = json.loads(lines[-1]) if run.returncode == 0 and lines else {"error": run.stderr[-1500:]}
             entry[tool]["date"] = time.strftime("%Y-%m-%d")
+            entry[tool]["machine"] = machine  # a partial rerun may be on another machine than the file's
             print(name, tool, json.dumps(entry[tool])[:400], file=sys.stderr, flush=True)
         report["models"][name] = entry
         out.parent.mkdir(exist_ok=True)
