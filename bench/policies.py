@@ -106,8 +106,9 @@ TIME_BUDGETS = {"paraphrase_minilm_l3": 900.0}
 def main(names: list[str]) -> None:
     out = HERE / "results" / "policies.json"
     machine = cpu_info().summary()
-    report = {"machine": machine, "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__}
-    report["models"] = json.loads(out.read_text())["models"] if out.exists() else {}
+    report = json.loads(out.read_text()) if out.exists() else {"models": {}}
+    if set(names) == set(DEFAULT_MODELS) or "machine" not in report:  # a partial rerun keeps the file's own
+        report.update({"machine": machine, "date": time.strftime("%Y-%m-%d"), "onnxruntime": ort.__version__})
     for name in names:
         path = fetch(name)
         calib, held = real_data.split_samples(name, path)
