@@ -186,8 +186,8 @@ class _Assigner:
         quantize_out = is_float_value(out) and not self._fused_away(node, out)
         if quantize_out and rule.float_output_ok and (out.is_graph_output() or not self._int8_readers(out)):
             quantize_out = False  # the integer kernel writes float itself, for a graph output or float readers
-            matmul = node.op_type == "MatMul" and w is not None and w_const is not None
-            bias = self._float_bias_add(out, w_const.shape.numpy()[-1]) if matmul else None  # type: ignore[union-attr]
+            absorbs = rule.bias_add and w is not None and w_const is not None
+            bias = self._float_bias_add(out, w_const.shape.numpy()[-1]) if absorbs else None  # type: ignore[union-attr]
             if bias is not None and acts:
                 roles.biases[name_of(bias)] = (name_of(acts[0]), name_of(w))  # type: ignore[arg-type]
         if quantize_out:

@@ -36,10 +36,10 @@ def bias_targets(model: ir.Model, shifts: Mapping[str, np.ndarray]) -> list[tupl
 
 def switch_biases(
     graph: ir.Graph, targets: list[tuple[ir.Node, str, np.ndarray]], weight_switches: Mapping[str, Mapping[str, str]]
-) -> int:
+) -> None:
     """Give each target node the bias Where(on_W, b + δ, b), on_W its weight's only switch (a main
-    graph input, read from any branch); returns how many nodes were switched."""
-    inputs, fresh, count = {v.name: v for v in graph.inputs}, FreshNames(graph), 0
+    graph input, read from any branch)."""
+    inputs, fresh = {v.name: v for v in graph.inputs}, FreshNames(graph)
     for node, weight, shift in targets:
         switches = weight_switches.get(weight, {})
         bias = node.inputs[2] if len(node.inputs) > 2 else None
@@ -55,5 +55,3 @@ def switch_biases(
         on = inputs[next(iter(switches.values()))]
         home.insert_before(node, ir.Node("", "Where", [on, corrected, bias], outputs=[picked]))
         node.replace_input_with(2, picked)
-        count += 1
-    return count

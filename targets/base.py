@@ -15,7 +15,8 @@ and how the output's quantization relates to the inputs:
 `fuses_activation` marks ops whose following Relu/Clip the runtime folds into
 the output quantization, so the tensor between them is not quantized.
 `float_output_ok` marks ops with an integer kernel that can write float (ORT's
-QGemm, MatMulIntegerToFloat): a graph output they produce stays float.
+QGemm, MatMulIntegerToFloat): a graph output they produce, or one only float nodes read, stays
+float; `bias_add` also stores a float bias Add after such an output as the op's int32 bias.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class OpRule:
     output: str = "own"
     fuses_activation: bool = False
     float_output_ok: bool = False  # integer kernel with a float output (graph outputs stay float)
+    # with a float output, a float Add of a constant [N] vector after it is stored as its int32 bias
+    # (ORT merges MatMul + Add into a Gemm when shapes are static: QGemm only with an int32 bias)
+    bias_add: bool = False
     fixed: tuple[float, int] | None = None  # the output's (scale, zero point) when output == "fixed"
     a16: bool = False  # the target also runs it with 16-bit activations (the plan's "int16" precision)
     fixed16: tuple[float, int] | None = None  # the fixed output quantization with 16-bit activations

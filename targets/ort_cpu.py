@@ -21,7 +21,9 @@ _RULES = [
     OpRule("Conv", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True),
     OpRule("ConvTranspose", weight=1, weight_axis=conv_weight_axis, bias=2, fuses_activation=True),
     OpRule("Gemm", weight=1, weight_axis=gemm_weight_axis, bias=2, fuses_activation=True, float_output_ok=True),
-    OpRule("MatMul", weight=1, weight_axis=matmul_weight_axis, fuses_activation=True, float_output_ok=True),
+    OpRule(
+        "MatMul", weight=1, weight_axis=matmul_weight_axis, fuses_activation=True, float_output_ok=True, bias_add=True
+    ),
     OpRule("Add", activations=(0, 1), fuses_activation=True),
     OpRule("Mul", activations=(0, 1)),
     OpRule("Relu"),

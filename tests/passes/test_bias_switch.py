@@ -41,7 +41,7 @@ def test_the_bias_is_corrected_exactly_when_its_weight_is_rounded(rng):
     model = _systematic_conv(rng)
     samples = _samples(rng, (1, 4, 8, 8), 8, mean=5.0)
     plan, calib = _planned(model, samples)
-    switchable, switches = switchable_model(model, plan, bias_shifts=bias_shifts(model, plan, calib.channel_means))
+    switchable, switches = switchable_model(model, plan, shifts=bias_shifts(model, plan, calib.channel_means))
     session = make_session(switchable, optimize=False)
     w, b = (model.graph.initializers[n].const_value.numpy() for n in ("w", "b"))
     dw = _rounding_error(w, plan.tensors["w"].scale_array(), 0)  # W − Ŵ, numpy's own rounding
