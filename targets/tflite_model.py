@@ -200,10 +200,16 @@ def _width(low: Lowering, node: ir.Node) -> str:
     return "int16" if "int16" in dtypes else "int8"
 
 
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # input 1, when constant, is a weight
+
+
 def _integer(low: Lowering, node: ir.Node) -> bool:
     """Activations integer, and every output (after a fusable Relu/Clip) read by Qs only."""
     if node.op_type in FLOAT_ONLY:
         return False
+    weight = node.inputs[1] if node.op_type in _WEIGHTED and len(node.inputs) > 1 else None
+    if weight is not None and low.weight(weight) is None and low.constant(weight) is not None:
+        return False  # a float island between quantized tensors: DQ → Conv with its float weight → Q
     activations = [v for v in node.inputs if is_float_value(v) and low.constant(v) is None]
     if not activations or not all(low.is_integer(v) for v in activations):
         return False
