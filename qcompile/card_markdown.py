@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from qcompile.card_deployment import deployment_lines, runtime_note
+from qcompile.search_split import UNDECIDED_MARGIN
 
 __all__ = ["render_markdown", "format_changes"]
 
@@ -36,6 +37,13 @@ def _search_lines(search: dict | None) -> list[str]:
         f"{search['evaluations']} evaluations).",
         "",
     ]
+    if undecided := search.get("undecided"):
+        lines += [
+            f"Of the search samples, {undecided['search']} are ones the float model is undecided on (top class "
+            f"ahead by less than {UNDECIDED_MARGIN:g}), in proportion to the {undecided['stream']} of "
+            f"{undecided['of']} in the calibration stream: quantization error concentrates there.",
+            "",
+        ]
     if search.get("cut"):
         lines += ["**The search was cut by its time budget**: the plan is the best choice found by then.", ""]
     a16 = search.get("a16") or {}

@@ -48,6 +48,7 @@ from qcompile.search_split import SearchSplit
 from qcompile.selective import selective_search
 from qcompile.target_search import npu_search
 from qcompile.targets.legality import CheckLegality
+from qcompile.undecided import float_undecided
 
 __all__ = ["Quantized", "quantize", "SEARCH_SAMPLES"]
 
@@ -78,7 +79,9 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     model, target = prepared.model, config.target
     run_passes(OwnBiases(), model)  # with or without correction, so that a saved plan reloads either way
     default = SEARCH_SAMPLES if target.float_runs else NPU_SEARCH_SAMPLES
-    kept = SearchSplit(samples, (config.search_samples or default) if config.policy != "naive" else 0)
+    searching = config.policy != "naive"
+    undecided = float_undecided(model, prepared.kinds) if searching else None  # strata of the search samples
+    kept = SearchSplit(samples, (config.search_samples or default) if searching else 0, undecided)
 
     def calibrated(data: Iterable[Sample]) -> CalibrationResult:
         return calibrate(
@@ -140,6 +143,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
                 config.bias_correction,
             )
         search.unseen = not kept.too_few
+        search.undecided = {"stream": kept.seen[1], "of": sum(kept.seen), "search": kept.taken[1]} if undecided else {}
         if target.float_runs:
             decisions, search.a16 = promote_to_a16(
                 model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin,

