@@ -154,7 +154,7 @@ def run_one(name: str, tool: str) -> dict:
     return {
         "budget": budget,
         "budget_value": _metric_value(name, ref, got, kinds),
-        **_task_metric(name, [list(r.values()) for r in ref], [list(g.values()) for g in got]),
+        **_task_metric(name, [list(r.values()) for r in ref], [list(g.values()) for g in got], path),
         "int8_weight_mac_share": _int8_mac_share(quant, held[0]),
         "ort_kernels": integer_kernels(SessionSource(quant_bytes)),
         "latency_over_float_1thread": _latency_ratio(float_bytes, quant_bytes, held[0]),

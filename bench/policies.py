@@ -79,7 +79,7 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
         "search_cut": bool(search.get("cut")),
         "budget_value": result.card["budget"]["value"],
         "budget_met": result.card["budget"]["met"],
-        **_task_metric(name, f_outs, q_outs),
+        **_task_metric(name, f_outs, q_outs, path),
         **streaming,
         "int8_weight_mac_share": _int8_mac_share(path, result.plan, held[0]),
         "ort_kernels": result.card["ort_kernels"],

