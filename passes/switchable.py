@@ -30,7 +30,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import TopologicalSortPass
 
-from qcompile.budget import Budget, BudgetResult, stacked
+from qcompile.budget import Budget, BudgetResult, stacked, stacked_labels
 from qcompile.data import LABELS_KEY, Sample
 from qcompile.ir_utils import FreshNames, all_initializers, prepend, values_by_name
 from qcompile.metrics import OutputKind
@@ -141,8 +141,7 @@ class Evaluator:
         self.plan, self.groups, self.kinds, self.budget = plan, list(groups), kinds, budget
         self.total_macs = sum(g.macs for g in self.groups)
         self.samples = [{k: v for k, v in s.items() if k != LABELS_KEY} for s in samples]
-        labels = [np.ravel(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
-        self.labels = np.concatenate(labels) if labels and len(labels) == len(samples) else None
+        self.labels = stacked_labels(samples)
         self.outputs = [v.name or "" for v in model.graph.outputs]
         tensors = [g.output for g in self.groups] + [t for g in self.groups for t in g.tensors]
         constants = all_initializers(model.graph)

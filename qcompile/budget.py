@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from qcompile.data import LABELS_KEY
 from qcompile.errors import QCompileError
 from qcompile.metrics import BUILTIN_METRICS, OutputKind
 
-__all__ = ["Metric", "Budget", "BudgetResult", "parse_metric", "stacked"]
+__all__ = ["Metric", "Budget", "BudgetResult", "parse_metric", "stacked", "stacked_labels"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,18 @@ def stacked(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     return np.concatenate(arrays) if len(shapes) == 1 and arrays and np.ndim(arrays[0]) else arrays
 
 
+def stacked_labels(samples: Sequence[Mapping[str, Any]]) -> np.ndarray | list[np.ndarray] | None:
+    """Every sample's labels, stacked as outputs are: one class per sample → [N]; a label array per
+    sample ([1, L] each, a line's character indices) → [N, L]; shapes that vary → the list.  None
+    unless every sample has labels."""
+    labels = [np.asarray(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
+    if not labels or len(labels) != len(samples):
+        return None
+    if all(x.size == 1 for x in labels):
+        return np.concatenate([x.ravel() for x in labels])
+    return stacked(labels)
+
+
 @dataclass(frozen=True)
 class BudgetResult:
     value: float
@@ -130,7 +143,7 @@ class Budget:
         ref: dict,
         got: dict,
         kinds: Mapping[str, OutputKind],
-        labels: np.ndarray | None,
+        labels: np.ndarray | list[np.ndarray] | None,
         margin: float = 0.0,
         where: str = "the evaluation data",
     ) -> BudgetResult:

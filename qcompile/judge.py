@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.budget import Budget, BudgetResult, stacked
-from qcompile.data import LABELS_KEY, Sample
+from qcompile.budget import Budget, BudgetResult, stacked, stacked_labels
+from qcompile.data import Sample
 from qcompile.metrics import OutputKind
 from qcompile.passes.correct_bias import BiasCorrection, bias_shifts, own_bias_values
 from qcompile.passes.fold_scales import FoldScales
@@ -47,8 +47,7 @@ class SampleJudge:
         self.samples, self.kinds, self.budget, self.margin = samples, kinds, budget, margin
         self.ref = run_outputs(SessionSource.of(model), samples)
         self.floats = [n for n in self.ref if self.ref[n] and np.asarray(self.ref[n][0]).dtype.kind == "f"]
-        labels = [s[LABELS_KEY] for s in samples if LABELS_KEY in s]
-        self.labels = np.concatenate([np.ravel(x) for x in labels]) if len(labels) == len(samples) else None
+        self.labels = stacked_labels(samples)
 
     def evaluate(self, runner: Any) -> BudgetResult:
         """The budget on `runner`'s outputs (anything `run_outputs` takes) over the search samples."""

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from qcompile.budget import Budget, BudgetResult, stacked
-from qcompile.data import LABELS_KEY, HoldoutSplit, InputSpec, Sample, iter_samples
+from qcompile.budget import Budget, BudgetResult, stacked, stacked_labels
+from qcompile.data import HoldoutSplit, InputSpec, Sample, iter_samples
 from qcompile.metrics import OutputFigures, OutputKind, output_figures
 from qcompile.runtime import SessionSource, fused_op_counts, make_session, median_latency_ms, run_session
 
@@ -92,17 +92,22 @@ def figures(
         if ref[n] and np.asarray(ref[n][0]).dtype.kind == "f"
     ]
     fid = Fidelity(len(samples), outputs)
-    labels = [np.ravel(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
+    labels = stacked_labels(samples)
     first = next(iter(ref), None)
-    if first is not None and labels and len(labels) == len(samples) and kinds.get(first, OutputKind()).scores:
-        y = np.concatenate(labels)
-        fid.float_accuracy = float(np.mean([np.argmax(x) for x in ref[first]] == y))
-        fid.quant_accuracy = float(np.mean([np.argmax(x) for x in got[first]] == y))
+    one_class_each = isinstance(labels, np.ndarray) and labels.shape == (len(samples),)
+    if first is not None and one_class_each and kinds.get(first, OutputKind()).scores and _per_sample(ref[first]):
+        fid.float_accuracy = float(np.mean([np.argmax(x) for x in ref[first]] == labels))
+        fid.quant_accuracy = float(np.mean([np.argmax(x) for x in got[first]] == labels))
     if budget is None:
         return fid, None
-    label_array = np.concatenate(labels) if labels and len(labels) == len(samples) else None
     ref_stacked = {n: stacked(v) for n, v in ref.items()}
-    return fid, budget.evaluate(ref_stacked, {n: stacked(v) for n, v in got.items()}, kinds, label_array)
+    return fid, budget.evaluate(ref_stacked, {n: stacked(v) for n, v in got.items()}, kinds, labels)
+
+
+def _per_sample(outputs: list[np.ndarray]) -> bool:
+    """Class scores, one set per sample ([1, K] or [K]), not per position of a sequence."""
+    shape = np.shape(outputs[0]) if outputs else ()
+    return len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)
 
 
 @dataclass(frozen=True)

@@ -100,3 +100,47 @@ def test_the_default_margin_never_asks_for_more_than_perfect():
     assert margin("cosine", 1.0) == 0.0
     assert abs(margin("max-rel-error", -0.05) - 0.05 * (1 - 10**-0.1)) < 1e-12
     assert margin("accuracy", max_drop=0.01) == 0.005
+
+
+def test_labels_are_stacked_as_the_outputs_are():
+    from qcompile.budget import stacked_labels
+
+    classes = [{"labels": np.array(c)} for c in (3, 1, 4)]
+    assert stacked_labels(classes).tolist() == [3, 1, 4]
+    lines = [{"labels": np.array([[5, 2, -1]])}, {"labels": np.array([[7, -1, -1]])}]
+    assert stacked_labels(lines).shape == (2, 3)  # [1, L] each → [N, L], as outputs are
+    ragged = [{"labels": np.array([[5, 2]])}, {"labels": np.array([[7]])}]
+    assert [x.shape for x in stacked_labels(ragged)] == [(1, 2), (1, 1)]
+    assert stacked_labels([{"labels": np.array(1)}, {}]) is None
+
+
+def test_a_task_budget_on_per_position_labels(rng):
+    """Sequence scores [1, T, C] with a label per position ([1, T] per sample): the user's task metric
+    reads them as [N, T]; the card's per-sample top-1 accuracy does not apply (it crashed on them)."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    import qcompile
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Softmax", ["h"], ["y"], axis=-1)],
+        "seq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 12])],
+    )
+    model = ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    samples = []
+    for _ in range(30):
+        x = rng.normal(size=(1, 6, 12)).astype(np.float32)
+        samples.append({"x": x, "labels": x.argmax(-1)})
+    seen = []
+
+    def positions_right(outputs, labels):
+        seen.append(np.shape(labels))
+        return float(np.mean(outputs["y"].argmax(-1) == labels))
+
+    result = qcompile.compile(model, calibration=samples[:20], evaluation=samples[20:], metric=positions_right,
+                              max_drop=0.05, measure_latency=False)  # fmt: skip
+    assert (10, 6) in seen and result.card["fidelity"].get("float_accuracy") is None
+    budget = result.card["budget"]
+    assert budget["float_value"] == 1.0 and budget["met"] == (budget["value"] >= 0.95)
