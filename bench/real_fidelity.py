@@ -19,20 +19,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 import qcompile
 from qcompile.cpu import cpu_info
-from tests.support import real_data
+from tests.support import real_data, text_lines
 from tests.support.real_models import REAL_MODELS, fetch
 
 HERE = Path(__file__).parent
-
-
-def _ctc(seq: np.ndarray) -> tuple[int, ...]:
-    ids = seq.argmax(-1).ravel()
-    return tuple(int(i) for j, i in enumerate(ids) if i != 0 and (j == 0 or i != ids[j - 1]))
 
 
 def _mask_iou(f_outs: list, q_outs: list) -> dict:
@@ -43,26 +37,18 @@ def _mask_iou(f_outs: list, q_outs: list) -> dict:
 
 
 def _same_line(f_outs: list, q_outs: list) -> dict:
-    return {"same_line_share": float(np.mean([_ctc(f[0]) == _ctc(q[0]) for f, q in zip(f_outs, q_outs, strict=True)]))}
-
-
-def _characters(path: Path) -> list[str]:
-    """A PaddleOCR recognizer's classes: blank, its dictionary (the model's `character` metadata), space."""
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return ["", *props["character"].splitlines(), " "]
+    """Share of lines int8 reads as float does (greedy CTC, spaces at the ends dropped)."""
+    f, q = np.concatenate([o[0] for o in f_outs]), np.concatenate([o[0] for o in q_outs])
+    return {"same_line_share": text_lines.same_reading({"scores": f}, {"scores": q})}
 
 
 def line_accuracy(name: str, path: Path, f_outs: list, q_outs: list) -> dict:
     """Exact-line accuracy against the text drawn, of float and of int8 (greedy CTC decode)."""
-    chars, texts = _characters(path), real_data.held_texts(name, path)
-
-    def read(out: np.ndarray) -> str:
-        return "".join(chars[i] if i < len(chars) else "?" for i in _ctc(out[0])).strip()
-
-    pairs = list(zip(f_outs, q_outs, texts, strict=True))
+    labels = real_data.held_labels(name, path)
+    f, q = np.concatenate([o[0] for o in f_outs]), np.concatenate([o[0] for o in q_outs])
     return {
-        "float_line_accuracy": float(np.mean([read(f) == t.strip() for f, _, t in pairs])),
-        "int8_line_accuracy": float(np.mean([read(q) == t.strip() for _, q, t in pairs])),
+        "float_line_accuracy": text_lines.line_accuracy({"scores": f}, labels),
+        "int8_line_accuracy": text_lines.line_accuracy({"scores": q}, labels),
     }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from qcompile.errors import QCompileError
+from tests.support import text_lines
 from tests.support.real_models import fetch_file
 
 __all__ = [
@@ -297,22 +298,24 @@ def split(samples: list[dict], every: int = 3) -> tuple[list[dict], list[dict]]:
 
 
 def split_samples(name: str, path, labels: bool = True) -> tuple[list[dict], list[dict]]:
-    """Model `name`'s real samples split by `split`, without text labels (compile takes numeric
-    labels only), or without any labels."""
-    samples = [
-        {k: v for k, v in s.items() if k != "labels" or (labels and v.dtype.kind != "U")}
-        for s in SAMPLE_BUILDERS[name](path)
-    ]
+    """Model `name`'s real samples split by `split`, with numeric labels only (a recognizer's line
+    as character indices, `text_lines.line_label`; other text dropped), or without any labels."""
+    samples = SAMPLE_BUILDERS[name](path)
+    if labels and name in LINE_RECOGNIZERS:  # the text drawn, as the model's character indices
+        samples = [{**s, "labels": text_lines.line_label(Path(path), str(s["labels"].ravel()[0]))} for s in samples]
+    samples = [{k: v for k, v in s.items() if k != "labels" or (labels and v.dtype.kind != "U")} for s in samples]
     return split(samples)
 
 
-def held_texts(name: str, path) -> list[str]:
-    """The text drawn on each held-out sample of `split_samples(name, path)` (recognizers)."""
-    _, held = split(SAMPLE_BUILDERS[name](path))
-    return [str(s["labels"].ravel()[0]) for s in held]
+def held_labels(name: str, path) -> np.ndarray:
+    """The labels of the held-out samples of `split_samples(name, path)`, stacked (recognizers:
+    [N, L] character indices of the text drawn)."""
+    _, held = split_samples(name, path)
+    return np.concatenate([s["labels"] for s in held])
 
 
 REC_LINES = 150  # 50 held out: exact-line accuracy in steps of 2 points
+LINE_RECOGNIZERS = ("ppocrv4_rec", "ppocrv5_rec")
 
 
 SAMPLE_BUILDERS = {
