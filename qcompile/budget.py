@@ -95,13 +95,15 @@ def stacked(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
 
 def stacked_labels(samples: Sequence[Mapping[str, Any]]) -> np.ndarray | list[np.ndarray] | None:
     """Every sample's labels, stacked as outputs are: one class per sample → [N]; a label array per
-    sample ([1, L] each, a line's character indices) → [N, L]; shapes that vary → the list.  None
+    sample, [1, L] or [L] (a line's character indices) → [N, L]; shapes that vary → the list.  None
     unless every sample has labels."""
     labels = [np.asarray(s[LABELS_KEY]) for s in samples if LABELS_KEY in s]
     if not labels or len(labels) != len(samples):
         return None
     if all(x.size == 1 for x in labels):
         return np.concatenate([x.ravel() for x in labels])
+    if len({x.shape for x in labels}) == 1 and labels[0].ndim and labels[0].shape[0] != 1:
+        return np.stack(labels)  # no batch axis of their own
     return stacked(labels)
 
 

@@ -37,11 +37,11 @@ def _search_lines(search: dict | None) -> list[str]:
         f"{search['evaluations']} evaluations).",
         "",
     ]
-    if undecided := search.get("undecided"):
+    if (undecided := search.get("undecided")) and undecided["stream"]:
         lines += [
-            f"Of the search samples, {undecided['search']} are ones the float model is undecided on (top class "
-            f"ahead by less than {UNDECIDED_MARGIN:g}), in proportion to the {undecided['stream']} of "
-            f"{undecided['of']} in the calibration stream: quantization error concentrates there.",
+            f"Search samples the float model is undecided on (top class ahead by less than {UNDECIDED_MARGIN:g}): "
+            f"{undecided['search']} of {search['search_samples']}, as the calibration stream had "
+            f"{undecided['stream']} of {undecided['of']} (quantization error concentrates there).",
             "",
         ]
     if search.get("cut"):

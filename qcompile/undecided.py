@@ -1,8 +1,8 @@
 """Whether the float model is undecided on a sample: where quantization error concentrates.
 
 For each output whose argmax means something (`OutputKind.scores`: class scores, per-position
-sequence logits), with p the probabilities over the last axis (the output itself when a
-Softmax/Sigmoid made it, else softmax(logits)):
+sequence logits), with p the probabilities over the last axis (the output itself when a Softmax
+made it, else the softmax of the logits, or of a LogSoftmax's log-probabilities):
 
     margin(sample) = min over positions of  p_(1) − p_(2)      (largest minus second largest)
     undecided      ⇔  margin < UNDECIDED_MARGIN for some such output

@@ -107,7 +107,7 @@ def figures(
 def _per_sample(outputs: list[np.ndarray]) -> bool:
     """Class scores, one set per sample ([1, K] or [K]), not per position of a sequence."""
     shape = np.shape(outputs[0]) if outputs else ()
-    return len(shape) == 1 or (len(shape) == 2 and shape[0] == 1)
+    return len(shape) >= 1 and int(np.prod(shape[:-1])) == 1  # [K], [1, K], [1, 1, K]: not [1, T, C]
 
 
 @dataclass(frozen=True)

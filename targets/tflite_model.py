@@ -200,15 +200,22 @@ def _width(low: Lowering, node: ir.Node) -> str:
     return "int16" if "int16" in dtypes else "int8"
 
 
-_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # input 1, when constant, is a weight
+_WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # a constant input 0 or 1 is a weight
+
+
+def _float_weight(low: Lowering, value: ir.Value | None) -> bool:
+    """A plain float constant of rank ≥ 2 (not a quantized one behind a DQ)."""
+    if value is None or low.weight(value) is not None:
+        return False
+    array = low.constant(value)
+    return array is not None and array.dtype.kind == "f" and array.ndim >= 2
 
 
 def _integer(low: Lowering, node: ir.Node) -> bool:
     """Activations integer, and every output (after a fusable Relu/Clip) read by Qs only."""
     if node.op_type in FLOAT_ONLY:
         return False
-    weight = node.inputs[1] if node.op_type in _WEIGHTED and len(node.inputs) > 1 else None
-    if weight is not None and low.weight(weight) is None and low.constant(weight) is not None:
+    if node.op_type in _WEIGHTED and any(_float_weight(low, v) for v in node.inputs[:2]):
         return False  # a float island between quantized tensors: DQ → Conv with its float weight → Q
     activations = [v for v in node.inputs if is_float_value(v) and low.constant(v) is None]
     if not activations or not all(low.is_integer(v) for v in activations):

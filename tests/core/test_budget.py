@@ -109,6 +109,7 @@ def test_labels_are_stacked_as_the_outputs_are():
     assert stacked_labels(classes).tolist() == [3, 1, 4]
     lines = [{"labels": np.array([[5, 2, -1]])}, {"labels": np.array([[7, -1, -1]])}]
     assert stacked_labels(lines).shape == (2, 3)  # [1, L] each → [N, L], as outputs are
+    assert stacked_labels([{"labels": x["labels"][0]} for x in lines]).shape == (2, 3)  # [L] each: stacked
     ragged = [{"labels": np.array([[5, 2]])}, {"labels": np.array([[7]])}]
     assert [x.shape for x in stacked_labels(ragged)] == [(1, 2), (1, 1)]
     assert stacked_labels([{"labels": np.array(1)}, {}]) is None

@@ -85,7 +85,7 @@ def test_without_undecided_samples_the_split_is_the_plain_reservoir():
     "seen, held, want",
     [
         ((36, 4), (8, 4), (7, 1)),
-        ((100, 3), (8, 3), (8, 0)),  # 0.23 of a sample rounds to none
+        ((100, 3), (8, 3), (7, 1)),  # 0.23 of a sample: at least one when the stream had any
         ((3, 40), (3, 8), (1, 7)),
         ((2, 30), (2, 8), (0, 8)),
         ((5, 0), (5, 0), (5, 0)),  # too few: every sample there is
@@ -94,3 +94,19 @@ def test_without_undecided_samples_the_split_is_the_plain_reservoir():
 )
 def test_allocation(seen, held, want):
     assert allocate(8, seen, held) == want
+
+
+def test_each_stratum_gives_a_uniform_subset_of_itself(monkeypatch):
+    """Over many seeds every sample is as likely to be searched as the others of its stratum (a
+    reservoir's first slots are not: slot j starts as sample j)."""
+    import qcompile.search_split as search_split
+
+    undecided, counts = {3, 17, 22, 35}, np.zeros(40)
+    for seed in range(400):
+        monkeypatch.setattr(search_split, "SEED", seed)
+        split = SearchSplit(_flagged_stream(40, undecided), 8, _is_undecided)
+        list(split)
+        counts[_indices(split.samples)] += 1
+    hard, easy = counts[sorted(undecided)], np.delete(counts, sorted(undecided))
+    assert hard.sum() == 400 and hard.min() > 60  # 100 each expected
+    assert easy.sum() == 7 * 400 and easy.min() > 45 and easy.max() < 115  # 78 each expected

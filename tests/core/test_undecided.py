@@ -61,4 +61,8 @@ def test_the_search_takes_its_share_of_undecided_samples_and_the_card_says_so(rn
     result = qcompile.compile(_scores_model(), calibration=calibration, evaluation=evaluation, policy="hybrid",
                               measure_latency=False)  # fmt: skip
     assert result.card["search"]["undecided"] == {"stream": 4, "of": 40, "search": 1}
-    assert "1 are ones the float model is undecided on" in render_markdown(result.card)
+    assert "undecided on (top class ahead by less than 0.5): 1 of 8, as the calibration stream had 4 of 40" in (
+        render_markdown(result.card)
+    )
+    result.card["search"]["undecided"].update(stream=0, search=0)  # a stream without any: no line
+    assert "undecided on" not in render_markdown(result.card)
