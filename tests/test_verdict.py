@@ -96,3 +96,14 @@ def test_a_missed_budget_suggests_selective_unless_selective_already_searched():
         "the selective search could not do better: give more calibration data, a larger --margin, or a lower budget"
     )
     assert fails
+
+
+def test_a_collapse_is_a_warning_when_the_users_budget_is_met():
+    plan = QuantPlan(nodes={"fc": NodeDecision("int8")})
+    low = {"outputs": [{"name": "y", "sqnr_db": 8.6, "cosine": 0.95, "top1_agreement": None}]}
+    budget = {"metric": "line_accuracy", "max_drop": 0.02, "value": 0.96, "float_value": 0.96, "met": True}
+    ((problem, advice, fails),) = problems(_card(fidelity=low, budget=budget), plan)
+    assert problem == "output 'y' collapsed: SQNR 8.6 dB (below 10)" and not fails
+    assert advice.startswith("the budget you set is met, and its metric decides; the outputs themselves differ")
+    missed = problems(_card(fidelity=low, budget={**budget, "value": 0.9, "met": False}), plan)
+    assert [p.fails for p in missed] == [True, True]  # the collapse and the budget
