@@ -36,19 +36,22 @@ def _mask_iou(f_outs: list, q_outs: list) -> dict:
     return {"mask_iou": float(inter / max(union, 1))}
 
 
+def _scores(outs: list) -> dict[str, np.ndarray]:
+    """A recognizer's first output over all samples, [N, T, C], as the line metrics take it."""
+    return {"scores": np.concatenate([o[0] for o in outs])}
+
+
 def _same_line(f_outs: list, q_outs: list) -> dict:
     """Share of lines int8 reads as float does (greedy CTC, spaces at the ends dropped)."""
-    f, q = np.concatenate([o[0] for o in f_outs]), np.concatenate([o[0] for o in q_outs])
-    return {"same_line_share": text_lines.same_reading({"scores": f}, {"scores": q})}
+    return {"same_line_share": text_lines.same_reading(_scores(f_outs), _scores(q_outs))}
 
 
 def line_accuracy(name: str, path: Path, f_outs: list, q_outs: list) -> dict:
     """Exact-line accuracy against the text drawn, of float and of int8 (greedy CTC decode)."""
     labels = real_data.held_labels(name, path)
-    f, q = np.concatenate([o[0] for o in f_outs]), np.concatenate([o[0] for o in q_outs])
     return {
-        "float_line_accuracy": text_lines.line_accuracy({"scores": f}, labels),
-        "int8_line_accuracy": text_lines.line_accuracy({"scores": q}, labels),
+        "float_line_accuracy": text_lines.line_accuracy(_scores(f_outs), labels),
+        "int8_line_accuracy": text_lines.line_accuracy(_scores(q_outs), labels),
     }
 
 

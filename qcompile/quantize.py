@@ -80,9 +80,11 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
     run_passes(OwnBiases(), model)  # with or without correction, so that a saved plan reloads either way
     default = SEARCH_SAMPLES if target.float_runs else NPU_SEARCH_SAMPLES
     searching = config.policy != "naive"
-    undecided = float_undecided(model, prepared.kinds) if searching else None  # strata of the search samples
-    kept = SearchSplit(samples, (config.search_samples or default) if searching else 0, undecided)
-    del undecided  # the split drops its float session once the stream has passed
+    # the search samples' strata; the split drops the float model once the stream has passed
+    kept = SearchSplit(
+        samples, (config.search_samples or default) if searching else 0,
+        float_undecided(model, prepared.kinds) if searching else None,
+    )  # fmt: skip
 
     def calibrated(data: Iterable[Sample]) -> CalibrationResult:
         return calibrate(

@@ -31,9 +31,14 @@ def characters(path: Path) -> tuple[str, ...]:
     return ("", *props["character"].splitlines(), " ")
 
 
+@cache
+def _index(path: Path) -> dict[str, int]:
+    return {c: i for i, c in enumerate(characters(path)) if c}
+
+
 def line_label(path: Path, text: str) -> np.ndarray:
     """`text` as class indices [1, LABEL_LENGTH] (a character outside the dictionary: UNKNOWN)."""
-    index = {c: i for i, c in enumerate(characters(path)) if c}
+    index = _index(path)
     ids = [index.get(c, UNKNOWN) for c in text.strip()][:LABEL_LENGTH]
     return np.array([ids + [PAD] * (LABEL_LENGTH - len(ids))], np.int64)
 
