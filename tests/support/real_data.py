@@ -166,21 +166,51 @@ def _fitting(line: str, font, room: float) -> str:
     return text
 
 
-def recognizer_samples(n: int = 30, seed: int = 0, width: int = 320) -> list[dict]:
-    """Rendered text lines, 48 px high, normalised to [-1, 1] as PaddleOCR does; each label is the whole
-    text drawn (whole words that fit the width)."""
+def _white_line(text: str, font, width: int, height: int = 48):
+    """`text` drawn in black on a white `width`×`height` strip (the line classifier's input)."""
     from PIL import Image, ImageDraw
 
+    img = Image.new("RGB", (width, height), (255, 255, 255))
+    ImageDraw.Draw(img).text((4, 6), text, fill=(0, 0, 0), font=font)
+    return img
+
+
+def _normalised(img) -> np.ndarray:
+    """An RGB image as PaddleOCR's line models read it: [H, W, 3] float32 in [-1, 1]."""
+    return ((np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
+def _text_box(text: str, font):
+    """`text` on white as a text detector's box crops it: 4 px either side, 2 px above."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (int(font.getlength(text)) + 8, font.size + font.size // 3), (255, 255, 255))
+    ImageDraw.Draw(img).text((4, 2), text, fill=(0, 0, 0), font=font)
+    return img
+
+
+def _recognizer_input(box, width: int, height: int = 48) -> np.ndarray:
+    """PaddleOCR's recognizer input for a text box: scaled to `height` keeping its aspect ratio (at
+    most `width` wide), normalised to [-1, 1], padded on the right with 0 to `width`: [1, 3, H, W]."""
+    scaled = min(width, int(np.ceil(height * box.width / box.height)))
+    arr = _normalised(box.resize((scaled, height)))
+    out = np.zeros((1, 3, height, width), np.float32)
+    out[0, :, :, :scaled] = arr.transpose(2, 0, 1)
+    return out
+
+
+def recognizer_samples(n: int = 30, seed: int = 0, width: int = 320) -> list[dict]:
+    """Rendered text lines as PaddleOCR feeds its recognizer (`_recognizer_input`; drawn on a
+    full-width white strip instead, v5 read a third of them wrong in float); each label is the
+    whole text drawn (whole words that fit)."""
     rng = np.random.default_rng(seed)
     font = _font(30)
+    room = width * (font.size + font.size // 3) / 48 - 8  # the box's width for text once scaled to 48 px
     lines = sentences()
     out = []
     for _ in range(n):
-        text = _fitting(lines[int(rng.integers(len(lines)))], font, width - 8)
-        img = Image.new("RGB", (width, 48), (255, 255, 255))
-        ImageDraw.Draw(img).text((4, 6), text, fill=(0, 0, 0), font=font)
-        arr = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
-        out.append({"x": arr.transpose(2, 0, 1)[None].astype(np.float32), "labels": np.array([text])})
+        text = _fitting(lines[int(rng.integers(len(lines)))], font, room)
+        out.append({"x": _recognizer_input(_text_box(text, font), width), "labels": np.array([text])})
     return out
 
 
@@ -205,13 +235,14 @@ def line_orientation_samples(n: int = 30, seed: int = 0) -> list[dict]:
     """Rendered text lines at 48×192, every other one turned upside down (label 1), normalised to [-1, 1]."""
     from PIL import Image
 
-    out = []
-    for i, sample in enumerate(recognizer_samples(n, seed, width=192)):
-        line = ((sample["x"][0].transpose(1, 2, 0) * 0.5 + 0.5) * 255).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    font, lines, out = _font(30), sentences(), []
+    for i in range(n):
+        line = _white_line(_fitting(lines[int(rng.integers(len(lines)))], font, 192 - 8), font, 192)
+        line = Image.fromarray(((_normalised(line) * 0.5 + 0.5) * 255).astype(np.uint8))  # truncated, as measured
         flipped = i % 2 == 1
-        img = Image.fromarray(line).rotate(180) if flipped else Image.fromarray(line)
-        arr = (np.asarray(img, np.float32) / 255.0 - 0.5) / 0.5
-        out.append({"x": arr.transpose(2, 0, 1)[None].astype(np.float32), "labels": np.array([int(flipped)])})
+        img = line.rotate(180) if flipped else line
+        out.append({"x": _normalised(img).transpose(2, 0, 1)[None], "labels": np.array([int(flipped)])})
     return out
 
 
