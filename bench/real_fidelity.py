@@ -23,35 +23,32 @@ import onnxruntime as ort
 
 import qcompile
 from qcompile.cpu import cpu_info
-from tests.support import real_data, text_lines
+from tests.support import real_data, text_lines, text_masks
 from tests.support.real_models import REAL_MODELS, fetch
 
 HERE = Path(__file__).parent
 
 
 def _mask_iou(f_outs: list, q_outs: list) -> dict:
-    pairs = list(zip(f_outs, q_outs, strict=True))
-    inter = sum(np.logical_and(f[0] > 0.3, q[0] > 0.3).sum() for f, q in pairs)
-    union = sum(np.logical_or(f[0] > 0.3, q[0] > 0.3).sum() for f, q in pairs)
-    return {"mask_iou": float(inter / max(union, 1))}
+    return {"mask_iou": text_masks.mask_iou(_first(f_outs), _first(q_outs))}
 
 
-def _scores(outs: list) -> dict[str, np.ndarray]:
-    """A recognizer's first output over all samples, [N, T, C], as the line metrics take it."""
-    return {"scores": np.concatenate([o[0] for o in outs])}
+def _first(outs: list) -> dict[str, np.ndarray]:
+    """A model's first output over all samples, stacked ([N, ...]), as the task metrics take it."""
+    return {"first": np.concatenate([o[0] for o in outs])}
 
 
 def _same_line(f_outs: list, q_outs: list) -> dict:
     """Share of lines int8 reads as float does (greedy CTC, spaces at the ends dropped)."""
-    return {"same_line_share": text_lines.same_reading(_scores(f_outs), _scores(q_outs))}
+    return {"same_line_share": text_lines.same_reading(_first(f_outs), _first(q_outs))}
 
 
 def line_accuracy(name: str, path: Path, f_outs: list, q_outs: list) -> dict:
     """Exact-line accuracy against the text drawn, of float and of int8 (greedy CTC decode)."""
     labels = real_data.held_labels(name, path)
     return {
-        "float_line_accuracy": text_lines.line_accuracy(_scores(f_outs), labels),
-        "int8_line_accuracy": text_lines.line_accuracy(_scores(q_outs), labels),
+        "float_line_accuracy": text_lines.line_accuracy(_first(f_outs), labels),
+        "int8_line_accuracy": text_lines.line_accuracy(_first(q_outs), labels),
     }
 
 
