@@ -30,6 +30,17 @@ def test_max_drop_on_accuracy_and_a_user_callable():
     assert mean_error.evaluate(REF, GOT, KINDS, None).value == pytest.approx(-0.2 / 6)
 
 
+def test_a_bound_met_exactly_is_met_despite_rounding():
+    share = lambda outputs, labels: float(np.mean(np.ravel(outputs["y"]) == np.ravel(labels)))  # noqa: E731
+    labels = np.arange(50)
+    ref, got = {"y": labels.copy()}, {"y": labels.copy()}
+    got["y"][0] = -1  # 49 of 50 right: 1 - 0.98 is 0.020000000000000018 in floating point
+    assert Budget(parse_metric(share, task=True), max_drop=0.02).evaluate(ref, got, {}, labels).met
+    got["y"][1] = -1
+    assert not Budget(parse_metric(share, task=True), max_drop=0.02).evaluate(ref, got, {}, labels).met
+    assert Budget(parse_metric(lambda f, q: 0.3), floor=0.1 * 3).evaluate(ref, got, {}, None).met  # 0.30000000000000004
+
+
 def test_a_metric_from_a_file(tmp_path):
     (tmp_path / "m.py").write_text(
         "import numpy as np\ndef close(f, q):\n    return -float(np.abs(f['y'] - q['y']).max())\n"
