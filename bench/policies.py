@@ -13,14 +13,17 @@ confirm the fusion), latency of int8 over float at one thread, and the compile's
 (for hybrid, mostly the search).  Writes bench/results/policies.json with the machine.
 
     python -m bench.policies [MODEL ...]
+    BENCH_POLICIES=hybrid python -m bench.policies MODEL   # rerun one policy, keep the others' entries
 
 Models named on the command line replace their entries in an existing results file (each
-entry notes its machine); the others are kept.
+entry notes its machine); the others are kept.  With `BENCH_POLICIES`, only those policies run
+and each keeps the machine and date of its own run.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -126,6 +129,11 @@ SEARCH_SAMPLES = {"ppocrv4_rec": 32, "ppocrv5_rec": 32}
 TIME_BUDGETS = {"paraphrase_minilm_l3": 900.0} | dict.fromkeys(("ppocrv4_det", "ppocrv5_det", *SEARCH_SAMPLES), 600.0)
 
 
+def _when(machine: str, only: list[str]) -> dict:
+    """A partial rerun's entries say when and where they ran (the model's own stay those of the last full run)."""
+    return {} if tuple(only) == POLICIES else {"machine": machine, "date": time.strftime("%Y-%m-%d")}
+
+
 def main(names: list[str]) -> None:
     out = HERE / "results" / "policies.json"
     machine = cpu_info().summary()
@@ -135,8 +143,12 @@ def main(names: list[str]) -> None:
     for name in names:
         path = fetch(name)
         calib, held = real_data.split_samples(name, path)
-        runs = {p: _run(name, path, calib, held, p) for p in POLICIES}
-        report["models"][name] = {"machine": machine, "date": report["date"], **runs}
+        only = [p for p in os.environ.get("BENCH_POLICIES", ",".join(POLICIES)).split(",") if p]
+        runs = {p: _run(name, path, calib, held, p) | _when(machine, only) for p in only}
+        kept = (
+            report["models"].get(name, {}) if tuple(only) != POLICIES else {"machine": machine, "date": report["date"]}
+        )
+        report["models"][name] = kept | runs
         print(name, json.dumps(runs), file=sys.stderr, flush=True)
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(report, indent=1) + "\n")  # after each model: a long run keeps what it measured

@@ -161,6 +161,16 @@ class Evaluator:
         other.choice = dict(choice)
         return other
 
+    def judged_by(self, budget: Budget, samples: int) -> Evaluator:
+        """This evaluator (same session) judging `budget` on its first `samples` samples only, with a
+        record of trials of its own (its values are in another metric than the search's)."""
+        other = copy.copy(self)
+        other.budget, other.trials, other.labels = budget, [], None
+        other.samples = self.samples[:samples]
+        other.reference = {name: runs[:samples] for name, runs in self.reference.items()}
+        other.where = f"the first {len(other.samples)} of {self.where}"
+        return other
+
     def _flags(self, on: set[str]) -> dict[str, np.ndarray]:
         return {
             switch: np.array(tensor in on and self.choice.get(tensor, BASE) == variant)

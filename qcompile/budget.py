@@ -38,6 +38,9 @@ class Metric:
     fn: Callable[[Any, Any, Mapping[str, OutputKind]], float]
     task: bool = False
     output: str | None = None  # a built-in metric of one output
+    # graded: moves with any change of the output noise (SQNR, cosine, relative error); a count of
+    # right answers (top-1 agreement, a task's accuracy) or a user's function may move in steps
+    graded: bool = False
 
 
 def _accuracy(outputs: Mapping[str, Any], labels: np.ndarray, kinds: Mapping[str, OutputKind]) -> float:
@@ -83,7 +86,12 @@ def parse_metric(spec: str | Callable[..., float] | None, *, task: bool = False)
         known = ", ".join([*BUILTIN_METRICS, "file.py:function"])
         raise QCompileError(f"unknown metric {name!r}; known: {known}")
     builtin = BUILTIN_METRICS[name]
-    return Metric(spec, lambda ref, got, kinds: builtin(ref, got, kinds, output or None), output=output or None)
+    return Metric(
+        spec,
+        lambda ref, got, kinds: builtin(ref, got, kinds, output or None),
+        output=output or None,
+        graded=name != "top1",
+    )
 
 
 def stacked(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:

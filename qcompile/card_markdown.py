@@ -44,6 +44,13 @@ def _search_lines(search: dict | None) -> list[str]:
             f"{undecided['stream']} of {undecided['of']} (quantization error concentrates there).",
             "",
         ]
+    if ranked := search.get("ranked_by"):
+        lines += [
+            f"Candidates ranked by {ranked['metric']} on the first {ranked['samples']} search samples "
+            f"({search['metric']} moves in steps, hardly at all when one group changes): the table's "
+            f"figures are {ranked['metric']}; every choice was judged on {search['metric']}.",
+            "",
+        ]
     if search.get("cut"):
         lines += ["**The search was cut by its time budget**: the plan is the best choice found by then.", ""]
     a16 = search.get("a16") or {}

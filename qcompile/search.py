@@ -3,7 +3,11 @@
 On the search samples (calibration samples set aside, a uniform sample of the stream: see
 `qcompile.search_split`; never the held-out evaluation data):
 
-1. rank the naive plan's groups by sensitivity (`qcompile.passes.sensitivity`);
+1. rank the naive plan's groups by sensitivity (`qcompile.passes.sensitivity`); a budget whose
+   metric moves in steps (top-1 agreement, a task's accuracy, a user's function: a line read
+   right or wrong) barely moves when one group changes, so its candidates are ranked by the
+   default metric instead (worst-channel SQNR, graded), on the first `RANK_SAMPLES` search
+   samples; the steps below judge the budget's own metric on every search sample;
 2. first every candidate without weight MACs (an Add, a Softmax, a Concat) that gains when float,
    all at once, if that does not make the metric worse: float there costs no integer compute,
    which is what the search keeps (one at a time, each gains little: their errors add up along
@@ -45,12 +49,16 @@ from qcompile.passes.switchable import Evaluator
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.targets.base import Target
 
-__all__ = ["DEFAULT_BUDGET", "SearchReport", "hybrid_search", "default_margin", "float_search", "FloatSearch"]
+__all__ = [
+    "DEFAULT_BUDGET", "RANK_SAMPLES", "SearchReport", "hybrid_search", "default_margin", "float_search",
+    "FloatSearch", "ranking_evaluator",
+]  # fmt: skip
 
 DEFAULT_BUDGET = Budget(parse_metric("fidelity"), floor=20.0)
 _DB_METRICS = ("fidelity", "sqnr")
 
 
+RANK_SAMPLES = 8  # a graded metric ranks on fewer samples than a count of right answers needs
 DB_MARGIN = 1.0  # dB: 26% more noise power than the budget allows is kept in reserve
 _DISTANCE_MARGIN = 1 - 10 ** (-DB_MARGIN / 10)  # the same reserve, as a share of a distance to perfect
 
@@ -97,6 +105,7 @@ class SearchReport:
     a16: dict = field(default_factory=dict)  # the float nodes tried at 16 bits (qcompile.promote16)
     on_target: dict = field(default_factory=dict)  # 8-bit nodes widened on the target's runtime (target_search)
     undecided: dict = field(default_factory=dict)  # samples the float model is undecided on: in the stream, searched
+    ranked_by: dict | None = None  # {"metric", "samples"} when the ranking judged another metric than the budget's
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)
@@ -147,6 +156,7 @@ class FloatSearch:
     evaluations: int
     metric: str
     cut: bool = False  # the deadline stopped it
+    ranked_by: dict | None = None  # the ranking's own metric and samples, when not the budget's
 
     @property
     def float_macs(self) -> int:
@@ -168,11 +178,13 @@ class FloatSearch:
             self.table,
             policy,
             chosen_int8_share=1.0 - self.float_macs / total if (total := sum(g.macs for g in self.groups)) else 1.0,
+            ranked_by=self.ranked_by,
         )
 
     def decisions(self, plan: QuantPlan, policy: str) -> dict[str, NodeDecision]:
         free = [g for g in self.groups if g.name not in self.fixed]
-        return _decisions(plan, free, self.table, _floats(self.chosen), self.metric, policy, self.cut)
+        metric = self.ranked_by["metric"] if self.ranked_by else self.metric  # the unit of the ranking's gains
+        return _decisions(plan, free, self.table, _floats(self.chosen), metric, policy, self.cut)
 
 
 def float_search(
@@ -181,7 +193,7 @@ def float_search(
     margin: float,
     progress: Callable | None = None,
     deadline: Deadline | None = None,
-    ranking: Sequence[Sensitivity] | None = None,
+    ranking: FloatSearch | None = None,
 ) -> FloatSearch:
     """Rank `evaluator`'s groups (unless all int8 already meets the budget with `margin`), then
     keep the fewest in float that meet it (see the module docstring).  When `deadline` expires,
@@ -194,14 +206,28 @@ def float_search(
     everything = evaluator.score(set(), margin)
     if everything.met:  # every group int8 keeps the budget with its margin: nothing to rank
         return FloatSearch(evaluator.groups, fixed, everything.value, [], [], everything, 1, metric)
+    ranked_by = None
     if ranking is None:
-        all_int8, table = rank_groups(evaluator, progress, exclude=fixed, deadline=deadline)
+        ranker = ranking_evaluator(evaluator)
+        table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline)[1]
         evaluations = 2 * len(table) + 2
+        if ranker is not evaluator:
+            ranked_by = {"metric": ranker.budget.metric.name, "samples": len(ranker.samples)}
     else:
-        all_int8, table, evaluations = everything.value, list(ranking), 1
+        table, evaluations, ranked_by = list(ranking.table), 1, ranking.ranked_by
     chosen, result, greedy = _greedy(evaluator, table, margin, deadline)
     evaluations += greedy
-    return FloatSearch(evaluator.groups, fixed, all_int8, table, chosen, result, evaluations, metric, deadline.cut)
+    return FloatSearch(
+        evaluator.groups, fixed, everything.value, table, chosen, result, evaluations, metric, deadline.cut, ranked_by
+    )
+
+
+def ranking_evaluator(evaluator: Evaluator) -> Evaluator:
+    """What ranks `evaluator`'s candidates: itself when its budget's metric is graded, else the same
+    runs judged by the default metric on the first `RANK_SAMPLES` samples (see the module docstring)."""
+    if evaluator.budget.metric.graded:
+        return evaluator
+    return evaluator.judged_by(DEFAULT_BUDGET, RANK_SAMPLES)
 
 
 def _floats(picks: Sequence[Sensitivity]) -> set[str]:

@@ -115,7 +115,7 @@ def selective_search(
     found = float_search(evaluator.choosing(choice), pinned, margin, progress, deadline)
     evaluations += found.evaluations
     if not found.result.met and choice and not deadline.expired():  # the float search from the given calibrator too
-        plain = float_search(evaluator, pinned, margin, progress, deadline, ranking=found.table)
+        plain = float_search(evaluator, pinned, margin, progress, deadline, ranking=found)
         evaluations += plain.evaluations
         if _rank(plain) > _rank(found):
             found, choice, best = plain, {}, base

@@ -33,12 +33,11 @@ from qcompile.passes.quant_groups import quant_groups
 from qcompile.passes.sensitivity import rank_groups
 from qcompile.passes.switchable import Evaluator
 from qcompile.plan import NodeDecision, QuantPlan
-from qcompile.search import SearchReport
+from qcompile.search import RANK_SAMPLES, SearchReport, ranking_evaluator
 from qcompile.targets.base import Target
 
 __all__ = ["widen_on_target", "npu_search", "WIDENED"]
 
-RANK_SAMPLES = 8  # the ORT ranking's share of the search samples (the target's runs judge on all)
 WIDENED = "16-bit activations: the budget failed on the target's runtime with this node at 8 bits"
 
 
@@ -138,7 +137,9 @@ def npu_search(
     groups = quant_groups(model, plan, target)
     evaluator = Evaluator(model, plan, groups, samples[:RANK_SAMPLES], kinds, budget, means=means)
     fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
-    all_int8, table = rank_groups(evaluator, progress, exclude=fixed, deadline=deadline)
+    ranker = ranking_evaluator(evaluator)
+    table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline)[1]
+    all_int8 = evaluator.score(set()).value
     ranked = [g for s in table for g in s.groups]
     free = {n: d for n, d in plan.nodes.items() if n not in pinned}
     decisions, found = widen_on_target(model, target, free, assign, samples, kinds, budget, margin, ranked, means)
@@ -158,5 +159,8 @@ def npu_search(
         cut=deadline is not None and deadline.cut,
         trials=evaluator.trials,
         on_target=found,
+        ranked_by={"metric": ranker.budget.metric.name, "samples": len(ranker.samples)}
+        if ranker is not evaluator
+        else None,
     )
     return decisions, report

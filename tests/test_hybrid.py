@@ -11,7 +11,7 @@ from qcompile.deadline import Deadline
 from qcompile.errors import QCompileError
 from qcompile.passes.sensitivity import Sensitivity
 from qcompile.plan import NodeDecision, QuantPlan
-from qcompile.search import _greedy
+from qcompile.search import RANK_SAMPLES, _greedy
 from tests.helpers import SAMPLES
 from tests.passes.test_sensitivity import planted_chain
 
@@ -110,10 +110,34 @@ def test_a_given_ranking_is_reused_instead_of_ranking_again(rng):
     groups = quant_groups(model, plan, get_target("ort-cpu"))
     evaluator = Evaluator(model, plan, groups, samples, {"y": OutputKind()}, Budget(parse_metric("sqnr"), floor=30))
     first = float_search(evaluator, set(), 1.0)
-    again = float_search(evaluator, set(), 1.0, ranking=first.table)
+    again = float_search(evaluator, set(), 1.0, ranking=first)
     assert first.result.met and again.result.met
     assert {g for c in again.chosen for g in c.groups} == {g for c in first.chosen for g in c.groups}
     assert again.evaluations == first.evaluations - 2 * len(first.table) - 1  # no ranking runs of its own
+
+
+def test_a_metric_that_moves_in_steps_is_ranked_by_the_default_metric_and_judged_on_its_own(rng):
+    def within_30_db(ref, got):  # 1 when the output keeps 30 dB, else 0: flat under most single changes
+        noise = np.sum((ref["y"] - got["y"]) ** 2)
+        return float(10 * np.log10(np.sum(ref["y"] ** 2) / max(noise, 1e-30)) >= 30)
+
+    calib, held = _data(rng, 32), _data(rng, 12)
+    options = {
+        "policy": "hybrid",
+        "metric": within_30_db,
+        "floor": 0.99,
+        "search_samples": 16,
+        "measure_latency": False,
+    }
+    result = qcompile.compile(planted_chain(np.random.default_rng(1234)), "ort-cpu", calib, held, **options)
+    search = result.card["search"]
+    assert search["met"] and result.card["budget"]["met"] and search["chosen"] == 1.0 and search["all_int8"] == 0.0
+    assert search["ranked_by"] == {"metric": "fidelity", "samples": RANK_SAMPLES} and search["search_samples"] == 16
+    top = search["table"][0]
+    assert top["gain"] > 10 and {"fc_b", "fc_c"} & set(top["groups"])  # dB of the default metric, not 0 or 1
+    assert result.plan.nodes["fc_b"].reason.startswith("hybrid: float, sensitivity rank 1 of")
+    assert "(fidelity +" in result.plan.nodes["fc_b"].reason
+    assert "Candidates ranked by fidelity on the first 8 search samples" in render_markdown(result.card)
 
 
 def test_the_number_of_search_samples_is_the_users_to_choose(rng):

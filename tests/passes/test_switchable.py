@@ -102,3 +102,17 @@ def test_samples_side_by_side_give_the_sequential_floats_in_order(rng, monkeypat
         assert len(sequential) == len(samples)
         for x, y in zip(sequential, runs[3][name], strict=True):
             np.testing.assert_array_equal(x, y)
+
+
+def test_judged_by_scores_as_an_evaluator_of_the_first_samples_with_that_budget(rng):
+    model, samples = conv_model(rng), feeds(rng, 6)
+    plan, _ = planned(model, samples)
+    groups = quant_groups(model, plan, get_target("ort-cpu"))
+    kinds = {"y": OutputKind(), "s": OutputKind()}
+    evaluator = Evaluator(model, plan, groups, samples, kinds, Budget(parse_metric("top1"), floor=0.5))
+    sqnr = Budget(parse_metric("sqnr"), floor=30)
+    view = evaluator.judged_by(sqnr, 3)
+    fresh = Evaluator(model, plan, groups, samples[:3], kinds, sqnr)
+    for floats in (set(), {groups[0].name}):
+        assert view.score(floats).value == fresh.score(floats).value
+    assert len(view.samples) == 3 and len(view.trials) == 2 and evaluator.trials == []  # a record of its own
