@@ -96,6 +96,20 @@ def _search_lines(search: dict | None) -> list[str]:
             + ("**kept in float for speed**." if kept else "left in int8."),
             "",
         ]
+    if speed and (guard := speed.get("never_slower")):
+        kept = guard["kept_float"]
+        tried = ", ".join(f"{k} group(s) float: {ratio:.2f}×" for k, ratio in guard["tried"])
+        lines += [
+            f"**The int8 model was slower than float on this CPU** at one thread ({_fmt(guard['plan_ms'], 3)} ms "
+            f"against {_fmt(guard['float_ms'], 3)} ms); groups went float, the costliest int8 first"
+            + (f" ({tried})" if tried else "")
+            + (
+                f": **{len(kept)} group(s) kept in float** so that it is no slower."
+                if kept
+                else ": the budget needed them in int8, so it stays slower than float."
+            ),
+            "",
+        ]
     if search.get("plots"):
         lines += [f"![{name}]({name})" for name in search["plots"]] + [""]
     if not search["table"]:

@@ -10,7 +10,12 @@ After the selective policy's accuracy search, with the plan it chose:
    float is compiled and timed against the plan as it is
    (median latency at one thread, `ROUNDS` interleaved rounds); it is kept only if faster by
    more than 2%: a float island also costs Q/DQ transitions at its edges, which only the
-   whole-model timing sees.
+   whole-model timing sees;
+4. never slower than float: if the plan is still slower than the float model at one thread (same
+   interleaved timing), the groups still in int8 go float in the order of what int8 costs them
+   over float in the profile (most first), 1, 2, 4, … at a time, each set timed, until the
+   model is no slower than float (with every group float it is the float graph); each set also
+   has to keep the budget.  The card then says that int8 did not pay on this CPU for those groups.
 
 ORT's int8 kernels and their speed depend on the CPU (VNNI, AMX, plain AVX2), so these
 decisions are measurements: the plan records both times per group, and it is not
@@ -50,6 +55,8 @@ class SpeedReport:
     kept_float: list[str] = field(default_factory=list)
     latency_ms: dict[str, float] = field(default_factory=dict)  # "float", "int8", "with float groups"
     budget_blocked: bool = False  # with the slower groups float, the budget would not hold
+    # step 4: {"float_ms", "plan_ms", "tried": [[k, ms], ...], "kept_float": [...]} when the plan was slower
+    never_slower: dict = field(default_factory=dict)
 
 
 def compiled(model: ir.Model, plan: QuantPlan) -> SessionSource:
@@ -84,15 +91,45 @@ def keep_fast(
     producers = {v.name: n.name for n in model.graph.all_nodes() for v in n.outputs if v.name and n.name}
     float_source, int8_source = SessionSource.of(model), compiled(model, plan)
     f, q = node_times_us(float_source, sample, producers), node_times_us(int8_source, sample)
-    for name, (int8_us, float_us) in sorted(group_times(groups, f, q).items()):
+    times = group_times(groups, f, q)
+    for name, (int8_us, float_us) in sorted(times.items()):
         if float_us > 0 and int8_us > (1 + TOLERANCE) * float_us + MIN_GAP_US:  # 0: no float kernel seen
             report.slower[name] = {"int8_us": round(int8_us, 1), "float_us": round(float_us, 1)}
+    decisions = _keep_slower_float(
+        model, plan, groups, (float_source, int8_source), sample, assign, keeps_budget, report
+    )
+    order = sorted(
+        (g for g in groups if any(getattr(decisions.get(n), "precision", None) != "float" for n in g.nodes)),
+        key=lambda g: (times[g.name][1] - times[g.name][0], g.name),
+    )
+    return _never_slower(model, decisions, order, float_source, sample, assign, keeps_budget, report), report
+
+
+def _float(decisions: Mapping[str, NodeDecision], groups: list[QuantGroup], reason: str) -> dict[str, NodeDecision]:
+    trial = dict(decisions)
+    for g in groups:
+        for node in g.nodes:
+            trial[node] = NodeDecision("float", reason)
+    return trial
+
+
+def _keep_slower_float(
+    model: ir.Model,
+    plan: QuantPlan,
+    groups: list[QuantGroup],
+    sources: tuple[SessionSource, SessionSource],
+    sample: Mapping[str, np.ndarray],
+    assign: Callable[[Mapping[str, NodeDecision]], QuantPlan],
+    keeps_budget: Callable[[set[str]], bool] | None,
+    report: SpeedReport,
+) -> dict[str, NodeDecision]:
+    """Steps 2-3: the groups in `report.slower` float, if the budget allows and the model gets faster."""
     decisions = dict(plan.nodes)
     if not report.slower:
-        return decisions, report
+        return decisions
     if keeps_budget is not None and not keeps_budget(set(report.slower)):
         report.budget_blocked = True
-        return decisions, report
+        return decisions
     trial = dict(decisions)
     for g in groups:
         if g.name in report.slower:
@@ -100,12 +137,57 @@ def keep_fast(
             reason = (
                 f"selective: float, its int8 kernels are slower here ({times['int8_us']:g} µs vs {times['float_us']:g})"
             )
-            for node in g.nodes:
-                trial[node] = NodeDecision("float", reason)
-    sources = [float_source, int8_source, compiled(model, assign(trial))]
-    float_ms, int8_ms, trial_ms = interleaved_medians_ms([make_session(s, threads=1) for s in sources], sample, ROUNDS)
+            trial = _float(trial, [g], reason)
+    all_sources = [*sources, compiled(model, assign(trial))]
+    float_ms, int8_ms, trial_ms = interleaved_medians_ms(
+        [make_session(s, threads=1) for s in all_sources], sample, ROUNDS
+    )
     report.latency_ms = {"float": float_ms, "int8": int8_ms, "with float groups": trial_ms}
     if trial_ms < 0.98 * int8_ms:
         report.kept_float = sorted(report.slower)
-        return trial, report
-    return decisions, report
+        return trial
+    return decisions
+
+
+def _never_slower(
+    model: ir.Model,
+    decisions: dict[str, NodeDecision],
+    order: list[QuantGroup],
+    float_source: SessionSource,
+    sample: Mapping[str, np.ndarray],
+    assign: Callable[[Mapping[str, NodeDecision]], QuantPlan],
+    keeps_budget: Callable[[set[str]], bool] | None,
+    report: SpeedReport,
+) -> dict[str, NodeDecision]:
+    """Step 4: the first of the first 1, 2, 4, … groups of `order` in float that makes the model no
+    slower than float (all of them: the float graph, kept without timing)."""
+    float_session = make_session(float_source, threads=1)
+    float_ms, plan_ms = interleaved_medians_ms(
+        [float_session, make_session(compiled(model, assign(decisions)), threads=1)], sample, ROUNDS
+    )
+    if plan_ms <= float_ms or not order:
+        return decisions
+    report.never_slower = {"float_ms": float_ms, "plan_ms": plan_ms, "tried": [], "kept_float": []}
+    already = set(report.kept_float)
+    k = 1
+    while True:
+        k = min(k, len(order))
+        chosen = order[:k]
+        names = [g.name for g in chosen]
+        if keeps_budget is None or keeps_budget(already | set(names)):
+            reason = (
+                f"selective: float, the int8 model was slower than float here ({plan_ms:.3g} ms vs {float_ms:.3g} ms)"
+            )
+            trial = _float(decisions, chosen, reason)
+            if k == len(order):
+                report.never_slower["kept_float"] = sorted(names)
+                return trial
+            source = compiled(model, assign(trial))
+            base_ms, trial_ms = interleaved_medians_ms([float_session, make_session(source, threads=1)], sample, ROUNDS)
+            report.never_slower["tried"].append([k, trial_ms / base_ms])
+            if trial_ms <= base_ms:
+                report.never_slower["kept_float"] = sorted(names)
+                return trial
+        if k == len(order):
+            return decisions
+        k *= 2
