@@ -10,6 +10,9 @@ executor when it has one.  Per group g:
     only            the budget's metric on the model's outputs with only g quantized
     without         the metric with every group but g quantized
     gain            without − all: what keeping g in float buys end to end (metric units)
+    tie_gain        the same gain in a second, graded metric judged on the same runs, when the
+                    budget's metric moves in steps (`tie_break`): it orders the candidates
+                    whose gains tie (most of them, under a count of right answers)
 
 A tensor stays quantized while any int8 group reads or writes it, so a tensor whose own
 quantization is the loss (one channel 1000× the others, under one scale) only shows when
@@ -28,6 +31,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from qcompile.budget import Budget
 from qcompile.deadline import Deadline
 from qcompile.passes.quant_groups import QuantGroup, quantized_tensors_when
 from qcompile.passes.switchable import Evaluator
@@ -52,6 +56,7 @@ class Sensitivity:
     only: float  # the metric with only the candidate quantized
     without: float  # the metric with everything but the candidate quantized
     gain: float  # without − all
+    tie_gain: float | None = None  # the gain in the tie-breaking metric, when there is one
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,16 +88,24 @@ def _candidates(evaluator: Evaluator, plan: QuantPlan) -> list[tuple[str, tuple[
     return found
 
 
+def _finite(x: float | None) -> float:
+    return x if x is not None and math.isfinite(x) else 0.0
+
+
 def rank_groups(
     evaluator: Evaluator,
     progress: Callable | None = None,
     exclude: frozenset[str] | set[str] = frozenset(),
     deadline: Deadline | None = None,
+    tie_break: Budget | None = None,
 ) -> tuple[float, list[Sensitivity]]:
     """The metric with every group quantized, and each candidate's sensitivity, most sensitive first
-    (candidates holding a group named in `exclude` are measured as context only: never listed).
-    Once `deadline` expires, the candidates not yet measured are left out."""
-    all_quantized = evaluator.score(set()).value
+    (candidates holding a group named in `exclude` are measured as context only: never listed);
+    among equal gains, the larger gain in `tie_break`'s metric first.  Once `deadline` expires,
+    the candidates not yet measured are left out."""
+    everything = evaluator.run(quantized_tensors_when(evaluator.groups, set()))
+    all_quantized = evaluator.judge(everything).value
+    tie_base = evaluator.judge(everything, budget=tie_break).value if tie_break else 0.0
     candidates = [c for c in _candidates(evaluator, evaluator.plan) if not exclude.intersection(g.name for g in c[1])]
     configs = []
     for _, around, probe in candidates:  # per candidate: only it quantized, and everything but it
@@ -124,7 +137,8 @@ def rank_groups(
                 evaluator.judge(alone).value,
                 without,
                 without - all_quantized,
+                evaluator.judge(everything_else, budget=tie_break).value - tie_base if tie_break else None,
             )
         )
-    table.sort(key=lambda s: (-s.gain, s.only, s.macs, s.candidate))
+    table.sort(key=lambda s: (-s.gain, -_finite(s.tie_gain), s.only, s.macs, s.candidate))
     return all_quantized, table

@@ -165,8 +165,9 @@ class Evaluator:
         """This evaluator (same session) judging `budget` on its first `samples` samples only, with a
         record of trials of its own (its values are in another metric than the search's)."""
         other = copy.copy(self)
-        other.budget, other.trials, other.labels = budget, [], None
+        other.budget, other.trials = budget, []
         other.samples = self.samples[:samples]
+        other.labels = self.labels[:samples] if self.labels is not None else None
         other.reference = {name: runs[:samples] for name, runs in self.reference.items()}
         other.where = f"the first {len(other.samples)} of {self.where}"
         return other
@@ -216,10 +217,13 @@ class Evaluator:
         )
         return result
 
-    def judge(self, got: Mapping[str, list[np.ndarray]], margin: float = 0.0) -> BudgetResult:
+    def judge(
+        self, got: Mapping[str, list[np.ndarray]], margin: float = 0.0, budget: Budget | None = None
+    ) -> BudgetResult:
+        """The budget (this evaluator's, or `budget`) on outputs `got` of this evaluator's samples."""
         ref = {n: stacked(self.reference[n]) for n in self.outputs}
         got_stacked = {n: stacked(got[n]) for n in self.outputs}
-        return self.budget.evaluate(ref, got_stacked, self.kinds, self.labels, margin, where=self.where)
+        return (budget or self.budget).evaluate(ref, got_stacked, self.kinds, self.labels, margin, where=self.where)
 
 
 def _run(

@@ -46,9 +46,9 @@ def _search_lines(search: dict | None) -> list[str]:
         ]
     if ranked := search.get("ranked_by"):
         lines += [
-            f"Candidates ranked by {ranked['metric']} on the first {ranked['samples']} search samples "
-            f"({search['metric']} moves in steps, hardly at all when one group changes): the table's "
-            f"figures are {ranked['metric']}; every choice was judged on {search['metric']}.",
+            f"Candidates ranked on the first {ranked['samples']} search samples ({search['metric']} may move in "
+            f"steps, hardly at all when one group changes); among equal gains, the larger gain in "
+            f"{ranked['tie_break']} first (in brackets in the table).",
             "",
         ]
     if search.get("cut"):
@@ -123,9 +123,14 @@ def _search_lines(search: dict | None) -> list[str]:
         kept = "float" if set(s["groups"]) <= floats else "int16" if set(s["groups"]) <= wide else "int8"
         lines.append(
             f"| {k} | {s['candidate']} | {'+'.join(s['ops'])} | {s['macs']:,} | {_fmt(s['local_sqnr_db'])} | "
-            f"{_fmt(s['only'], 3)} | {_fmt(s['without'], 3)} | {_fmt(s['gain'], 3)} | {kept} |"
+            f"{_fmt(s['only'], 3)} | {_fmt(s['without'], 3)} | {_gain(s)} | {kept} |"
         )
     return [*lines, ""]
+
+
+def _gain(s: dict) -> str:
+    tie = s.get("tie_gain")
+    return _fmt(s["gain"], 3) + (f" ({_fmt(tie, 3)})" if tie is not None else "")
 
 
 def _verdict_lines(verdict: list[dict] | None, latency_measured: bool = True) -> list[str]:

@@ -62,8 +62,7 @@ def sensitivity_png(search: Mapping) -> bytes:
     colours = [_COLOURS["float" if set(s["groups"]) <= floats else "int8"] for s in table][::-1]
     axes.barh(range(len(table)), gains, color=colours)
     axes.set_yticks(range(len(table)), names, fontsize=7)
-    ranked = (search.get("ranked_by") or {}).get("metric", search["metric"])
-    axes.set_xlabel(f"{ranked} gained by keeping it float")
+    axes.set_xlabel(f"{search['metric']} gained by keeping it float")
     axes.set_title("Sensitivity (orange: kept float, green: int8)", fontsize=10)
     return _png(figure)
 

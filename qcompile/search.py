@@ -4,10 +4,11 @@ On the search samples (calibration samples set aside, a uniform sample of the st
 `qcompile.search_split`; never the held-out evaluation data):
 
 1. rank the naive plan's groups by sensitivity (`qcompile.passes.sensitivity`); a budget whose
-   metric moves in steps (top-1 agreement, a task's accuracy, a user's function: a line read
-   right or wrong) barely moves when one group changes, so its candidates are ranked by the
-   default metric instead (worst-channel SQNR, graded), on the first `RANK_SAMPLES` search
-   samples; the steps below judge the budget's own metric on every search sample;
+   metric may move in steps (top-1 agreement, a task's accuracy, a user's function: a line read
+   right or wrong) hardly moves when one group changes, so its ranking runs on the first
+   `RANK_SAMPLES` search samples only, and the default metric (worst-channel SQNR, graded),
+   judged on the same runs, orders the candidates whose gains tie; the steps below judge the
+   budget's metric on every search sample;
 2. first every candidate without weight MACs (an Add, a Softmax, a Concat) that gains when float,
    all at once, if that does not make the metric worse: float there costs no integer compute,
    which is what the search keeps (one at a time, each gains little: their errors add up along
@@ -105,7 +106,7 @@ class SearchReport:
     a16: dict = field(default_factory=dict)  # the float nodes tried at 16 bits (qcompile.promote16)
     on_target: dict = field(default_factory=dict)  # 8-bit nodes widened on the target's runtime (target_search)
     undecided: dict = field(default_factory=dict)  # samples the float model is undecided on: in the stream, searched
-    ranked_by: dict | None = None  # {"metric", "samples"} when the ranking judged another metric than the budget's
+    ranked_by: dict | None = None  # {"samples", "tie_break"}: the ranking's samples and tie-breaking metric
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)
@@ -156,7 +157,7 @@ class FloatSearch:
     evaluations: int
     metric: str
     cut: bool = False  # the deadline stopped it
-    ranked_by: dict | None = None  # the ranking's own metric and samples, when not the budget's
+    ranked_by: dict | None = None  # the ranking's samples and tie-breaking metric, when it had one
 
     @property
     def float_macs(self) -> int:
@@ -183,8 +184,7 @@ class FloatSearch:
 
     def decisions(self, plan: QuantPlan, policy: str) -> dict[str, NodeDecision]:
         free = [g for g in self.groups if g.name not in self.fixed]
-        metric = self.ranked_by["metric"] if self.ranked_by else self.metric  # the unit of the ranking's gains
-        return _decisions(plan, free, self.table, _floats(self.chosen), metric, policy, self.cut)
+        return _decisions(plan, free, self.table, _floats(self.chosen), self.metric, policy, self.cut)
 
 
 def float_search(
@@ -208,11 +208,11 @@ def float_search(
         return FloatSearch(evaluator.groups, fixed, everything.value, [], [], everything, 1, metric)
     ranked_by = None
     if ranking is None:
-        ranker = ranking_evaluator(evaluator)
-        table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline)[1]
+        ranker, tie_break = ranking_evaluator(evaluator)
+        table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline, tie_break=tie_break)[1]
         evaluations = 2 * len(table) + 2
-        if ranker is not evaluator:
-            ranked_by = {"metric": ranker.budget.metric.name, "samples": len(ranker.samples)}
+        if tie_break is not None:
+            ranked_by = {"samples": len(ranker.samples), "tie_break": tie_break.metric.name}
     else:
         table, evaluations, ranked_by = list(ranking.table), 1, ranking.ranked_by
     chosen, result, greedy = _greedy(evaluator, table, margin, deadline)
@@ -222,12 +222,13 @@ def float_search(
     )
 
 
-def ranking_evaluator(evaluator: Evaluator) -> Evaluator:
-    """What ranks `evaluator`'s candidates: itself when its budget's metric is graded, else the same
-    runs judged by the default metric on the first `RANK_SAMPLES` samples (see the module docstring)."""
+def ranking_evaluator(evaluator: Evaluator) -> tuple[Evaluator, Budget | None]:
+    """What ranks `evaluator`'s candidates, and the budget that breaks ties: itself alone when its
+    budget's metric is graded, else the first `RANK_SAMPLES` samples with the default metric
+    breaking ties (see the module docstring)."""
     if evaluator.budget.metric.graded:
-        return evaluator
-    return evaluator.judged_by(DEFAULT_BUDGET, RANK_SAMPLES)
+        return evaluator, None
+    return evaluator.judged_by(evaluator.budget, RANK_SAMPLES), DEFAULT_BUDGET
 
 
 def _floats(picks: Sequence[Sensitivity]) -> set[str]:

@@ -137,8 +137,8 @@ def npu_search(
     groups = quant_groups(model, plan, target)
     evaluator = Evaluator(model, plan, groups, samples[:RANK_SAMPLES], kinds, budget, means=means)
     fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
-    ranker = ranking_evaluator(evaluator)
-    table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline)[1]
+    ranker, tie_break = ranking_evaluator(evaluator)
+    table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline, tie_break=tie_break)[1]
     all_int8 = evaluator.score(set()).value
     ranked = [g for s in table for g in s.groups]
     free = {n: d for n, d in plan.nodes.items() if n not in pinned}
@@ -159,8 +159,6 @@ def npu_search(
         cut=deadline is not None and deadline.cut,
         trials=evaluator.trials,
         on_target=found,
-        ranked_by={"metric": ranker.budget.metric.name, "samples": len(ranker.samples)}
-        if ranker is not evaluator
-        else None,
+        ranked_by={"samples": len(ranker.samples), "tie_break": tie_break.metric.name} if tie_break else None,
     )
     return decisions, report
