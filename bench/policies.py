@@ -106,6 +106,8 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
         },
         # the speed step's choice (selective): groups kept float because their int8 kernels were slower here
         "speed_kept_float": (search.get("speed") or {}).get("kept_float"),
+        # and the groups floated so that the model is not slower than float at one thread (empty: it was not)
+        "never_slower": ((search.get("speed") or {}).get("never_slower") or {}),
         "verdict": [v["problem"] for v in result.card["verdict"]],
     }
 
