@@ -27,7 +27,7 @@ from qcompile.data import LABELS_KEY
 from qcompile.errors import QCompileError
 from qcompile.metrics import BUILTIN_METRICS, OutputKind
 
-__all__ = ["Metric", "Budget", "BudgetResult", "parse_metric", "stacked", "stacked_labels"]
+__all__ = ["Metric", "Budget", "BudgetResult", "parse_metric", "stacked", "stacked_labels", "jackknife_error"]
 
 
 @dataclass(frozen=True)
@@ -189,3 +189,38 @@ class Budget:
         if not isinstance(result, (int, float, np.floating, np.integer)):
             raise QCompileError(f"metric {self.metric.name!r} returned {result!r}; it must return a number")
         return -math.inf if math.isnan(float(result)) else float(result)  # NaN outputs: as bad as can be
+
+
+def _without(x: Any, i: int) -> Any:
+    """Per-sample `x` (a list, or an array stacked on axis 0) without sample i."""
+    return [v for j, v in enumerate(x) if j != i] if isinstance(x, list) else np.delete(np.asarray(x), i, axis=0)
+
+
+def jackknife_error(
+    budget: Budget,
+    ref: Mapping[str, list[np.ndarray]],
+    got: Mapping[str, list[np.ndarray]],
+    kinds: Mapping[str, OutputKind],
+    labels: np.ndarray | list[np.ndarray] | None,
+) -> float:
+    """How far the budget's quantity (the metric; for a task budget, the drop from float) could move
+    on other samples like these: its jackknife standard error over the n samples of per-sample
+    outputs `ref`/`got`,
+
+        θ_i = the quantity without sample i,   SE = sqrt((n − 1)/n · Σ_i (θ_i − mean θ)²)
+
+    (for a mean of per-sample scores, the usual s/√n; for a pooled figure, such as an IoU over all
+    pages, its delete-one estimate).  0 with fewer than 3 samples or a non-finite θ_i."""
+    n = len(next(iter(ref.values()), []))
+    if n < 3:
+        return 0.0
+    thetas = []
+    for i in range(n):
+        r = {k: stacked(_without(v, i)) for k, v in ref.items()}
+        g = {k: stacked(_without(got[k], i)) for k in ref}
+        result = budget.evaluate(r, g, kinds, None if labels is None else _without(labels, i))
+        thetas.append(result.value - result.float_value if result.float_value is not None else result.value)
+    values = np.array(thetas, np.float64)
+    if not np.all(np.isfinite(values)):
+        return 0.0
+    return float(np.sqrt((n - 1) / n * np.sum((values - values.mean()) ** 2)))

@@ -44,6 +44,13 @@ def _search_lines(search: dict | None) -> list[str]:
             f"{undecided['stream']} of {undecided['of']} (quantization error concentrates there).",
             "",
         ]
+    if (error := search.get("sampling_error")) is not None:
+        lines += [
+            f"Sampling error of {search['metric']} at the choice (jackknife over the {search['search_samples']} "
+            f"search samples): {_fmt(error, 3)}; a margin smaller than that is raised to it where a choice meets "
+            "the budget.",
+            "",
+        ]
     if ranked := search.get("ranked_by"):
         lines += [
             f"Candidates ranked on the first {ranked['samples']} search samples ({search['metric']} may move in "

@@ -20,7 +20,11 @@ On the search samples (calibration samples set aside, a uniform sample of the st
    each group of a chosen tensor candidate (which floats every group around one tensor).
 
 The margin is what the budget keeps in reserve for data the search did not see: verification
-then measures the budget on held-out data, and the card reports both values.  Without a
+then measures the budget on held-out data, and the card reports both values.  A metric that may
+move in steps (a count of lines read right, on 32 lines, moves 3 points a line) keeps at least
+its sampling error in reserve: where a choice meets the budget, the jackknife standard error of
+the budget's quantity over the search samples (`qcompile.budget.jackknife_error`) replaces a
+smaller margin.  Without a
 budget the search aims at `DEFAULT_BUDGET` (worst-channel SQNR ≥ 20 dB).
 
 Every trial runs on the naive plan's scales.  The final plan is assigned again with the chosen
@@ -44,7 +48,7 @@ from qcompile.budget import Budget, parse_metric
 from qcompile.data import Sample
 from qcompile.deadline import Deadline
 from qcompile.metrics import OutputKind
-from qcompile.passes.quant_groups import QuantGroup, quant_groups
+from qcompile.passes.quant_groups import QuantGroup, quant_groups, quantized_tensors_when
 from qcompile.passes.sensitivity import Sensitivity, rank_groups
 from qcompile.passes.switchable import Evaluator
 from qcompile.plan import NodeDecision, QuantPlan
@@ -52,7 +56,7 @@ from qcompile.targets.base import Target
 
 __all__ = [
     "DEFAULT_BUDGET", "RANK_SAMPLES", "SearchReport", "hybrid_search", "default_margin", "float_search",
-    "FloatSearch", "ranking_evaluator",
+    "FloatSearch", "ranking_evaluator", "sampling_error_at",
 ]  # fmt: skip
 
 DEFAULT_BUDGET = Budget(parse_metric("fidelity"), floor=20.0)
@@ -107,6 +111,7 @@ class SearchReport:
     on_target: dict = field(default_factory=dict)  # 8-bit nodes widened on the target's runtime (target_search)
     undecided: dict = field(default_factory=dict)  # samples the float model is undecided on: in the stream, searched
     ranked_by: dict | None = None  # {"samples", "tie_break"}: the ranking's samples and tie-breaking metric
+    sampling_error: float | None = None  # a stepwise metric's jackknife error at the choice (the least reserve)
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)
@@ -141,6 +146,7 @@ def hybrid_search(
     found = float_search(evaluator, pinned, margin, progress, deadline)
     report = found.report(budget, margin, len(samples), "hybrid")
     report.cut, report.trials = deadline is not None and deadline.cut, evaluator.trials
+    report.sampling_error = sampling_error_at(evaluator, found)
     return found.decisions(plan, "hybrid"), report
 
 
@@ -220,6 +226,13 @@ def float_search(
     return FloatSearch(
         evaluator.groups, fixed, everything.value, table, chosen, result, evaluations, metric, deadline.cut, ranked_by
     )
+
+
+def sampling_error_at(evaluator: Evaluator, found: FloatSearch) -> float | None:
+    """The sampling error of a stepwise metric at `found`'s choice (None for a graded metric)."""
+    if evaluator.budget.metric.graded:
+        return None
+    return evaluator.sampling_error(evaluator.run(quantized_tensors_when(evaluator.groups, _floats(found.chosen))))
 
 
 def ranking_evaluator(evaluator: Evaluator) -> tuple[Evaluator, Budget | None]:

@@ -48,7 +48,7 @@ from qcompile.passes.quant_groups import quant_groups
 from qcompile.passes.sensitivity import own_sqnr_db
 from qcompile.passes.switchable import BASE, Evaluator
 from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
-from qcompile.search import FloatSearch, SearchReport, float_search
+from qcompile.search import FloatSearch, SearchReport, float_search, sampling_error_at
 from qcompile.speed import keep_fast
 from qcompile.targets.base import Target
 
@@ -125,6 +125,7 @@ def selective_search(
     report.evaluations = evaluations
     report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
     report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
+    report.sampling_error = sampling_error_at(evaluator.choosing(choice), found)
     ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
     final, decided = _using(calib, best, ranges), found.decisions(plans[base], "selective")
     if speed_sample is not None:

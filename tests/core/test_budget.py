@@ -156,3 +156,39 @@ def test_a_task_budget_on_per_position_labels(rng):
     assert (10, 6) in seen and result.card["fidelity"].get("float_accuracy") is None
     budget = result.card["budget"]
     assert budget["float_value"] == 1.0 and budget["met"] == (budget["value"] >= 0.95)
+
+
+def _share_right(ref, got):
+    """The share of samples whose quantized output keeps the float argmax: a mean of 0/1 scores."""
+    return float(np.mean(np.argmax(ref["y"], axis=-1) == np.argmax(got["y"], axis=-1)))
+
+
+def test_the_jackknife_error_of_a_share_is_its_binomial_standard_error(rng):
+    from qcompile.budget import jackknife_error
+
+    n = 20
+    ref = {"y": [rng.normal(size=(1, 5)).astype(np.float32) for _ in range(n)]}
+    got = {"y": [r + rng.normal(scale=0.8, size=r.shape).astype(np.float32) for r in ref["y"]]}
+    right = np.array([np.argmax(r) == np.argmax(g) for r, g in zip(ref["y"], got["y"], strict=True)])
+    p = right.mean()
+    assert 0 < p < 1
+    budget = Budget(parse_metric(_share_right), floor=0.5)
+    expected = math.sqrt(p * (1 - p) / (n - 1))  # a mean's jackknife error: s/√n, s the sample deviation
+    assert jackknife_error(budget, ref, got, {"y": OutputKind()}, None) == pytest.approx(expected, rel=1e-9)
+    assert jackknife_error(budget, ref, ref, {"y": OutputKind()}, None) == 0.0  # every sample right: no spread
+    few = {"y": ref["y"][:2]}
+    assert jackknife_error(budget, few, {"y": got["y"][:2]}, {"y": OutputKind()}, None) == 0.0
+
+
+def test_the_jackknife_error_of_a_task_budget_is_that_of_its_drop(rng):
+    from qcompile.budget import jackknife_error
+
+    n = 12
+    labels = rng.integers(0, 4, size=n)
+    ref = {"y": [np.eye(4, dtype=np.float32)[[c]] for c in labels]}  # float: every sample right
+    got = {"y": [np.eye(4, dtype=np.float32)[[c if i % 3 else (c + 1) % 4]] for i, c in enumerate(labels)]}
+    budget = Budget(parse_metric("accuracy", task=True), max_drop=0.5)
+    wrong = np.array([0.0 if i % 3 else 1.0 for i in range(n)])  # the drop is the share wrong
+    expected = wrong.std(ddof=1) / math.sqrt(n)
+    kinds = {"y": OutputKind(scores=True)}
+    assert jackknife_error(budget, ref, got, kinds, labels) == pytest.approx(expected, rel=1e-9)

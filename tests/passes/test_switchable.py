@@ -116,3 +116,29 @@ def test_judged_by_scores_as_an_evaluator_of_the_first_samples_with_that_budget(
     for floats in (set(), {groups[0].name}):
         assert view.score(floats).value == fresh.score(floats).value
     assert len(view.samples) == 3 and len(view.trials) == 2 and evaluator.trials == []  # a record of its own
+
+
+def test_a_stepwise_metric_meets_the_budget_only_with_its_sampling_error_in_reserve(rng):
+    from qcompile.budget import jackknife_error
+
+    model, samples = conv_model(rng), feeds(rng, 16)
+    plan, _ = planned(model, samples)
+    groups = quant_groups(model, plan, get_target("ort-cpu"))
+    kinds = {"y": OutputKind(), "s": OutputKind()}
+    reference = Evaluator(model, plan, groups, samples, kinds, Budget(parse_metric("sqnr"), floor=0))
+    got = reference.run(set(plan.tensors))
+    errors = [float(np.sum((r - g) ** 2)) for r, g in zip(reference.reference["y"], got["y"], strict=True)]
+    cut = float(np.median(errors))
+
+    def share_close(ref, out):  # the share of samples whose error is below the median: about one half
+        return float(np.mean(np.sum((ref["y"] - out["y"]) ** 2, axis=tuple(range(1, ref["y"].ndim))) <= cut))
+
+    value = share_close({"y": np.concatenate(reference.reference["y"])}, {"y": np.concatenate(got["y"])})
+    budget = Budget(parse_metric(share_close), floor=value - 0.05)
+    evaluator = Evaluator(model, plan, groups, samples, kinds, budget)
+    error = jackknife_error(budget, {n: evaluator.reference[n] for n in evaluator.outputs}, got, kinds, None)
+    assert 0.05 < error < 0.2  # about √(½·½/15)
+    result = evaluator.score(set(), margin=0.01)
+    assert result.value == value and not result.met  # met with 0.01 to spare, not with its sampling error
+    graded = Evaluator(model, plan, groups, samples, kinds, Budget(parse_metric("sqnr"), floor=0))
+    assert graded.score(set(), margin=0.01).met  # a graded metric keeps the margin it is given
