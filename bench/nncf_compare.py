@@ -206,8 +206,16 @@ def run_one(name: str, tool: str) -> dict:
             search = {"search_samples": SEARCH_SAMPLES.get(name), "time_budget": TIME_BUDGETS.get(name)}
             result = qcompile.compile(path, "ort-cpu", calib, held, policy="selective", **budget, **search)
             quant, used = result.to_proto(), {**_described(budget), **search}
+            card = result.card.get("search") or {}
+            notes = {
+                "search_cut": bool(card.get("cut")),
+                # the speed step's choice: groups kept float because their int8 kernels were slower here
+                "speed_kept_float": (card.get("speed") or {}).get("kept_float"),
+                "verdict": [v["problem"] for v in result.card["verdict"]],
+            }
         else:
             quant, used = _nncf(path, calib, budget, kinds)
+            notes = {}
     except Exception as e:  # (a tool that cannot take the model: its error is the result)
         return {"budget": _described(budget), "error": f"{type(e).__name__}: {e}"[:1500]}
     seconds = time.perf_counter() - start
@@ -229,6 +237,7 @@ def run_one(name: str, tool: str) -> dict:
         "latency_over_float_1thread": _latency_ratio(float_bytes, quant_bytes, _feeds(held[0])),
         "seconds": seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        **notes,
     }
 
 
