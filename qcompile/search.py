@@ -63,7 +63,7 @@ DEFAULT_BUDGET = Budget(parse_metric("fidelity"), floor=20.0)
 _DB_METRICS = ("fidelity", "sqnr")
 
 
-RANK_SAMPLES = 8  # a graded metric ranks on fewer samples than a count of right answers needs
+RANK_SAMPLES = 8  # a metric that moves in steps ranks on these first search samples (the default metric breaks ties)
 DB_MARGIN = 1.0  # dB: 26% more noise power than the budget allows is kept in reserve
 _DISTANCE_MARGIN = 1 - 10 ** (-DB_MARGIN / 10)  # the same reserve, as a share of a distance to perfect
 

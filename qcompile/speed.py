@@ -55,7 +55,7 @@ class SpeedReport:
     kept_float: list[str] = field(default_factory=list)
     latency_ms: dict[str, float] = field(default_factory=dict)  # "float", "int8", "with float groups"
     budget_blocked: bool = False  # with the slower groups float, the budget would not hold
-    # step 4: {"float_ms", "plan_ms", "tried": [[k, ms], ...], "kept_float": [...]} when the plan was slower
+    # step 4, when the plan was slower: {"float_ms", "plan_ms", "tried": [[k, its ms / float's], ...], "kept_float"}
     never_slower: dict = field(default_factory=dict)
 
 
@@ -162,32 +162,30 @@ def _never_slower(
     """Step 4: the first of the first 1, 2, 4, … groups of `order` in float that makes the model no
     slower than float (all of them: the float graph, kept without timing)."""
     float_session = make_session(float_source, threads=1)
-    float_ms, plan_ms = interleaved_medians_ms(
-        [float_session, make_session(compiled(model, assign(decisions)), threads=1)], sample, ROUNDS
-    )
+    if report.latency_ms:  # step 3 timed the plan as it stands against float already
+        lat = report.latency_ms
+        float_ms, plan_ms = lat["float"], lat["with float groups" if report.kept_float else "int8"]
+    else:
+        plan_session = make_session(compiled(model, assign(decisions)), threads=1)
+        float_ms, plan_ms = interleaved_medians_ms([float_session, plan_session], sample, ROUNDS)
     if plan_ms <= float_ms or not order:
         return decisions
     report.never_slower = {"float_ms": float_ms, "plan_ms": plan_ms, "tried": [], "kept_float": []}
+    reason = f"selective: float, the int8 model was slower than float here ({plan_ms:.3g} ms vs {float_ms:.3g} ms)"
     already = set(report.kept_float)
-    k = 1
-    while True:
-        k = min(k, len(order))
-        chosen = order[:k]
-        names = [g.name for g in chosen]
-        if keeps_budget is None or keeps_budget(already | set(names)):
-            reason = (
-                f"selective: float, the int8 model was slower than float here ({plan_ms:.3g} ms vs {float_ms:.3g} ms)"
-            )
-            trial = _float(decisions, chosen, reason)
-            if k == len(order):
-                report.never_slower["kept_float"] = sorted(names)
-                return trial
-            source = compiled(model, assign(trial))
-            base_ms, trial_ms = interleaved_medians_ms([float_session, make_session(source, threads=1)], sample, ROUNDS)
-            report.never_slower["tried"].append([k, trial_ms / base_ms])
-            if trial_ms <= base_ms:
-                report.never_slower["kept_float"] = sorted(names)
-                return trial
-        if k == len(order):
-            return decisions
-        k *= 2
+    sizes = sorted({min(2**i, len(order)) for i in range(len(order).bit_length() + 1)})  # 1, 2, 4, …, all
+    for k in sizes:
+        names = [g.name for g in order[:k]]
+        if keeps_budget is not None and not keeps_budget(already | set(names)):
+            continue
+        trial = _float(decisions, order[:k], reason)
+        if k == len(order):  # every group float: the float graph, no timing needed
+            report.never_slower["kept_float"] = sorted(names)
+            return trial
+        source = compiled(model, assign(trial))
+        base_ms, trial_ms = interleaved_medians_ms([float_session, make_session(source, threads=1)], sample, ROUNDS)
+        report.never_slower["tried"].append([k, trial_ms / base_ms])
+        if trial_ms <= base_ms:
+            report.never_slower["kept_float"] = sorted(names)
+            return trial
+    return decisions

@@ -104,11 +104,16 @@ def test_samples_side_by_side_give_the_sequential_floats_in_order(rng, monkeypat
             np.testing.assert_array_equal(x, y)
 
 
-def test_judged_by_scores_as_an_evaluator_of_the_first_samples_with_that_budget(rng):
-    model, samples = conv_model(rng), feeds(rng, 6)
+def _conv_search(rng, n: int):
+    """The conv model, `n` samples, its naive plan, its groups and output kinds."""
+    model, samples = conv_model(rng), feeds(rng, n)
     plan, _ = planned(model, samples)
     groups = quant_groups(model, plan, get_target("ort-cpu"))
-    kinds = {"y": OutputKind(), "s": OutputKind()}
+    return model, samples, plan, groups, {"y": OutputKind(), "s": OutputKind()}
+
+
+def test_judged_by_scores_as_an_evaluator_of_the_first_samples_with_that_budget(rng):
+    model, samples, plan, groups, kinds = _conv_search(rng, 6)
     evaluator = Evaluator(model, plan, groups, samples, kinds, Budget(parse_metric("top1"), floor=0.5))
     sqnr = Budget(parse_metric("sqnr"), floor=30)
     view = evaluator.judged_by(sqnr, 3)
@@ -121,10 +126,7 @@ def test_judged_by_scores_as_an_evaluator_of_the_first_samples_with_that_budget(
 def test_a_stepwise_metric_meets_the_budget_only_with_its_sampling_error_in_reserve(rng):
     from qcompile.budget import jackknife_error
 
-    model, samples = conv_model(rng), feeds(rng, 16)
-    plan, _ = planned(model, samples)
-    groups = quant_groups(model, plan, get_target("ort-cpu"))
-    kinds = {"y": OutputKind(), "s": OutputKind()}
+    model, samples, plan, groups, kinds = _conv_search(rng, 16)
     reference = Evaluator(model, plan, groups, samples, kinds, Budget(parse_metric("sqnr"), floor=0))
     got = reference.run(set(plan.tensors))
     errors = [float(np.sum((r - g) ** 2)) for r, g in zip(reference.reference["y"], got["y"], strict=True)]
