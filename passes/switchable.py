@@ -40,6 +40,7 @@ from qcompile.passes.insert_qdq import qdq_params
 from qcompile.passes.quant_groups import QuantGroup, quantized_tensors_when
 from qcompile.plan import QuantPlan, QuantSpec
 from qcompile.runtime import SessionSource, make_session, run_session
+from qcompile.streams import Streams
 
 __all__ = ["switchable_model", "Switches", "BASE", "Evaluator", "run_batch", "SEARCH_THREADS", "BATCH"]
 
@@ -149,7 +150,9 @@ class Evaluator:
         self.source = SessionSource.of(switchable, extra_outputs=self.probes)
         self.session = make_session(self.source, threads=SEARCH_THREADS)
         self._scratch: tempfile.TemporaryDirectory | None = None
+        self.streams: Streams | None = None  # read off the float run: the samples of a recurrent model's streams
         self.reference = self.run(on=set(), probes=self.probes)
+        self.streams = Streams.of(self.samples, self.reference, kinds, where)
 
     def seen(self, tensor: str) -> str:
         """The value readers of `tensor` see: its quantized version when its switch is on."""
@@ -169,6 +172,7 @@ class Evaluator:
         other.samples = self.samples[:samples]
         other.labels = self.labels[:samples] if self.labels is not None else None
         other.reference = {name: runs[:samples] for name, runs in self.reference.items()}
+        other.streams = self.streams.first(samples) if self.streams is not None else None
         other.where = f"the first {len(other.samples)} of {self.where}"
         return other
 
@@ -184,7 +188,7 @@ class Evaluator:
 
     def run(self, on: set[str], probes: Sequence[str] = ()) -> dict[str, list[np.ndarray]]:
         """Model outputs (and the intermediate `probes`) on every sample, with the tensors in `on` quantized."""
-        return _run(self.session, self.samples, self._flags(on), self._names(probes), SAMPLE_THREADS)
+        return _run(self.session, self.samples, self._flags(on), self._names(probes), SAMPLE_THREADS, self.streams)
 
     def run_many(self, configs: Sequence[tuple[set[str], Sequence[str]]]) -> Iterator[dict[str, list[np.ndarray]]]:
         """`run(on, probes)` for each configuration, in order; on the executor (batches of
@@ -200,7 +204,7 @@ class Evaluator:
                  for i in range(0, len(configs), BATCH)]  # fmt: skip
         pending: deque[Future] = deque()
         for batch in tasks:
-            pending.append(self.executor.submit(run_batch, self.source, self.samples, batch))
+            pending.append(self.executor.submit(run_batch, self.source, self.samples, batch, self.streams))
             if len(pending) >= MAX_IN_FLIGHT:
                 yield from pending.popleft().result()
         while pending:
@@ -236,15 +240,23 @@ class Evaluator:
 
 
 def _run(
-    session: Any, samples: Sequence[Sample], flags: Mapping[str, np.ndarray], names: Sequence[str], threads: int = 1
+    session: Any,
+    samples: Sequence[Sample],
+    flags: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    threads: int = 1,
+    streams: Streams | None = None,
 ):
     """Every sample through `session`, `threads` samples at a time (each run on one intra-op thread,
-    so the floats are those of a sequential run), in sample order."""
+    so the floats are those of a sequential run), in sample order; with `streams`, a stream's
+    samples one after the other, each fed the outputs of the one before, streams side by side."""
 
-    def one(sample: Sample) -> dict[str, np.ndarray]:
+    def one(sample: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return run_session(session, {**sample, **flags}, names)
 
-    if threads > 1 and len(samples) > 1:
+    if streams is not None:
+        results = streams.run(one, samples, threads)
+    elif threads > 1 and len(samples) > 1:
         with ThreadPoolExecutor(min(threads, len(samples)), thread_name_prefix="qcompile-search") as pool:
             results = list(pool.map(one, samples))
     else:
@@ -257,11 +269,14 @@ def _run(
 
 
 def run_batch(
-    source: SessionSource, samples: Sequence[Sample], batch: Sequence[tuple[Mapping[str, np.ndarray], Sequence[str]]]
+    source: SessionSource,
+    samples: Sequence[Sample],
+    batch: Sequence[tuple[Mapping[str, np.ndarray], Sequence[str]]],
+    streams: Streams | None = None,
 ) -> list[dict[str, list[np.ndarray]]]:
-    """On a worker: each (switch flags, output names) of `batch` on every sample, on this process's
-    cached session of `source`."""
+    """On a worker: each (switch flags, output names) of `batch` on every sample (as `streams`, when
+    given), on this process's cached session of `source`."""
     if source not in _SESSIONS:
         _SESSIONS.clear()  # one switchable model at a time per worker
         _SESSIONS[source] = make_session(source, threads=SEARCH_THREADS)
-    return [_run(_SESSIONS[source], samples, flags, names) for flags, names in batch]
+    return [_run(_SESSIONS[source], samples, flags, names, streams=streams) for flags, names in batch]

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +36,7 @@ from qcompile.prepare import Prepared, prepare, reference_source
 from qcompile.quantize import quantize
 from qcompile.report import plots, render_html
 from qcompile.specialise import check_fixed, fix_integer_inputs
+from qcompile.streams import STREAM_RUN, with_feedback
 from qcompile.targets import Lowered, Target, get_target
 from qcompile.verdict import problems
 from qcompile.verify import EvaluationSet, Verification, verify
@@ -115,7 +116,7 @@ def deployment_section(lowered: Lowered, verification: Verification) -> dict[str
         section["qdq_on_ort"] = verification.qdq_fidelity.to_dict()
     qdq, deployed = verification.qdq_outputs, verification.deployed_outputs
     if lowered.check is not None and qdq is not None and deployed is not None:
-        section["runtimes_vs_qdq"] = lowered.check(verification.evaluation.samples, qdq, deployed)
+        section["runtimes_vs_qdq"] = lowered.check(verification.evaluation.samples, qdq, deployed, verification.streams)
     return section
 
 
@@ -192,6 +193,7 @@ def compile(
     requantize: bool = False,
     reference: ModelSource | None = None,
     dequantize: bool = False,
+    feedback: Mapping[str, str] | None = None,
 ) -> CompileResult:
     """Compile a float ONNX model to int8 for `target`, and verify it against the float model.
 
@@ -247,6 +249,11 @@ def compile(
             and the card says so.
         dequantize: for a dynamically quantized model (ConvInteger, MatMulInteger, computed
             activation scales), take its stored weights back to float and compile afresh.
+        feedback: a recurrent model's states, `{output: input}`: each output is fed to its input
+            at the next step (`qcompile.streams`).  The samples are then read as streams, in order,
+            each holding the state the float model carries into it; search and verification run
+            every model under test on its own state, so that its error builds up as deployed.  The
+            held-out split and the search take runs of consecutive samples.
 
     Returns:
         A `CompileResult`: the int8 model (`.model`, `.to_proto()`, `.to_graphsurgeon()`), its
@@ -287,6 +294,8 @@ def compile(
         warnings.warn(QCompileWarning(note), stacklevel=2)
     if reference is not None:
         float_ref, reference_kind = reference_source(reference, prepared), "given"
+    if feedback:
+        prepared = dataclasses.replace(prepared, kinds=with_feedback(prepared.model, prepared.kinds, feedback))
     first, samples = peek(iter_samples(calibration, list(prepared.inputs), what="calibration data"))
     prepared = _checked(prepared, first, model, config)
     if tgt.static_graph and first is not None:  # integer inputs (a sample rate, a mode) become constants
@@ -297,7 +306,7 @@ def compile(
     # before calibration: a graph the target cannot take fails now, not after it
     early_files = tgt.precheck(prepared.model, tgt) if tgt.precheck is not None else {}
 
-    split = HoldoutSplit(samples) if evaluation is None else None
+    split = HoldoutSplit(samples, run=STREAM_RUN if feedback else 1) if evaluation is None else None
     quantized = quantize(prepared, split.calibration() if split else samples, config)
 
     evaluation_set = EvaluationSet.choose(evaluation, split, prepared.inputs)

@@ -51,11 +51,20 @@ def _search_lines(search: dict | None) -> list[str]:
             "the budget.",
             "",
         ]
+    if streams := search.get("streams"):
+        lines += [_streams_line(streams, "each candidate carried its own"), ""]
     if ranked := search.get("ranked_by"):
         lines += [
             f"Candidates ranked on the first {ranked['samples']} search samples ({search['metric']} may move in "
             f"steps, hardly at all when one group changes); among equal gains, the larger gain in "
             f"{ranked['tie_break']} first (in brackets in the table).",
+            "",
+        ]
+    if search.get("built_up"):
+        lines += [
+            "Keeping groups float one at a time from all int8 did not meet the budget (several groups break it on "
+            "their own): built up from float instead, each group quantized in turn, least harmful first, kept int8 "
+            "where the budget still held.",
             "",
         ]
     if search.get("cut"):
@@ -183,14 +192,23 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
+def _streams_line(streams: dict, carried: str) -> str:
+    pairs = ", ".join(f"{o} → {x}" for o, x in streams["feedback"].items())
+    return (
+        f"Run as {streams['streams']} stream(s) of {streams['steps']} steps in all: {carried} state ({pairs}) "
+        "from step to step, as deployed."
+    )
+
+
 def _fidelity_lines(card: dict) -> list[str]:
     fid = card.get("fidelity")
     if not fid:
         return ["_Not verified._"]
     where = "held-out calibration split" if card["evaluation"].get("held_out") else card["evaluation"].get("source", "")
-    lines = [
-        f"Evaluated on {fid['samples']} samples ({where}).",
-        "",
+    lines = [f"Evaluated on {fid['samples']} samples ({where}).", ""]
+    if streams := fid.get("streams"):
+        lines += [_streams_line(streams, "the quantized model carried its own"), ""]
+    lines += [
         "| output | SQNR (dB) | worst channel (dB) | cosine | max abs err | top-1 agreement |",
         "|---|---|---|---|---|---|",
     ]

@@ -142,6 +142,14 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="NAME=D0,D1,...",
         help="tflite/tflm/ethos-u/qnn-htp: the static shape of an input with dynamic dimensions (repeat per input)",
     )
+    c.add_argument(
+        "--feedback",
+        action="append",
+        default=[],
+        metavar="OUTPUT=INPUT",
+        help="a recurrent state: OUTPUT is fed to INPUT at the next step; samples are read as streams in order, "
+        "each with the state the float model carries into it (repeat per state)",
+    )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
 
     i = sub.add_parser("inspect", help="op histogram, opset, I/O and what each target could quantize")
@@ -188,6 +196,19 @@ def _add_budget_options(c: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="bound the precision search: when the time runs out, the best choice so far wins",
     )
+
+
+def _feedback(given: list[str]) -> dict[str, str] | None:
+    """OUTPUT=INPUT flags as a dict."""
+    pairs = {}
+    for item in given:
+        output, sep, inp = item.partition("=")
+        if not sep or not output or not inp:
+            raise QCompileError(f"--feedback takes OUTPUT=INPUT (a state output and the input it feeds), got {item!r}")
+        if output in pairs:
+            raise QCompileError(f"--feedback names output {output!r} twice")
+        pairs[output] = inp
+    return pairs or None
 
 
 def _input_shapes(given: list[str]) -> dict[str, list[int]] | None:
@@ -252,6 +273,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             dequantize=args.dequantize,
             target_options=_target_options(args),
             input_shapes=_input_shapes(args.input_shape),
+            feedback=_feedback(args.feedback),
         )
     files = result.save(args.output, report=args.report)
     sys.stdout.write(render_markdown(result.card))

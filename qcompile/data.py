@@ -210,11 +210,21 @@ class HoldoutSplit:
     be split and memory stops growing once the cap is reached (the default
     128 MB holds 26 images of 640×640×3 float32).  Once full, later samples
     all calibrate.
+
+    With `run` > 1 (a recurrent model's streams, `qcompile.streams`), every `every`-th run of
+    `run` consecutive samples is held out instead: stretches of streams, not lone steps.
     """
 
-    def __init__(self, samples: Iterable[Sample], every: int = 5, max_holdout: int = 200, max_bytes: int = 128 * 2**20):
+    def __init__(
+        self,
+        samples: Iterable[Sample],
+        every: int = 5,
+        max_holdout: int = 200,
+        max_bytes: int = 128 * 2**20,
+        run: int = 1,
+    ):
         self._samples = samples
-        self.every = every
+        self.every, self.run = every, run
         self.max_holdout = max_holdout
         self.max_bytes = max_bytes
         self.held_bytes = 0
@@ -228,7 +238,7 @@ class HoldoutSplit:
         last: Sample | None = None
         yielded = 0
         for i, s in enumerate(self._samples):
-            if i % self.every == self.every - 1 and self._room_for(s):
+            if i // self.run % self.every == self.every - 1 and self._room_for(s):
                 self.held.append(s)
                 self.held_bytes += _nbytes(s)
                 continue

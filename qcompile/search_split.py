@@ -56,10 +56,20 @@ class SearchSplit:
 
     `undecided(sample)` (optional) says whether the float model is undecided on a sample: the
     strata above.  With fewer than 2·`count` samples in all there is too little to spare
-    (`too_few`): `samples` + `rest` are then every sample, to calibrate on them all."""
+    (`too_few`): `samples` + `rest` are then every sample, to calibrate on them all.
 
-    def __init__(self, samples: Iterable[Sample], count: int, undecided: Callable[[Sample], bool] | None = None):
-        self._samples, self.count, self._undecided = samples, count, undecided
+    With `run` > 1 (a recurrent model's streams, `qcompile.streams`), the reservoirs hold runs of
+    `run` consecutive samples instead of samples, ⌈count / run⌉ of them: the search then sees
+    stretches of streams long enough for a state's error to build up."""
+
+    def __init__(
+        self,
+        samples: Iterable[Sample],
+        count: int,
+        undecided: Callable[[Sample], bool] | None = None,
+        run: int = 1,
+    ):
+        self._samples, self.count, self._undecided, self.run = samples, count, undecided, run
         self.stratified = undecided is not None
         self.samples: list[Sample] = []  # the search's
         self.rest: list[Sample] = []  # the first `count` samples handed to calibration
@@ -67,38 +77,56 @@ class SearchSplit:
         self.seen = (0, 0)  # samples of the stream (decided, undecided)
         self.taken = (0, 0)  # search samples (decided, undecided)
 
-    def _calibrate(self, sample: Sample) -> Iterator[Sample]:
-        if len(self.rest) < self.count:
-            self.rest.append(sample)
-        self.calibrated += 1
-        yield sample
+    def _calibrate(self, unit: list[Sample]) -> Iterator[Sample]:
+        for sample in unit:
+            if len(self.rest) < self.count:
+                self.rest.append(sample)
+            self.calibrated += 1
+            yield sample
+
+    def _units(self) -> Iterator[list[Sample]]:
+        unit: list[Sample] = []
+        for sample in self._samples:
+            unit.append(sample)
+            if len(unit) == self.run:
+                yield unit
+                unit = []
+        if unit:
+            yield unit
 
     def __iter__(self) -> Iterator[Sample]:
         rng = np.random.default_rng(SEED)
-        pools: tuple[list[Sample], list[Sample]] = ([], [])
-        seen = [0, 0]
-        for sample in self._samples:
-            stratum = int(self.count > 0 and self._undecided is not None and self._undecided(sample))
+        units = -(-self.count // self.run)  # reservoir slots
+        pools: tuple[list[list[Sample]], list[list[Sample]]] = ([], [])
+        seen, samples_seen = [0, 0], [0, 0]
+        for unit in self._units():
+            judged = self.count > 0 and self._undecided is not None
+            stratum = int(judged and any(self._undecided(s) for s in unit))  # type: ignore[misc]
             pool, i = pools[stratum], seen[stratum]
             seen[stratum] += 1
-            if len(pool) < self.count:
-                pool.append(sample)
+            samples_seen[stratum] += len(unit)
+            if len(pool) < units:
+                pool.append(unit)
                 continue
             j = int(rng.integers(0, i + 1))
-            if j < self.count:
-                pool[j], sample = sample, pool[j]
-            yield from self._calibrate(sample)
+            if j < units:
+                pool[j], unit = unit, pool[j]
+            yield from self._calibrate(unit)
         self._undecided = None  # done with the float model
-        self.seen = (seen[0], seen[1])
-        self.taken = allocate(self.count, self.seen, (len(pools[0]), len(pools[1])))
-        surplus: list[Sample] = []
-        for pool, take in zip(pools, self.taken, strict=True):
-            # a uniform subset of the reservoir (its first slots are not: slot j starts as sample j)
+        self.seen = (samples_seen[0], samples_seen[1])
+        taken = allocate(units, (seen[0], seen[1]), (len(pools[0]), len(pools[1])))
+        surplus: list[list[Sample]] = []
+        counts = []
+        for pool, take in zip(pools, taken, strict=True):
+            # a uniform subset of the reservoir (its first slots are not: slot j starts as unit j)
             chosen = set(rng.choice(len(pool), take, replace=False).tolist()) if take < len(pool) else set(range(take))
-            self.samples += [s for j, s in enumerate(pool) if j in chosen]
-            surplus += [s for j, s in enumerate(pool) if j not in chosen]
-        for sample in surplus:
-            yield from self._calibrate(sample)
+            picked = [s for j, unit in enumerate(pool) if j in chosen for s in unit]
+            self.samples += picked
+            counts.append(len(picked))
+            surplus += [unit for j, unit in enumerate(pool) if j not in chosen]
+        self.taken = (counts[0], counts[1])
+        for unit in surplus:
+            yield from self._calibrate(unit)
 
     @property
     def too_few(self) -> bool:

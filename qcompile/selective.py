@@ -126,6 +126,7 @@ def selective_search(
     report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
     report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
     report.sampling_error = sampling_error_at(evaluator.choosing(choice), found)
+    report.streams = evaluator.streams.describe() if evaluator.streams else None
     ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
     final, decided = _using(calib, best, ranges), found.decisions(plans[base], "selective")
     if speed_sample is not None:

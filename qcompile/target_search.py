@@ -34,6 +34,7 @@ from qcompile.passes.sensitivity import rank_groups
 from qcompile.passes.switchable import Evaluator
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.search import RANK_SAMPLES, SearchReport, ranking_evaluator
+from qcompile.streams import STREAM_RUN, feedback_of
 from qcompile.targets.base import Target
 
 __all__ = ["widen_on_target", "npu_search", "WIDENED"]
@@ -135,7 +136,8 @@ def npu_search(
     """8-bit or 16-bit per group for a target without float: ranked on ORT, decided on the target
     (with the calibration's channel `means`, every candidate's biases corrected)."""
     groups = quant_groups(model, plan, target)
-    evaluator = Evaluator(model, plan, groups, samples[:RANK_SAMPLES], kinds, budget, means=means)
+    ranked_on = STREAM_RUN if feedback_of(kinds) else RANK_SAMPLES  # a recurrent model: a run of its stream
+    evaluator = Evaluator(model, plan, groups, samples[:ranked_on], kinds, budget, means=means)
     fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
     ranker, tie_break = ranking_evaluator(evaluator)
     table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline, tie_break=tie_break)[1]
@@ -160,5 +162,6 @@ def npu_search(
         trials=evaluator.trials,
         on_target=found,
         ranked_by={"samples": len(ranker.samples), "tie_break": tie_break.metric.name} if tie_break else None,
+        streams=evaluator.streams.describe() if evaluator.streams else None,
     )
     return decisions, report

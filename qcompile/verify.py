@@ -22,6 +22,7 @@ from qcompile.budget import Budget, BudgetResult, stacked, stacked_labels
 from qcompile.data import HoldoutSplit, InputSpec, Sample, iter_samples
 from qcompile.metrics import OutputFigures, OutputKind, output_figures
 from qcompile.runtime import SessionSource, fused_op_counts, make_session, median_latency_ms, run_session
+from qcompile.streams import Streams
 
 __all__ = [
     "Fidelity",
@@ -42,22 +43,34 @@ class Fidelity:
     outputs: list[OutputFigures]
     float_accuracy: float | None = None
     quant_accuracy: float | None = None
+    streams: dict | None = None  # a recurrent model's samples run as streams (`qcompile.streams.Streams.describe`)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def run_outputs(model: Any, samples: Sequence[Sample], progress=None) -> dict[str, list[np.ndarray]]:
-    """Every output of `model` on every sample; the session is gone when this returns.
+def run_outputs(
+    model: Any, samples: Sequence[Sample], progress=None, streams: Streams | None = None
+) -> dict[str, list[np.ndarray]]:
+    """Every output of `model` on every sample (as `streams`, when given: each continuing sample fed
+    the model's own outputs on the one before); the session is gone when this returns.
     `model` is anything `make_session` takes, or a runner of a target's own file (`Lowered.runner`)."""
-    if hasattr(model, "outputs") and callable(model.outputs):
+    order = progress or (lambda it: it)
+    runner = hasattr(model, "outputs") and callable(model.outputs)
+    if runner and streams is None:
         return model.outputs(list(samples), progress)
-    session = make_session(model)
-    names = [o.name for o in session.get_outputs()]
-    out: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for sample in (progress or (lambda it: it))(samples):
-        for n, arr in run_session(session, sample, names).items():
-            out[n].append(np.asarray(arr))
+    if runner:
+        assert streams is not None
+        results = streams.run(lambda s: {n: runs[0] for n, runs in model.outputs([s]).items()}, samples, order=order)
+    else:
+        session = make_session(model)
+        names = [o.name for o in session.get_outputs()]
+        step = lambda s: run_session(session, s, names)  # noqa: E731
+        results = streams.run(step, samples, order=order) if streams else [step(s) for s in order(samples)]
+    out: dict[str, list[np.ndarray]] = {}
+    for result in results:
+        for n, arr in result.items():
+            out.setdefault(n, []).append(np.asarray(arr))
     return out
 
 
@@ -74,7 +87,10 @@ def compare(
     One session exists at a time, so peak memory holds one model's weights, not both.
     """
     ref = run_outputs(float_model, samples, progress)
-    return figures(ref, run_outputs(quant_model, samples, progress), samples, kinds, budget)
+    streams = Streams.of(samples, ref, kinds or {}, "the evaluation data")
+    fidelity, result = figures(ref, run_outputs(quant_model, samples, progress, streams), samples, kinds, budget)
+    fidelity.streams = streams.describe() if streams else None
+    return fidelity, result
 
 
 def figures(
@@ -142,6 +158,7 @@ class Verification:
     qdq_fidelity: Fidelity | None = None  # a target with its own file: the same plan's QDQ model on ORT
     qdq_outputs: dict[str, list[np.ndarray]] | None = None
     deployed_outputs: dict[str, list[np.ndarray]] | None = None  # ... and the target's file on its runtime
+    streams: Streams | None = None  # how the samples ran as streams (a recurrent model's `feedback`)
 
 
 def verify(
@@ -169,11 +186,15 @@ def verify(
         return Verification(fidelity, evaluation, kernels, latency, budget_result, reference)
     samples = evaluation.samples
     ref = run_outputs(float_ref, samples, progress)
-    qdq = run_outputs(quant_ref, samples, progress)
-    deployed = run_outputs(runner, samples, progress)
+    streams = Streams.of(samples, ref, kinds or {}, "the evaluation data")
+    qdq = run_outputs(quant_ref, samples, progress, streams)
+    deployed = run_outputs(runner, samples, progress, streams)
     fidelity, budget_result = figures(ref, deployed, samples, kinds, budget)
     qdq_fidelity, _ = figures(ref, qdq, samples, kinds)
-    return Verification(fidelity, evaluation, kernels, None, budget_result, reference, qdq_fidelity, qdq, deployed)
+    fidelity.streams = qdq_fidelity.streams = streams.describe() if streams else None
+    return Verification(
+        fidelity, evaluation, kernels, None, budget_result, reference, qdq_fidelity, qdq, deployed, streams
+    )
 
 
 def integer_kernels(quant: SessionSource) -> dict[str, int]:

@@ -94,7 +94,8 @@ class Lowered:
     files: dict[str, bytes]  # file name suffix ("tflite", "cc", ...) → content
     runner: Any
     summary: dict[str, Any]
-    check: Callable[[list, dict[str, list], dict[str, list]], dict[str, Any]] | None = None
+    # (samples, QDQ outputs, deployed outputs, streams or None) → the other runtimes' agreement with the QDQ model
+    check: Callable[[list, dict[str, list], dict[str, list], Any], dict[str, Any]] | None = None
 
 
 Lower = Callable[[ir.Model, "Target"], Lowered]

@@ -149,12 +149,18 @@ def _check(files: dict[str, bytes], provider: dict[str, str], allow: bool, steps
     """The HTP's outputs and the context binary's against the QDQ model on ORT CPU, and the context
     binary's against the HTP's (they must be equal: it is the same compiled graph)."""
 
-    def check(samples: list, qdq: dict[str, list], deployed: dict[str, list]) -> dict[str, Any]:
+    def check(samples: list, qdq: dict[str, list], deployed: dict[str, list], streams: Any = None) -> dict[str, Any]:
         result = {"qnn_htp": _agreement(deployed, qdq, steps)}
         if "{stem}.qnn_ctx.onnx" in files:
             from qcompile.targets.qnn_context import context_outputs
+            from qcompile.verify import run_outputs
 
-            got = context_outputs(files["{stem}.qnn_ctx.onnx"], provider, allow, samples)
+            class Context:  # the context binary as a runner (a recurrent model's streams: a step at a time)
+                @staticmethod
+                def outputs(batch: list, progress: Any = None) -> dict[str, list]:
+                    return context_outputs(files["{stem}.qnn_ctx.onnx"], provider, allow, batch)
+
+            got = run_outputs(Context(), samples, streams=streams)
             result["qnn_context"] = _agreement(got, qdq, steps)
             result["qnn_context_vs_htp"] = _agreement(got, deployed, steps)
         return result

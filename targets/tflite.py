@@ -90,13 +90,14 @@ def _check(model: TfliteModel, integer_only: bool) -> Any:
     others by running them."""
     verified = "tflm" if integer_only else "litert_reference"
 
-    def check(samples: list, qdq: dict[str, list], deployed: dict[str, list]) -> dict[str, Any]:
+    def check(samples: list, qdq: dict[str, list], deployed: dict[str, list], streams: Any = None) -> dict[str, Any]:
         from qcompile.targets.tflite_run import LiteRtRunner
+        from qcompile.verify import run_outputs
 
         def outputs(name: str) -> dict[str, list]:
             if name == verified:
                 return deployed
-            return LiteRtRunner(model, name.removeprefix("litert_")).outputs(samples)
+            return run_outputs(LiteRtRunner(model, name.removeprefix("litert_")), samples, streams=streams)
 
         names = ["litert_reference", "litert_xnnpack", *(["tflm"] if integer_only else [])]
         return {name: agreement(model, outputs(name), qdq) for name in names}

@@ -100,6 +100,13 @@ def test_holdout_split_streams_and_keeps_every_fifth():
     assert calib == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11]
 
 
+def test_holdout_split_of_streams_keeps_every_fifth_run_of_consecutive_samples():
+    split = HoldoutSplit(({"i": i} for i in range(45)), every=5, run=4)
+    calib = [s["i"] for s in split.calibration()]
+    assert [s["i"] for s in split.held] == [16, 17, 18, 19, 36, 37, 38, 39]
+    assert sorted(calib + [s["i"] for s in split.held]) == list(range(45))
+
+
 def test_holdout_split_with_one_sample_falls_back_to_in_sample():
     split = HoldoutSplit([{"i": 0}])
     assert [s["i"] for s in split.calibration()] == [0]

@@ -110,3 +110,13 @@ def test_each_stratum_gives_a_uniform_subset_of_itself(monkeypatch):
     hard, easy = counts[sorted(undecided)], np.delete(counts, sorted(undecided))
     assert hard.sum() == 400 and hard.min() > 60  # 100 each expected
     assert easy.sum() == 7 * 400 and easy.min() > 45 and easy.max() < 115  # 78 each expected
+
+
+def test_a_recurrent_models_search_takes_whole_runs_of_consecutive_samples():
+    split = SearchSplit(_stream(203), 10, run=4)  # ⌈10 / 4⌉ = 3 runs; the last run of the stream has 3 samples
+    calibrated = _indices(split)
+    search = [int(s["i"]) for s in split.samples]
+    assert sorted(calibrated + search) == list(range(203)) and split.taken == (len(search), 0)
+    runs = [search[k : k + 4] for k in range(0, len(search), 4)]
+    assert len(runs) == 3 and all(r == list(range(r[0], r[0] + len(r))) and r[0] % 4 == 0 for r in runs)
+    assert len(search) in (11, 12)  # 12 unless the short last run was taken

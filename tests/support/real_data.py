@@ -282,13 +282,13 @@ def speech_16k() -> list[np.ndarray]:
 VAD_CONTEXT = 64  # silero v5+ reads the last 64 samples of the previous window before each 512 (16 kHz)
 
 
-def _vad_run(session) -> list[tuple[dict, np.ndarray]]:
-    """Every recording, window by window, as a VAD runs it: each 512-sample window after the 64
-    samples that precede it (the context silero's own wrapper prepends; without it the model
-    never detects speech), with the state `session`'s model carried out of the window before.
-    (feeds, speech probability) per window."""
+def _vad_run(session, clips: list[np.ndarray] | None = None) -> list[tuple[dict, np.ndarray]]:
+    """Every recording (or those of `clips`), window by window, as a VAD runs it: each 512-sample
+    window after the 64 samples that precede it (the context silero's own wrapper prepends; without
+    it the model never detects speech), with the state `session`'s model carried out of the window
+    before.  (feeds, speech probability) per window."""
     run = []
-    for clip in speech_16k():
+    for clip in speech_16k() if clips is None else clips:
         state = np.zeros((2, 1, 128), np.float32)
         context = np.zeros((1, VAD_CONTEXT), np.float32)
         for i in range(0, len(clip) - 512, 512):
@@ -314,11 +314,39 @@ def vad_samples(model_path: Path, n: int = 80) -> list[dict]:
     return out[::step][:n]
 
 
-def vad_stream(session) -> np.ndarray:
-    """Speech probability of every window of every recording, the model carrying its own state
-    from window to window (how a VAD runs): errors in the state accumulate, unlike in
-    `vad_samples`, whose windows each start from the float model's state."""
-    return np.array([float(np.ravel(p)[0]) for _, p in _vad_run(session)])
+VAD_HELD_OUT = 3  # every third recording is held out of calibration and search: whole streams
+
+
+def _held_recording(i: int) -> bool:
+    return i % VAD_HELD_OUT == VAD_HELD_OUT - 1
+
+
+def vad_stream_split(model_path: Path) -> tuple[list[dict], list[dict]]:
+    """Every window of every recording in order, with the state the float model carries into it
+    (streams for `feedback={"stateN": "state"}`): the windows of every third recording held out,
+    the others to calibrate and search on."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    clips = speech_16k()
+    calib = [f for i, c in enumerate(clips) if not _held_recording(i) for f, _ in _vad_run(session, [c])]
+    held = [f for i, c in enumerate(clips) if _held_recording(i) for f, _ in _vad_run(session, [c])]
+    return calib, held
+
+
+def vad_stream(session, held_out: bool = False) -> np.ndarray:
+    """Speech probability of every window of every recording (or of the held-out ones of
+    `vad_stream_split`), the model carrying its own state from window to window (how a VAD runs):
+    errors in the state accumulate, unlike in `vad_samples`, whose windows each start from the float
+    model's state."""
+    clips = [c for i, c in enumerate(speech_16k()) if not held_out or _held_recording(i)]
+    return np.array([float(np.ravel(p)[0]) for _, p in _vad_run(session, clips)])
+
+
+def speech_agreement(float_outputs: dict, quantized_outputs: dict) -> float:
+    """1 − max |Δ speech probability| over every window (the issue's silero criterion: within 0.02
+    of float, so a floor of 0.98); a budget metric (`metric=` of `qcompile.compile`)."""
+    return 1.0 - float(np.max(np.abs(float_outputs["output"] - quantized_outputs["output"])))
 
 
 def split(samples: list[dict], every: int = 3) -> tuple[list[dict], list[dict]]:
