@@ -60,6 +60,19 @@ def _search_lines(search: dict | None) -> list[str]:
             f"{ranked['tie_break']} first (in brackets in the table).",
             "",
         ]
+    if confirmed := search.get("confirmed"):
+        more = (
+            f"; {len(confirmed['floated'])} more candidate(s) float to meet it there ({', '.join(confirmed['floated'])})"
+            if confirmed["floated"]
+            else ""
+        )
+        lines += [
+            f"The choice built as compiled and run on ONNX Runtime on the same search samples: "
+            f"{_fmt(confirmed['value'], 3)} "
+            f"({'met' if confirmed['met'] else '**not met**'}; the search's estimate was "
+            f"{_fmt(confirmed['estimate'], 3)}){more}.",
+            "",
+        ]
     if search.get("built_up"):
         lines += [
             "Keeping groups float one at a time from all int8 did not meet the budget (several groups break it on "

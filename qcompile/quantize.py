@@ -129,7 +129,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
         elif config.policy == "hybrid":
             decisions, search = hybrid_search(
                 model, specs, target, kept.samples, prepared.kinds, budget, margin, pins, bar, config.executor,
-                deadline, means,
+                deadline, means, lambda d: assign(calib, d),
             )  # fmt: skip
         else:
             decisions, calib, search = selective_search(

@@ -49,6 +49,7 @@ import onnx_ir as ir
 
 from qcompile.budget import Budget, parse_metric
 from qcompile.build_up import build_up
+from qcompile.confirm import compiled_judge, confirm_compiled
 from qcompile.data import Sample
 from qcompile.deadline import Deadline
 from qcompile.metrics import OutputKind
@@ -119,6 +120,7 @@ class SearchReport:
     sampling_error: float | None = None  # a stepwise metric's jackknife error at the choice (the least reserve)
     streams: dict | None = None  # a recurrent model's search samples, run as streams (qcompile.streams)
     built_up: bool = False  # the greedy missed; the float groups are what building up from float left
+    confirmed: dict | None = None  # the choice judged as compiled, on ORT (qcompile.confirm)
 
     def describe(self, top: int = 15) -> dict:
         data = asdict(self)
@@ -140,18 +142,27 @@ def hybrid_search(
     executor: Executor | None = None,
     deadline: Deadline | None = None,
     means: Mapping[str, np.ndarray] | None = None,
+    assign: Callable[[Mapping[str, NodeDecision]], QuantPlan] | None = None,
 ) -> tuple[dict[str, NodeDecision], SearchReport]:
     """Node decisions for `plan`'s model under `budget`, and how the search got there.
 
     Groups with a pinned node are measured as the pin has them but are never candidates; the
     ranking's runs go to `executor` when given (same decisions whatever the executor); with the
-    calibration's channel `means`, candidates are scored with their biases corrected."""
+    calibration's channel `means`, candidates are scored with their biases corrected.  With
+    `assign` (decisions → the plan compile will lower), the choice is confirmed on the model as
+    compiled (`qcompile.confirm`)."""
     groups = quant_groups(model, plan, target)
     evaluator = Evaluator(
         model, plan, groups, samples, kinds, budget, "the calibration data", executor=executor, means=means
     )
     found = float_search(evaluator, pinned, margin, progress, deadline)
+    confirmed = None
+    if assign is not None:
+        plan_of = lambda f: assign(f.decisions(plan, "hybrid"))  # noqa: E731
+        compiled = compiled_judge(model, target, samples, kinds, budget, margin, plan_of, means)
+        found, confirmed = confirm_compiled(found, compiled, deadline or Deadline())
     report = found.report(budget, margin, len(samples), "hybrid")
+    report.confirmed = confirmed
     report.cut, report.trials = deadline is not None and deadline.cut, evaluator.trials
     report.sampling_error = sampling_error_at(evaluator, found)
     report.streams = evaluator.streams.describe() if evaluator.streams else None

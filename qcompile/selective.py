@@ -40,6 +40,7 @@ import onnx_ir as ir
 
 from qcompile.budget import Budget
 from qcompile.calibrators import HISTOGRAM_CALIBRATORS
+from qcompile.confirm import compiled_judge, confirm_compiled
 from qcompile.data import Sample
 from qcompile.deadline import Deadline
 from qcompile.metrics import OutputKind
@@ -121,20 +122,27 @@ def selective_search(
             found, choice, best = plain, {}, base
     # BASE ("") is the given calibrator; a tensor without a `best` variant has the same spec under both
     chosen = {t: base if choice.get(t) == BASE else choice.get(t, best) for t in variants}
+    ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
+    final = _using(calib, best, ranges)
+    sampling_error = sampling_error_at(evaluator.choosing(choice), found)
+    plan_of = lambda f: assign(final, f.decisions(plans[base], "selective"))  # noqa: E731
+    means = calib.channel_means if correct_biases else None
+    compiled = compiled_judge(model, target, samples, kinds, budget, margin, plan_of, means)
+    estimate = found.result.value  # the speed step compares estimates with estimates
+    found, confirmed = confirm_compiled(found, compiled, deadline)
     report = found.report(budget, margin, len(samples), "selective")
     report.evaluations = evaluations
     report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
     report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
-    report.sampling_error = sampling_error_at(evaluator.choosing(choice), found)
+    report.sampling_error, report.confirmed = sampling_error, confirmed
     report.streams = evaluator.streams.describe() if evaluator.streams else None
-    ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
-    final, decided = _using(calib, best, ranges), found.decisions(plans[base], "selective")
+    decided = found.decisions(plans[base], "selective")
     if speed_sample is not None:
         chooser, floats = evaluator.choosing(choice), set(report.float_groups)
 
         def keeps_budget(extra: set[str]) -> bool:
             trial = chooser.score(floats | extra, margin)
-            return trial.met or trial.value >= found.result.value
+            return trial.met or trial.value >= estimate
 
         def plan_for(d: Mapping[str, NodeDecision]) -> QuantPlan:
             return assign(final, d)
