@@ -104,7 +104,16 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
         "compile_seconds": seconds,
         "search": {
             k: search[k]
-            for k in ("all_int8", "chosen", "met", "float_groups", "evaluations", "calibrator", "calibrators")
+            for k in (
+                "all_int8",
+                "chosen",
+                "met",
+                "float_groups",
+                "evaluations",
+                "calibrator",
+                "calibrators",
+                "confirmed",
+            )
             if k in search
         },
         # the speed step's choice (selective): groups kept float because their int8 kernels were slower here

@@ -24,7 +24,7 @@ from qcompile.passes.quant_groups import QuantGroup
 from qcompile.passes.sensitivity import Sensitivity
 from qcompile.passes.switchable import Evaluator
 
-__all__ = ["build_up"]
+__all__ = ["build_up", "unranked"]
 
 
 def build_up(
@@ -50,10 +50,11 @@ def build_up(
         if trial.met:
             floats.discard(group.name)
             result = trial
-    kept = [singles.get(g.name) or _unranked(g) for g in free if g.name in floats]
+    kept = [singles.get(g.name) or unranked(g) for g in free if g.name in floats]
     return kept, result, evaluations
 
 
-def _unranked(group: QuantGroup) -> Sensitivity:
+def unranked(group: QuantGroup) -> Sensitivity:
+    """A table entry for a group the ranking did not measure."""
     nan = math.nan
     return Sensitivity(group.name, (group.name,), group.ops, group.macs, nan, nan, nan, 0.0)

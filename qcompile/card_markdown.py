@@ -61,11 +61,8 @@ def _search_lines(search: dict | None) -> list[str]:
             "",
         ]
     if confirmed := search.get("confirmed"):
-        more = (
-            f"; {len(confirmed['floated'])} more candidate(s) float to meet it there ({', '.join(confirmed['floated'])})"
-            if confirmed["floated"]
-            else ""
-        )
+        floated = confirmed["floated"]
+        more = f"; {len(floated)} more candidate(s) float to meet it there ({', '.join(floated)})" if floated else ""
         lines += [
             f"The choice built as compiled and run on ONNX Runtime on the same search samples: "
             f"{_fmt(confirmed['value'], 3)} "

@@ -13,6 +13,8 @@ ORT on the same search samples, with the same margin (and sampling-error reserve
                                      at a time, each built and judged again; a candidate is kept
                                      if the compiled value does not get worse; stop once it meets
                                      the budget, after `CONFIRM_STEPS` builds, or at the deadline
+                                     (where all int8 met the estimate, nothing was ranked: the
+                                     candidates are ranked first)
     estimate missed too            → kept as is; the compiled value is what the card reports
 
 so that the plan's figure on the search samples is the compiled model's, not the estimate's.
@@ -32,6 +34,7 @@ from qcompile.data import Sample
 from qcompile.deadline import Deadline
 from qcompile.judge import SampleJudge, built
 from qcompile.metrics import OutputKind
+from qcompile.passes.sensitivity import Sensitivity
 from qcompile.plan import QuantPlan
 from qcompile.runtime import SessionSource, unfused_stand_in
 from qcompile.targets import Target
@@ -45,12 +48,20 @@ CONFIRM_STEPS = 8  # each builds a model and runs it on the search samples
 
 
 def confirm_compiled(
-    found: FloatSearch, compiled: Callable[[FloatSearch], BudgetResult], deadline: Deadline
+    found: FloatSearch,
+    compiled: Callable[[FloatSearch], BudgetResult],
+    deadline: Deadline,
+    rank: Callable[[], tuple[list[Sensitivity], int, dict | None]] | None = None,
 ) -> tuple[FloatSearch, dict]:
-    """`found` with the compiled model's result (and any candidates floated to meet the budget
-    there), and a record: {"estimate", "values" (every build judged), "floated", "value", "met"}."""
+    """`found` with the compiled model's result and any candidates floated to meet the budget
+    there (`rank` ranks them when the search had not: all int8 met its estimate), and a record:
+    {"estimate", "values" (every build judged), "floated", "value", "met"; "ranked" when it ranked}."""
     result = compiled(found)
     record: dict = {"estimate": found.result.value, "values": [result.value], "floated": []}
+    if found.result.met and not result.met and not found.table and rank is not None and not deadline.expired():
+        table, evaluations, ranked_by = rank()  # all int8 met the estimate: nothing was ranked yet
+        found = replace(found, table=table, evaluations=found.evaluations + evaluations, ranked_by=ranked_by)
+        record["ranked"] = True
     chosen = list(found.chosen)
     if found.result.met and not result.met:
         floats = {g for c in chosen for g in c.groups}

@@ -160,7 +160,8 @@ def hybrid_search(
     if assign is not None:
         plan_of = lambda f: assign(f.decisions(plan, "hybrid"))  # noqa: E731
         compiled = compiled_judge(model, target, samples, kinds, budget, margin, plan_of, means)
-        found, confirmed = confirm_compiled(found, compiled, deadline or Deadline())
+        rank = lambda: ranked(evaluator, found.fixed, progress, deadline)  # noqa: E731
+        found, confirmed = confirm_compiled(found, compiled, deadline or Deadline(), rank)
     report = found.report(budget, margin, len(samples), "hybrid")
     report.confirmed = confirmed
     report.cut, report.trials = deadline is not None and deadline.cut, evaluator.trials
@@ -234,13 +235,8 @@ def float_search(
     everything = evaluator.score(set(), margin)
     if everything.met:  # every group int8 keeps the budget with its margin: nothing to rank
         return FloatSearch(evaluator.groups, fixed, everything.value, [], [], everything, 1, metric)
-    ranked_by = None
     if ranking is None:
-        ranker, tie_break = ranking_evaluator(evaluator)
-        table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline, tie_break=tie_break)[1]
-        evaluations = 2 * len(table) + 2
-        if tie_break is not None:
-            ranked_by = {"samples": len(ranker.samples), "tie_break": tie_break.metric.name}
+        table, evaluations, ranked_by = ranked(evaluator, fixed, progress, deadline)
     else:
         table, evaluations, ranked_by = list(ranking.table), 1, ranking.ranked_by
     chosen, result, greedy = _greedy(evaluator, table, margin, deadline)
@@ -255,6 +251,17 @@ def float_search(
         evaluator.groups, fixed, everything.value, table, chosen, result, evaluations, metric, deadline.cut, ranked_by,
         built_up,
     )  # fmt: skip
+
+
+def ranked(
+    evaluator: Evaluator, fixed: set[str], progress: Callable | None = None, deadline: Deadline | None = None
+) -> tuple[list[Sensitivity], int, dict | None]:
+    """`evaluator`'s candidates ranked (groups in `fixed` left out): the table, the evaluations it
+    took, and what ranked them when the budget's own metric could not alone."""
+    ranker, tie_break = ranking_evaluator(evaluator)
+    table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline, tie_break=tie_break)[1]
+    ranked_by = {"samples": len(ranker.samples), "tie_break": tie_break.metric.name} if tie_break else None
+    return table, 2 * len(table) + 2, ranked_by
 
 
 def sampling_error_at(evaluator: Evaluator, found: FloatSearch) -> float | None:

@@ -56,6 +56,16 @@ def test_where_the_compiled_model_misses_the_next_candidates_go_float_until_it_m
     assert record["floated"] == ["c"] and len(calls) == 3  # b made it worse and went back; d never tried
 
 
+def test_where_all_int8_met_the_estimate_the_candidates_are_ranked_first():
+    ranked = _found(["a", "b"], [], met=True)
+    unranked = replace(ranked, table=[])
+    compiled, calls = _compiled_needing({"b"})
+    kept, record = confirm_compiled(unranked, compiled, Deadline(), rank=lambda: (ranked.table[::-1], 6, None))
+    assert record["ranked"] and record["floated"] == ["b"] and kept.result.met
+    assert kept.table == ranked.table[::-1] and kept.evaluations == unranked.evaluations + 6
+    assert len(calls) == 2  # b ranked first: one more build met it
+
+
 def test_an_estimate_that_missed_is_only_reported_and_the_builds_are_bounded():
     missed = _found(["a", "b"], [], met=False)
     compiled, calls = _compiled_needing({"a"})
