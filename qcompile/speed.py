@@ -12,10 +12,12 @@ After the selective policy's accuracy search, with the plan it chose:
    more than 2%: a float island also costs Q/DQ transitions at its edges, which only the
    whole-model timing sees;
 4. never slower than float: if the plan is still slower than the float model at one thread (same
-   interleaved timing), the groups still in int8 go float in the order of what int8 costs them
-   over float in the profile (most first), 1, 2, 4, … at a time, each set timed, until the
-   model is no slower than float (with every group float it is the float graph); each set also
-   has to keep the budget.  The card then says that int8 did not pay on this CPU for those groups.
+   interleaved timing) by more than `NOISE` (PP-OCRv4 det: a plan timed 1.02× float here, 0.84×
+   in the card's own timing, and this step floated 64 groups on that 2%), the groups still in
+   int8 go float in the order of what int8 costs them over float in the profile (most first),
+   1, 2, 4, … at a time, each set timed, until the model is no slower than float (with every
+   group float it is the float graph); each set also has to keep the budget.  The card then
+   says that int8 did not pay on this CPU for those groups.
 
 ORT's int8 kernels and their speed depend on the CPU (VNNI, AMX, plain AVX2), so these
 decisions are measurements: the plan records both times per group, and it is not
@@ -45,6 +47,7 @@ __all__ = ["keep_fast", "group_times", "compiled", "SpeedReport", "TOLERANCE", "
 TOLERANCE = 0.1
 MIN_GAP_US = 5.0
 ROUNDS = 3
+NOISE = 0.03  # two interleaved medians of 3 rounds this close are the same speed
 
 
 @dataclass
@@ -168,7 +171,7 @@ def _never_slower(
     else:
         plan_session = make_session(compiled(model, assign(decisions)), threads=1)
         float_ms, plan_ms = interleaved_medians_ms([float_session, plan_session], sample, ROUNDS)
-    if plan_ms <= float_ms or not order:
+    if plan_ms <= (1 + NOISE) * float_ms or not order:
         return decisions
     report.never_slower = {"float_ms": float_ms, "plan_ms": plan_ms, "tried": [], "kept_float": []}
     reason = f"selective: float, the int8 model was slower than float here ({plan_ms:.3g} ms vs {float_ms:.3g} ms)"

@@ -5,7 +5,7 @@ import pytest
 
 import qcompile
 from qcompile.passes.quant_groups import QuantGroup
-from qcompile.speed import MIN_GAP_US, TOLERANCE, group_times
+from qcompile.speed import MIN_GAP_US, NOISE, TOLERANCE, group_times
 from tests.helpers import SAMPLES
 
 
@@ -101,9 +101,12 @@ def test_a_plan_slower_than_float_floats_the_costliest_groups_until_it_is_not(rn
     assert "the int8 model was slower than float here (1.5 ms vs 1 ms)" in decisions[groups[0].nodes[0]].reason
 
 
-def test_a_plan_no_slower_than_float_is_left_alone(rng, monkeypatch):
-    groups, decisions, report = _never_slower_with(rng, monkeypatch, [(1.0, 1.0)])
+@pytest.mark.parametrize("plan_ms", [1.0, 1.0 + NOISE])
+def test_a_plan_no_slower_than_float_within_the_timings_noise_is_left_alone(rng, monkeypatch, plan_ms):
+    groups, decisions, report = _never_slower_with(rng, monkeypatch, [(1.0, plan_ms)])
     assert report.never_slower == {} and all(d.precision != "float" for d in decisions.values())
+    _, _, slower = _never_slower_with(rng, monkeypatch, [(1.0, 1.0 + 2 * NOISE), (1.0, 0.9)])
+    assert slower.never_slower["tried"] == [[1, 0.9]]
 
 
 def test_the_budget_vetoes_a_set_before_it_is_timed(rng, monkeypatch):
