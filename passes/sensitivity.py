@@ -120,8 +120,9 @@ def rank_groups(
             break
         alone, everything_else = next(runs), next(runs)
         seen = evaluator.seen(probe)
-        ref = np.concatenate([a.ravel() for a in evaluator.reference[seen]])
-        local = sqnr_db(ref, np.concatenate([a.ravel() for a in alone[seen]]))
+        kept = evaluator.reference[seen]  # the float activations of the first samples (`PROBE_SAMPLES`)
+        ref = np.concatenate([a.ravel() for a in kept])
+        local = sqnr_db(ref, np.concatenate([a.ravel() for a in alone[seen][: len(kept)]]))
         without = evaluator.judge(everything_else).value
         if hasattr(bar, "set_postfix") and without > best:  # a tqdm bar: show the best single float group so far
             best = without

@@ -12,7 +12,7 @@ from qcompile.metrics import OutputKind
 from qcompile.passes import switchable
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.passes.quant_groups import quant_groups
-from qcompile.passes.switchable import BASE, Evaluator, switchable_model
+from qcompile.passes.switchable import BASE, PROBE_SAMPLES, Evaluator, switchable_model
 from qcompile.plan import QuantPlan
 from qcompile.runtime import make_session, run_session
 from qcompile.targets import get_target
@@ -144,3 +144,19 @@ def test_a_stepwise_metric_meets_the_budget_only_with_its_sampling_error_in_rese
     assert result.value == value and not result.met  # met with 0.01 to spare, not with its sampling error
     graded = Evaluator(model, plan, groups, samples, kinds, Budget(parse_metric("sqnr"), floor=0))
     assert graded.score(set(), margin=0.01).met  # a graded metric keeps the margin it is given
+
+
+def test_the_float_activations_are_kept_for_the_first_samples_only(rng):
+    model, samples = conv_model(rng), feeds(rng, 12)
+    plan, _ = planned(model, samples)
+    groups = quant_groups(model, plan, get_target("ort-cpu"))
+    evaluator = Evaluator(
+        model, plan, groups, samples, {"y": OutputKind(), "s": OutputKind()}, Budget(parse_metric("sqnr"), floor=0)
+    )
+    inner = [p for p in evaluator.probes if p not in evaluator.outputs]
+    assert inner and all(len(evaluator.reference[p]) == PROBE_SAMPLES for p in inner)
+    assert all(len(evaluator.reference[o]) == len(samples) for o in evaluator.outputs)
+    fresh = evaluator.run(set(), probes=inner)  # the same floats as a run of every sample
+    for p in inner:
+        for kept, again in zip(evaluator.reference[p], fresh[p], strict=False):
+            np.testing.assert_array_equal(kept, again)
