@@ -278,8 +278,13 @@ def ranking_evaluator(evaluator: Evaluator) -> tuple[Evaluator, Budget | None]:
     ties (see the module docstring)."""
     if evaluator.budget.metric.graded:
         return evaluator, None
-    count = STREAM_RUN if evaluator.streams is not None else RANK_SAMPLES
-    return evaluator.judged_by(evaluator.budget, count), DEFAULT_BUDGET
+    return evaluator.judged_by(evaluator.budget, rank_samples(evaluator.streams is not None)), DEFAULT_BUDGET
+
+
+def rank_samples(streaming: bool) -> int:
+    """How many of the first search samples a ranking on few samples takes: `RANK_SAMPLES`, or a
+    recurrent model's first run of its stream."""
+    return STREAM_RUN if streaming else RANK_SAMPLES
 
 
 def _floats(picks: Sequence[Sensitivity]) -> set[str]:

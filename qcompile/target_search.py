@@ -33,8 +33,8 @@ from qcompile.passes.quant_groups import quant_groups
 from qcompile.passes.sensitivity import rank_groups
 from qcompile.passes.switchable import Evaluator
 from qcompile.plan import NodeDecision, QuantPlan
-from qcompile.search import RANK_SAMPLES, SearchReport, ranking_evaluator
-from qcompile.streams import STREAM_RUN, feedback_of
+from qcompile.search import SearchReport, rank_samples, ranking_evaluator
+from qcompile.streams import feedback_of
 from qcompile.targets.base import Target
 
 __all__ = ["widen_on_target", "npu_search", "WIDENED"]
@@ -136,8 +136,9 @@ def npu_search(
     """8-bit or 16-bit per group for a target without float: ranked on ORT, decided on the target
     (with the calibration's channel `means`, every candidate's biases corrected)."""
     groups = quant_groups(model, plan, target)
-    ranked_on = STREAM_RUN if feedback_of(kinds) else RANK_SAMPLES  # a recurrent model: a run of its stream
-    evaluator = Evaluator(model, plan, groups, samples[:ranked_on], kinds, budget, means=means)
+    evaluator = Evaluator(
+        model, plan, groups, samples[: rank_samples(bool(feedback_of(kinds)))], kinds, budget, means=means
+    )
     fixed = {g.name for g in groups if pinned.intersection(g.nodes)}
     ranker, tie_break = ranking_evaluator(evaluator)
     table = rank_groups(ranker, progress, exclude=fixed, deadline=deadline, tie_break=tie_break)[1]

@@ -59,14 +59,13 @@ def run_outputs(
     runner = hasattr(model, "outputs") and callable(model.outputs)
     if runner and streams is None:
         return model.outputs(list(samples), progress)
-    if runner:
-        assert streams is not None
-        results = streams.run(lambda s: {n: runs[0] for n, runs in model.outputs([s]).items()}, samples, order=order)
+    if runner:  # a step at a time: each may be fed the outputs of the one before
+        step = lambda s: {n: runs[0] for n, runs in model.outputs([s]).items()}  # noqa: E731
     else:
         session = make_session(model)
         names = [o.name for o in session.get_outputs()]
         step = lambda s: run_session(session, s, names)  # noqa: E731
-        results = streams.run(step, samples, order=order) if streams else [step(s) for s in order(samples)]
+    results = streams.run(step, samples, order=order) if streams else [step(s) for s in order(samples)]
     out: dict[str, list[np.ndarray]] = {}
     for result in results:
         for n, arr in result.items():
