@@ -158,7 +158,9 @@ class Evaluator:
         self.streams = Streams.of(self.samples, self.reference, kinds, where)
         k = min(PROBE_SAMPLES, len(self.samples))
         streams = self.streams.first(k) if self.streams is not None else None
-        probed = _run(self.session, self.samples[:k], self._flags(set()), self.probes, SAMPLE_THREADS, streams)
+        probed = _run(
+            self.session, self.samples[:k], self._flags(set()), self._names(self.probes), SAMPLE_THREADS, streams
+        )
         self.reference.update({p: probed[p] for p in self.probes if p not in self.outputs})
 
     def seen(self, tensor: str) -> str:

@@ -6,9 +6,15 @@ floated mends it, and the greedy ends unmet: silero VAD run as a stream, where q
 the Gather that reads its state, or the Add before its LSTM, or one Conv, each leaves the speech
 probability 0.8 from float's.  Then build up instead, from every candidate group in float:
 
-    order the groups by `only` (the metric with only that group quantized), least harmful first;
+    the groups with weight MACs first, then those without (data movement, Add, Mul: int8 there
+    buys no integer compute, and it must not spend the budget a Conv or Gemm could use);
+    within each, by `only` (the metric with only that group quantized), least harmful first;
     among equals, the most weight MACs first;
     quantize each in turn, kept int8 if the budget still holds with the margin, else float again.
+
+Silero VAD streamed: by harm alone, its state's Gathers, Unsqueezes, Adds and gates went int8
+first and every Conv and Gemm after them broke the budget (no weight MAC in int8); weight groups
+first, the input Gemm of its LSTM cell stays int8 (12% of the weight MACs, Δp 0.012 held out).
 
 One evaluation per group.  Each group is judged with the groups before it already int8, so an
 error that only a combination causes still sends the last of them back to float.
@@ -38,7 +44,7 @@ def build_up(
 
     def harm(group: QuantGroup) -> tuple:
         only = singles[group.name].only if group.name in singles else -math.inf
-        return (-(only if math.isfinite(only) else -math.inf), -group.macs, group.name)
+        return (group.macs == 0, -(only if math.isfinite(only) else -math.inf), -group.macs, group.name)
 
     floats = {g.name for g in free}
     result, evaluations = evaluator.score(floats, margin), 1

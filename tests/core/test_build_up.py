@@ -70,3 +70,15 @@ def test_pinned_groups_are_never_touched_and_an_unmet_float_start_gives_up():
     evaluator = GivenScores(list(macs), macs, breakers={"a"}, pair=set())
     kept, result, evaluations = build_up(evaluator, [_entry("b", 0.9, 20)], {"a"}, 0.0, Deadline())
     assert not result.met and evaluations == 1 and [k.candidate for k in kept] == ["b"]
+
+
+def test_groups_without_weight_macs_wait_for_every_weight_group():
+    """A data-movement group, however harmless alone, is tried after the weight groups: with it int8
+    first, the pair it breaks would send the Conv back to float and no weight MAC would be int8."""
+    macs = {"move": 0, "conv": 30, "gemm": 10}
+    evaluator = GivenScores(list(macs), macs, breakers=set(), pair={"move", "conv"})
+    table = [_entry("move", 0.999, 0), _entry("conv", 0.97, 30), _entry("gemm", 0.98, 10)]
+    kept, result, _ = build_up(evaluator, table, set(), 0.0, Deadline())
+    assert [k.candidate for k in kept] == ["move"] and result.met
+    order = [(set(t) - set(before)).pop() for before, t in itertools.pairwise(evaluator.tried)]
+    assert order == ["gemm", "conv", "move"]

@@ -136,6 +136,21 @@ def test_the_search_judges_the_stream_and_meets_a_budget_the_step_by_step_search
     assert fed.card["search"]["streams"]["feedback"] == {"stateN": "state"}
 
 
+def test_the_search_feeds_a_state_that_no_quantized_group_writes():
+    """The state output written by an op the target keeps float (here Sin), so the search's probes
+    do not include it: the probing run must still read it to feed the next step."""
+    model = recurrent_model()
+    for node in model.graph.node:
+        node.output[:] = ["acc" if o == "stateN" else o for o in node.output]
+        node.input[:] = ["acc" if i == "stateN" else i for i in node.input]
+    model.graph.node.append(helper.make_node("Sin", ["acc"], ["stateN"], name="wrap"))
+    calib, held = streamed(model, 4, 24), streamed(model, 2, 24, seed=9)
+    result = qcompile.compile(model, calibration=calib, evaluation=held, policy="hybrid", metric="sqnr:y",
+                              floor=20.0, feedback={"stateN": "state"}, measure_latency=False)  # fmt: skip
+    assert result.card["search"]["streams"]["feedback"] == {"stateN": "state"}
+    assert result.card["budget"]["met"]
+
+
 @pytest.mark.parametrize(
     ("feedback", "message"),
     [
