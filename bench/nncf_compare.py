@@ -16,8 +16,11 @@ outputs with float's, computed once per validation sample, and NNCF gets max_dro
 value − the floor, absolute (1 − floor; SQNR is capped at 60 dB, so 60 − 20).  A task metric (exact
 lines against the labels) is computed on the candidate's outputs and the labels, with the budget's
 max_drop as is.  NNCF calibrates and validates on the samples qcompile calibrates and searches on
-(all of them; it has no time budget); both are judged on the held-out ones.  A model NNCF cannot
-quantize is recorded with its error.
+(all of them; it has no time budget); both are judged on the held-out ones.  silero VAD's budget
+(speech probability within 0.02 of float's as a VAD runs) is judged on streams: NNCF's validation
+runs the calibration recordings window by window, each model carrying its own state, and both
+tools' models are judged on the held-out recordings so.  A model NNCF cannot quantize is recorded
+with its error.
 
     pip install -e '.[compare]'      # nncf
     python -m bench.nncf_compare [MODEL ...]
@@ -112,11 +115,12 @@ def _weight_of(name: str, producers: dict, inits: dict) -> np.ndarray | None:
     return _constant(name, producers, inits)
 
 
-def _int8_mac_share(model: onnx.ModelProto, sample: dict) -> float | None:
+def _int8_mac_share(model: onnx.ModelProto, sample: dict, float_macs: dict[str, int]) -> float | None:
     """Weight MACs of the Conv/Gemm/MatMul nodes whose weight and activation both come out of a
     DequantizeLinear, over the weight MACs of every Conv/Gemm/MatMul with a constant weight
     (shapes from ONNX shape inference with the inputs shaped as `sample`'s; where it leaves one
-    unknown, as ORT runs `sample`)."""
+    unknown, as ORT runs `sample`; inside an If branch, which ORT cannot return, the float graph's
+    figure for the node of that name, `float_macs`)."""
     from onnx import numpy_helper, shape_inference
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -127,9 +131,10 @@ def _int8_mac_share(model: onnx.ModelProto, sample: dict) -> float | None:
                 dim.ClearField("dim_param")
                 dim.dim_value = size
     model = shape_inference.infer_shapes(model)
+    graphs = list(_graphs(model.graph))  # with the branches of If/Loop (silero's network is in one)
+    nodes = [n for g in graphs for n in g.node]
     shapes = {
-        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in [*model.graph.value_info, *model.graph.output]
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for g in graphs for v in [*g.value_info, *g.output]
     }
     unknown = [
         n.output[0]
@@ -138,27 +143,42 @@ def _int8_mac_share(model: onnx.ModelProto, sample: dict) -> float | None:
     ]
     if unknown:  # a size computed in the graph (MiniLM's batch, through Shape and Reshape)
         shapes |= _run_shapes(model, unknown, sample)
-    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: numpy_helper.to_array(t) for g in graphs for t in g.initializer}
+    producers = {o: n for n in nodes for o in n.output}
     total = int8 = 0
-    for node in model.graph.node:
+    for node in nodes:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
             continue
         w, out = _weight_of(node.input[1], producers, inits), shapes.get(node.output[0])
-        if w is None or not out or not all(d > 0 for d in out):
+        if w is None:
             continue
-        if node.op_type == "Conv":
-            k = int(np.prod(w.shape[1:]))
-        elif node.op_type == "MatMul":
-            k = w.shape[-2] if w.ndim >= 2 else w.shape[0]
+        if not out or not all(d > 0 for d in out):
+            macs = float_macs.get(node.name, 0)
         else:
-            trans_b = any(a.name == "transB" and a.i for a in node.attribute)
-            k = w.shape[1] if trans_b else w.shape[0]
-        macs = int(np.prod(out)) * k
+            macs = int(np.prod(out)) * _reduced(node, w)
         total += macs
         if all(getattr(producers.get(i), "op_type", None) == "DequantizeLinear" for i in node.input[:2]):
             int8 += macs
     return int8 / total if total else None
+
+
+def _reduced(node: onnx.NodeProto, w: np.ndarray) -> int:
+    """How many products each output element of Conv/MatMul/Gemm `node` sums, with weight `w`."""
+    if node.op_type == "Conv":
+        return int(np.prod(w.shape[1:]))
+    if node.op_type == "MatMul":
+        return w.shape[-2] if w.ndim >= 2 else w.shape[0]
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    return w.shape[1] if trans_b else w.shape[0]
+
+
+def _graphs(graph: onnx.GraphProto):
+    """`graph` and every subgraph in it, depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs):
+                yield from _graphs(sub)
 
 
 def _run_shapes(model: onnx.ModelProto, names: list[str], sample: dict) -> dict[str, list[int]]:
@@ -184,7 +204,7 @@ def _latency_ratio(float_bytes: bytes, quant_bytes: bytes, sample: dict) -> floa
 def run_one(name: str, tool: str) -> dict:
     """One tool on one model, in this process."""
     import qcompile
-    from bench.policies import SEARCH_SAMPLES, TIME_BUDGETS
+    from bench.policies import SEARCH_SAMPLES, TIME_BUDGETS, weight_macs_by_node
     from bench.real_fidelity import _task_metric
     from qcompile.budget import stacked_labels
     from qcompile.metrics import output_kinds
@@ -194,7 +214,10 @@ def run_one(name: str, tool: str) -> dict:
     from tests.support.real_models import fetch
 
     path = fetch(name)
-    calib, held = real_data.split_samples(name, path)  # with numeric labels (the recognizers' lines), as policies
+    if name == "silero_vad":  # windows in recording order, as bench.policies (its budget runs them as streams)
+        calib, held = real_data.vad_stream_split(path)
+    else:  # with numeric labels (the recognizers' lines), as policies
+        calib, held = real_data.split_samples(name, path)
     float_bytes = path.read_bytes()
     float_session = ort.InferenceSession(float_bytes, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in float_session.get_outputs()]
@@ -226,13 +249,20 @@ def run_one(name: str, tool: str) -> dict:
     judged = _judge(budget).evaluate(
         _stacked(f_outs, out_names), _stacked(q_outs, out_names), kinds, stacked_labels(held), where="held-out data"
     )
+    streamed = {}
+    if "feedback" in budget:  # silero: judged as a VAD runs, each model carrying its own state
+        f_stream = real_data.vad_stream(float_session, held_out=True)
+        q_stream = real_data.vad_stream(q_session, held_out=True)
+        judged = _judge(budget).evaluate({"output": f_stream}, {"output": q_stream}, kinds, None, where="streams")
+        streamed = {"streaming_max_abs_prob_error": float(np.abs(f_stream - q_stream).max())}
     return {
         "budget": used,
         "budget_value": judged.value,
         **({"budget_float_value": judged.float_value} if judged.float_value is not None else {}),
         "budget_met": judged.met,
         **_task_metric(name, f_outs, q_outs, path),
-        "int8_weight_mac_share": _int8_mac_share(quant, _feeds(held[0])),
+        **streamed,
+        "int8_weight_mac_share": _int8_mac_share(quant, _feeds(held[0]), weight_macs_by_node(path, _feeds(held[0]))),
         "ort_kernels": integer_kernels(SessionSource(quant_bytes)),
         "latency_over_float_1thread": _latency_ratio(float_bytes, quant_bytes, _feeds(held[0])),
         "seconds": seconds,
@@ -247,12 +277,14 @@ def _nncf(path: Path, calib: list, budget: dict, kinds: dict) -> tuple[onnx.Mode
     import nncf
 
     from qcompile.budget import stacked_labels
+    from tests.support import real_data
 
     model = onnx.load(str(path))
     judge = _judge(budget)
     float_session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out_names = [o.name for o in float_session.get_outputs()]
     reference = {_key(s): float_session.run(None, _feeds(s)) for s in calib}  # float's outputs, once
+    float_stream = real_data.vad_stream(float_session, False) if "feedback" in budget else None
     capped = budget["metric"] == "fidelity"
     sessions: dict[bytes, ort.InferenceSession] = {}
 
@@ -275,10 +307,14 @@ def _nncf(path: Path, calib: list, budget: dict, kinds: dict) -> tuple[onnx.Mode
     def validate(candidate: onnx.ModelProto, data) -> float:
         data = list(data)
         session = session_of(candidate)
+        if "feedback" in budget:  # silero: the calibration recordings as a VAD runs them, own state carried
+            return judge.metric.fn({"output": float_stream}, {"output": real_data.vad_stream(session, False)}, kinds)
         return metric(data, [session.run(None, _feeds(s)) for s in data])
 
     if judge.metric.task:
         drop = budget["max_drop"]
+    elif "feedback" in budget:  # float's own stream agrees with itself: 1 down to the floor
+        drop = 1.0 - budget["floor"]
     else:  # float's own value (1, or the cap) down to the floor
         drop = metric(calib, [reference[_key(s)] for s in calib]) - budget["floor"]
     quant = nncf.quantize_with_accuracy_control(

@@ -51,15 +51,21 @@ DEFAULT_MODELS = [
 ]  # fmt: skip
 
 
-def _int8_mac_share(path: Path, plan: qcompile.QuantPlan, sample: dict) -> float | None:
-    """Weight MACs of the nodes the plan runs in int8, over all weight MACs of the prepared float
-    graph, with its inputs shaped as `sample`'s."""
+def weight_macs_by_node(path: Path, sample: dict) -> dict[str, int]:
+    """Weight MACs of every node of the prepared float graph (subgraphs included), by node name,
+    with its inputs shaped as `sample`'s."""
     model = prepare(path, get_target("ort-cpu")).model
     for value in model.graph.inputs:
         if value.name in sample:
             value.shape = ir.Shape(sample[value.name].shape)
     InferShapes()(model)
-    macs = {n.name: weight_macs(n) for n in model.graph.all_nodes()}
+    return {n.name or "": weight_macs(n) for n in model.graph.all_nodes()}
+
+
+def _int8_mac_share(path: Path, plan: qcompile.QuantPlan, sample: dict) -> float | None:
+    """Weight MACs of the nodes the plan runs in int8, over all weight MACs of the prepared float
+    graph, with its inputs shaped as `sample`'s."""
+    macs = weight_macs_by_node(path, sample)
     total = sum(macs.values())
     int8 = sum(m for name, m in macs.items() if name in plan.nodes and plan.nodes[name].precision == "int8")
     return int8 / total if total else None

@@ -334,12 +334,12 @@ def vad_stream_split(model_path: Path) -> tuple[list[dict], list[dict]]:
     return calib, held
 
 
-def vad_stream(session, held_out: bool = False) -> np.ndarray:
+def vad_stream(session, held_out: bool | None = None) -> np.ndarray:
     """Speech probability of every window of every recording (or of the held-out ones of
-    `vad_stream_split`), the model carrying its own state from window to window (how a VAD runs):
-    errors in the state accumulate, unlike in `vad_samples`, whose windows each start from the float
-    model's state."""
-    clips = [c for i, c in enumerate(speech_16k()) if not held_out or _held_recording(i)]
+    `vad_stream_split` with `held_out=True`, the others with False), the model carrying its own
+    state from window to window (how a VAD runs): errors in the state accumulate, unlike in
+    `vad_samples`, whose windows each start from the float model's state."""
+    clips = [c for i, c in enumerate(speech_16k()) if held_out is None or _held_recording(i) == held_out]
     return np.array([float(np.ravel(p)[0]) for _, p in _vad_run(session, clips)])
 
 
