@@ -93,20 +93,36 @@ def _never_slower_with(rng, monkeypatch, timings, keeps_budget=None):
 
 
 def test_a_plan_slower_than_float_floats_the_costliest_groups_until_it_is_not(rng, monkeypatch):
-    groups, decisions, report = _never_slower_with(rng, monkeypatch, [(1.0, 1.5), (1.0, 1.2), (1.0, 0.9)])
+    groups, decisions, report = _never_slower_with(rng, monkeypatch, [(1.0, 1.5), (1.0, 1.4), (1.0, 1.2), (1.0, 0.9)])
     assert len(groups) >= 3
-    assert report.never_slower == {"float_ms": 1.0, "plan_ms": 1.5, "tried": [[1, 1.2], [2, 0.9]],
+    assert report.never_slower == {"float_ms": 1.0, "plan_ms": 1.4, "first": 1.5, "tried": [[1, 1.2], [2, 0.9]],
                                    "kept_float": sorted(g.name for g in groups[:2])}  # fmt: skip
     assert {n for n, d in decisions.items() if d.precision == "float"} == {n for g in groups[:2] for n in g.nodes}
-    assert "the int8 model was slower than float here (1.5 ms vs 1 ms)" in decisions[groups[0].nodes[0]].reason
+    assert "the int8 model was slower than float here (1.4 ms vs 1 ms)" in decisions[groups[0].nodes[0]].reason
 
 
 @pytest.mark.parametrize("plan_ms", [1.0, 1.0 + NOISE])
 def test_a_plan_no_slower_than_float_within_the_timings_noise_is_left_alone(rng, monkeypatch, plan_ms):
     groups, decisions, report = _never_slower_with(rng, monkeypatch, [(1.0, plan_ms)])
     assert report.never_slower == {} and all(d.precision != "float" for d in decisions.values())
-    _, _, slower = _never_slower_with(rng, monkeypatch, [(1.0, 1.0 + 2 * NOISE), (1.0, 0.9)])
+    _, _, slower = _never_slower_with(rng, monkeypatch, [(1.0, 1.0 + 2 * NOISE), (1.0, 1.0 + 2 * NOISE), (1.0, 0.9)])
     assert slower.never_slower["tried"] == [[1, 0.9]]
+
+
+def test_a_slowness_that_a_longer_timing_does_not_confirm_changes_nothing(rng, monkeypatch):
+    from dataclasses import asdict
+
+    from qcompile.card_markdown import _search_lines
+    from qcompile.search import SearchReport
+
+    _, decisions, report = _never_slower_with(rng, monkeypatch, [(1.0, 1.0 + 2 * NOISE), (1.0, 1.0 + NOISE / 2)])
+    assert all(d.precision != "float" for d in decisions.values())
+    assert report.never_slower == {"float_ms": 1.0, "plan_ms": 1.0 + NOISE / 2, "first": 1.0 + 2 * NOISE,
+                                   "confirmed": False}  # fmt: skip
+    search = SearchReport("fidelity", {"floor": 20.0}, 1.0, 8, 25.0, 25.0, True, speed=asdict(report)).describe()
+    text = "\n".join(_search_lines(search))
+    assert f"The first timing read the int8 model at {1 + 2 * NOISE:.2f}× float" in text
+    assert "so nothing went float for speed" in text
 
 
 def test_the_budget_vetoes_a_set_before_it_is_timed(rng, monkeypatch):
@@ -116,14 +132,16 @@ def test_the_budget_vetoes_a_set_before_it_is_timed(rng, monkeypatch):
         asked.append(len(extra))
         return len(extra) >= 2
 
-    groups, _, report = _never_slower_with(rng, monkeypatch, [(1.0, 2.0), (1.0, 0.9)], keeps_budget=two_or_more)
+    groups, _, report = _never_slower_with(
+        rng, monkeypatch, [(1.0, 2.0), (1.0, 2.0), (1.0, 0.9)], keeps_budget=two_or_more
+    )
     assert asked == [1, 2] and report.never_slower["tried"] == [[2, 0.9]]
     assert report.never_slower["kept_float"] == sorted(g.name for g in groups[:2])
 
 
 def test_when_no_smaller_set_is_fast_enough_every_group_goes_float_untimed(rng, monkeypatch):
     slow = [(1.0, 1.1)] * 8
-    groups, decisions, report = _never_slower_with(rng, monkeypatch, [(1.0, 2.0), *slow])
+    groups, decisions, report = _never_slower_with(rng, monkeypatch, [(1.0, 2.0), (1.0, 2.0), *slow])
     sizes = [k for k, _ in report.never_slower["tried"]]
     assert sizes == [k for k in (1, 2, 4, 8) if k < len(groups)]  # all of them: the float graph, not timed
     assert report.never_slower["kept_float"] == sorted(g.name for g in groups)
