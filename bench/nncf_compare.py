@@ -249,6 +249,7 @@ def run_one(name: str, tool: str) -> dict:
     judged = _judge(budget).evaluate(
         _stacked(f_outs, out_names), _stacked(q_outs, out_names), kinds, stacked_labels(held), where="held-out data"
     )
+    sample = _feeds(held[0])  # shapes for the MAC count, and the latency's input
     streamed = {}
     if "feedback" in budget:  # silero: judged as a VAD runs, each model carrying its own state
         f_stream = real_data.vad_stream(float_session, held_out=True)
@@ -262,9 +263,9 @@ def run_one(name: str, tool: str) -> dict:
         "budget_met": judged.met,
         **_task_metric(name, f_outs, q_outs, path),
         **streamed,
-        "int8_weight_mac_share": _int8_mac_share(quant, _feeds(held[0]), weight_macs_by_node(path, _feeds(held[0]))),
+        "int8_weight_mac_share": _int8_mac_share(quant, sample, weight_macs_by_node(path, sample)),
         "ort_kernels": integer_kernels(SessionSource(quant_bytes)),
-        "latency_over_float_1thread": _latency_ratio(float_bytes, quant_bytes, _feeds(held[0])),
+        "latency_over_float_1thread": _latency_ratio(float_bytes, quant_bytes, sample),
         "seconds": seconds,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         **notes,

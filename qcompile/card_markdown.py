@@ -122,14 +122,15 @@ def _search_lines(search: dict | None) -> list[str]:
             + ("**kept in float for speed**." if kept else "left in int8."),
             "",
         ]
-    if speed and (guard := speed.get("never_slower")) and guard.get("confirmed") is False:
+    guard = (speed or {}).get("never_slower")
+    if guard and guard.get("confirmed") is False:
         lines += [
             f"The first timing read the int8 model at {guard['first']:.2f}× float at one thread; timed again for "
             f"longer it is no slower ({_fmt(guard['plan_ms'], 3)} ms against {_fmt(guard['float_ms'], 3)} ms), "
             "so nothing went float for speed.",
             "",
         ]
-    elif speed and (guard := speed.get("never_slower")):
+    elif guard:
         kept = guard["kept_float"]
         tried = ", ".join(f"{k} group(s) float: {ratio:.2f}×" for k, ratio in guard["tried"])
         lines += [

@@ -167,6 +167,7 @@ def _never_slower(
     timed over `CONFIRM_ROUNDS`, the first of the first 1, 2, 4, … groups of `order` in float that
     makes the model no slower than float (all of them: the float graph, kept without timing)."""
     float_session = make_session(float_source, threads=1)
+    plan_session = None
     if report.latency_ms:  # step 3 timed the plan as it stands against float already
         lat = report.latency_ms
         float_ms, plan_ms = lat["float"], lat["with float groups" if report.kept_float else "int8"]
@@ -176,7 +177,7 @@ def _never_slower(
     if plan_ms <= (1 + NOISE) * float_ms or not order:
         return decisions
     first = plan_ms / float_ms
-    plan_session = make_session(compiled(model, assign(decisions)), threads=1)
+    plan_session = plan_session or make_session(compiled(model, assign(decisions)), threads=1)
     float_ms, plan_ms = interleaved_medians_ms([float_session, plan_session], sample, CONFIRM_ROUNDS)
     if plan_ms <= (1 + NOISE) * float_ms:  # the first timing's slowness was noise
         report.never_slower = {"float_ms": float_ms, "plan_ms": plan_ms, "first": first, "confirmed": False}

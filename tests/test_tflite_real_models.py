@@ -50,14 +50,14 @@ def _data(name: str):
 
 
 def _decided(path, held: list[dict]) -> list[dict]:
-    """The held-out images on which the float model decides (top two probabilities ≥ 0.1 apart):
-    on the page scans it is itself undecided (0.316 against 0.313), and there a softmax's error is a
-    coin toss between any two runtimes, which the SQNR of 12 images magnifies into ±2-4 dB."""
+    """The held-out images on which the float model decides (`real_data.float_decides`): on the
+    others a softmax's error is a coin toss between any two runtimes, which the SQNR of 12 images
+    magnifies into ±2-4 dB."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    top2 = [np.sort(session.run(None, {"x": s["x"]})[0].ravel())[-2:] for s in held]
-    return [s for s, (second, first) in zip(held, top2, strict=True) if first - second >= 0.1]
+    probabilities = np.array([session.run(None, {"x": s["x"]})[0].ravel() for s in held])
+    return [s for s, decided in zip(held, real_data.float_decides(probabilities), strict=True) if decided]
 
 
 @pytest.mark.parametrize("target", ["tflite", "tflm"])

