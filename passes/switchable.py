@@ -235,9 +235,11 @@ class Evaluator:
         return result
 
     def sampling_error(self, got: Mapping[str, list[np.ndarray]]) -> float:
-        """The jackknife standard error of the budget's quantity on outputs `got` of these samples."""
+        """The jackknife standard error of the budget's quantity on outputs `got` of these samples
+        (a recurrent model's: over its streams, `Streams.blocks`)."""
         ref = {n: self.reference[n] for n in self.outputs}
-        return jackknife_error(self.budget, ref, {n: got[n] for n in self.outputs}, self.kinds, self.labels)
+        blocks = self.streams.blocks() if self.streams is not None else None
+        return jackknife_error(self.budget, ref, {n: got[n] for n in self.outputs}, self.kinds, self.labels, blocks)
 
     def judge(
         self, got: Mapping[str, list[np.ndarray]], margin: float = 0.0, budget: Budget | None = None

@@ -191,36 +191,44 @@ class Budget:
         return -math.inf if math.isnan(float(result)) else float(result)  # NaN outputs: as bad as can be
 
 
-def _without(x: Any, i: int) -> Any:
-    """Per-sample `x` (a list, or an array stacked on axis 0) without sample i."""
-    return [v for j, v in enumerate(x) if j != i] if isinstance(x, list) else np.delete(np.asarray(x), i, axis=0)
-
-
 def jackknife_error(
     budget: Budget,
     ref: Mapping[str, list[np.ndarray]],
     got: Mapping[str, list[np.ndarray]],
     kinds: Mapping[str, OutputKind],
     labels: np.ndarray | list[np.ndarray] | None,
+    blocks: Sequence[tuple[int, int]] | None = None,
 ) -> float:
     """How far the budget's quantity (the metric; for a task budget, the drop from float) could move
-    on other samples like these: its jackknife standard error over the n samples of per-sample
-    outputs `ref`/`got`,
+    on other samples like these: its jackknife standard error over the g groups of per-sample
+    outputs `ref`/`got` (each sample its own group, or the [start, stop) `blocks` of samples that
+    are not independent of each other, such as the steps of one stream),
 
-        θ_i = the quantity without sample i,   SE = sqrt((n − 1)/n · Σ_i (θ_i − mean θ)²)
+        θ_j = the quantity without group j,   SE = sqrt((g − 1)/g · Σ_j (θ_j − mean θ)²)
 
-    (for a mean of per-sample scores, the usual s/√n; for a pooled figure, such as an IoU over all
-    pages, its delete-one estimate).  0 with fewer than 3 samples or a non-finite θ_i."""
+    (for a mean of per-sample scores, the usual s/√n; over equal blocks, the deviation of the block
+    means over √g, which counts a run of correlated steps once; for a pooled figure, such as an
+    IoU over all pages, its delete-a-group estimate).  0 with fewer than 3 groups or a non-finite θ_j."""
     n = len(next(iter(ref.values()), []))
-    if n < 3:
+    groups = [(i, i + 1) for i in range(n)] if blocks is None else list(blocks)
+    if len(groups) < 3:
         return 0.0
     thetas = []
-    for i in range(n):
-        r = {k: stacked(_without(v, i)) for k, v in ref.items()}
-        g = {k: stacked(_without(got[k], i)) for k in ref}
-        result = budget.evaluate(r, g, kinds, None if labels is None else _without(labels, i))
+    for group in groups:
+        r = {k: stacked(_without(v, group)) for k, v in ref.items()}
+        g = {k: stacked(_without(got[k], group)) for k in ref}
+        result = budget.evaluate(r, g, kinds, None if labels is None else _without(labels, group))
         thetas.append(result.value - result.float_value if result.float_value is not None else result.value)
     values = np.array(thetas, np.float64)
     if not np.all(np.isfinite(values)):
         return 0.0
-    return float(np.sqrt((n - 1) / n * np.sum((values - values.mean()) ** 2)))
+    g_count = len(groups)
+    return float(np.sqrt((g_count - 1) / g_count * np.sum((values - values.mean()) ** 2)))
+
+
+def _without(x: Any, group: tuple[int, int]) -> Any:
+    """Per-sample `x` (a list, or an array stacked on axis 0) without samples [start, stop)."""
+    start, stop = group
+    if isinstance(x, list):
+        return x[:start] + x[stop:]
+    return np.delete(np.asarray(x), np.arange(start, stop), axis=0)

@@ -47,8 +47,8 @@ def _search_lines(search: dict | None) -> list[str]:
     if (error := search.get("sampling_error")) is not None:
         lines += [
             f"Sampling error of {search['metric']} at the choice (jackknife over the {search['search_samples']} "
-            f"search samples): {_fmt(error, 3)}; a margin smaller than that is raised to it where a choice meets "
-            "the budget.",
+            f"search samples{_jackknife_groups(search.get('streams'))}): {_fmt(error, 3)}; a margin smaller than "
+            "that is raised to it where a choice meets the budget.",
             "",
         ]
     if streams := search.get("streams"):
@@ -208,6 +208,15 @@ def _fmt(x: Any, digits: int = 2) -> str:
             return "∞" if x > 0 else "-∞"
         return f"{x:.{digits}f}"
     return str(x)
+
+
+def _jackknife_groups(streams: dict | None) -> str:
+    """How a recurrent model's jackknife groups its steps (`Streams.blocks`)."""
+    if not streams:
+        return ""
+    if streams["jackknife_blocks"] == streams["streams"]:
+        return f", a stream at a time: {streams['streams']} streams"
+    return f", in {streams['jackknife_blocks']} blocks of consecutive steps"
 
 
 def _streams_line(streams: dict, carried: str) -> str:

@@ -59,7 +59,8 @@ class SampleJudge:
         result = self._judged(got, self.margin)
         if reserve and result.met and not self.budget.metric.graded:
             ref, outs = {n: self.ref[n] for n in self.floats}, {n: got[n] for n in self.floats}
-            error = jackknife_error(self.budget, ref, outs, self.kinds, self.labels)
+            blocks = self.streams.blocks() if self.streams is not None else None
+            error = jackknife_error(self.budget, ref, outs, self.kinds, self.labels, blocks)
             if error > self.margin:
                 result = self._judged(got, error)
         return result

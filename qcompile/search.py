@@ -26,8 +26,9 @@ The margin is what the budget keeps in reserve for data the search did not see: 
 then measures the budget on held-out data, and the card reports both values.  A metric that may
 move in steps (a count of lines read right, on 32 lines, moves 3 points a line) keeps at least
 its sampling error in reserve: where a choice meets the budget, the jackknife standard error of
-the budget's quantity over the search samples (`qcompile.budget.jackknife_error`) replaces a
-smaller margin.  Without a
+the budget's quantity over the search samples (`qcompile.budget.jackknife_error`; a recurrent
+model's steps are not independent, so over its streams, `Streams.blocks`) replaces a smaller
+margin.  Without a
 budget the search aims at `DEFAULT_BUDGET` (worst-channel SQNR ≥ 20 dB).
 
 Every trial runs on the naive plan's scales.  The final plan is assigned again with the chosen
@@ -166,7 +167,7 @@ def hybrid_search(
     report.confirmed = confirmed
     report.cut, report.trials = deadline is not None and deadline.cut, evaluator.trials
     report.sampling_error = sampling_error_at(evaluator, found)
-    report.streams = evaluator.streams.describe() if evaluator.streams else None
+    report.streams = evaluator.streams.describe(blocks=True) if evaluator.streams else None
     return found.decisions(plan, "hybrid"), report
 
 

@@ -138,7 +138,7 @@ def selective_search(
     report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
     report.calibrators = {t: c for t, c in sorted(chosen.items()) if c != best}
     report.sampling_error, report.confirmed = sampling_error, confirmed
-    report.streams = evaluator.streams.describe() if evaluator.streams else None
+    report.streams = evaluator.streams.describe(blocks=True) if evaluator.streams else None
     decided = found.decisions(plans[base], "selective")
     if speed_sample is not None:
         by_name = {g.name: g for g in found.groups}

@@ -21,6 +21,7 @@ consecutive samples) is streams again, restarted where it skips.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -124,8 +125,24 @@ class Streams:
         starts = [i for i, c in enumerate(self.continues) if not c] + [len(self.continues)]
         return list(itertools.pairwise(starts))
 
-    def describe(self) -> dict:
-        return {"feedback": dict(self.feedback), "streams": len(self.spans()), "steps": len(self.continues)}
+    def blocks(self) -> list[tuple[int, int]]:
+        """[start, stop) groups of steps for a jackknife: the streams, when there are at least 3
+        (independent of each other; the steps of one are not); else each stream cut into runs of
+        about √n consecutive steps (a block jackknife, Künsch 1989)."""
+        spans = self.spans()
+        if len(spans) >= 3:
+            return spans
+        length = math.ceil(math.sqrt(len(self.continues)))
+        return [
+            (start + offset, min(stop, start + offset + length))
+            for start, stop in spans
+            for offset in range(0, stop - start, length)
+        ]
+
+    def describe(self, blocks: bool = False) -> dict:
+        """For the card; with `blocks`, how many groups a jackknife over these steps takes (a search's)."""
+        out = {"feedback": dict(self.feedback), "streams": len(self.spans()), "steps": len(self.continues)}
+        return out | {"jackknife_blocks": len(self.blocks())} if blocks else out
 
     def run(
         self,

@@ -192,3 +192,23 @@ def test_the_jackknife_error_of_a_task_budget_is_that_of_its_drop(rng):
     expected = wrong.std(ddof=1) / math.sqrt(n)
     kinds = {"y": OutputKind(scores=True)}
     assert jackknife_error(budget, ref, got, kinds, labels) == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_jackknife_over_blocks_is_the_spread_of_the_block_means(rng):
+    """Correlated steps counted once: over g equal blocks, a mean's block jackknife error is the
+    deviation of the block means over √g, here larger than the sample-by-sample figure."""
+    from qcompile.budget import jackknife_error
+
+    g, length = 6, 8
+    right = np.repeat(rng.random(g) < 0.5, length)  # each block all right or all wrong
+    right[:length], right[length : 2 * length] = True, False  # both kinds, whatever the draw
+    ref = {"y": [np.eye(3, dtype=np.float32)[[0]] for _ in right]}
+    got = {"y": [np.eye(3, dtype=np.float32)[[0 if r else 1]] for r in right]}
+    budget = Budget(parse_metric(_share_right), floor=0.5)
+    blocks = [(j * length, (j + 1) * length) for j in range(g)]
+    block_means = right.reshape(g, length).mean(axis=1)
+    expected = block_means.std(ddof=1) / math.sqrt(g)
+    kinds = {"y": OutputKind()}
+    assert jackknife_error(budget, ref, got, kinds, None, blocks) == pytest.approx(expected, rel=1e-9)
+    assert jackknife_error(budget, ref, got, kinds, None) < expected / 2  # as if independent: far too small
+    assert jackknife_error(budget, ref, got, kinds, None, blocks[:2]) == 0.0  # fewer than 3 groups

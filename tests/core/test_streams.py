@@ -151,6 +151,24 @@ def test_the_search_feeds_a_state_that_no_quantized_group_writes():
     assert result.card["budget"]["met"]
 
 
+def _steps_close(float_outputs: dict, quantized_outputs: dict) -> float:
+    """The share of steps whose output y stays within 0.2 of float's: a count, not graded."""
+    error = np.abs(float_outputs["y"] - quantized_outputs["y"])
+    return float(np.mean(error.reshape(len(error), -1).max(axis=1) < 0.2))
+
+
+def test_a_streamed_search_takes_its_sampling_error_a_stream_at_a_time():
+    model = recurrent_model()
+    calib, held = streamed(model, 6, 24), streamed(model, 2, 24, seed=9)
+    result = qcompile.compile(model, calibration=calib, evaluation=held, policy="hybrid", metric=_steps_close,
+                              floor=0.5, feedback={"stateN": "state"}, measure_latency=False)  # fmt: skip
+    search = result.card["search"]
+    streams = search["streams"]
+    assert streams["jackknife_blocks"] == streams["streams"] >= 3
+    assert search["sampling_error"] is not None
+    assert f"a stream at a time: {streams['streams']} streams" in render_markdown(result.card)
+
+
 @pytest.mark.parametrize(
     ("feedback", "message"),
     [
@@ -216,3 +234,13 @@ def test_a_target_with_its_own_runtime_runs_the_streams_there():
     assert y["max_abs_error"] == pytest.approx(float(max(errors)), rel=1e-5)
     agreement = result.card["deployment"]["runtimes_vs_qdq"]
     assert all(a["y"]["max_lsb"] <= 2 for a in agreement.values()), agreement
+
+
+def test_a_jackknife_groups_steps_by_stream_or_in_runs_of_root_n_steps():
+    three = Streams({"stateN": "state"}, (False, *[True] * 9) * 3)
+    assert three.blocks() == three.spans() == [(0, 10), (10, 20), (20, 30)]
+    one = Streams({"stateN": "state"}, (False, *[True] * 29))  # one stream: runs of ⌈√30⌉ = 6 steps
+    assert one.blocks() == [(0, 6), (6, 12), (12, 18), (18, 24), (24, 30)]
+    two = Streams({"stateN": "state"}, (False, *[True] * 3, False, *[True] * 4))  # 9 steps: runs of 3
+    assert two.blocks() == [(0, 3), (3, 4), (4, 7), (7, 9)]
+    assert one.describe(blocks=True)["jackknife_blocks"] == 5
