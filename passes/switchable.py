@@ -1,6 +1,6 @@
 """A switchable fake-quant copy of the float graph, and the evaluator that runs it.
 
-Each quantized tensor t is read through Where(on_t, DequantizeLinear(QuantizeLinear(t)), t),
+Each quantized tensor t is read through If(on_t, DequantizeLinear(QuantizeLinear(t)), t),
 with on_t a boolean graph input; a tensor may carry several specs (a calibrator's each), each
 behind its own switch, chained.  A configuration (which tensors are quantized, with which
 spec) is one run with the switches set; nothing is rebuilt, so hundreds of candidates cost
@@ -88,7 +88,11 @@ def switchable_model(
 def _insert_switches(
     graph: ir.Graph, value: ir.Value, options: Mapping[str, QuantSpec], fresh: FreshNames
 ) -> tuple[dict[str, str], str]:
-    """value → Where(on_1, QDQ_1(value), Where(on_2, QDQ_2(value), ... value)), one switch per option."""
+    """value → If(on_1, QDQ_1(value), If(on_2, QDQ_2(value), ... value)), one switch per option.
+
+    An `If`, not a `Where`: a Where computes both of its inputs whatever the switch, so every
+    variant's Q/DQ ran on every tensor in every trial (PP-OCRv5 det at 320×320: 108-146 ms a
+    sample against float's 18); an If runs the branch taken (31-45 ms), with the same floats."""
     name = value.name or ""
     readers, was_output = list(value.uses()), value.is_graph_output()
     nodes, by_variant, chosen = [], {}, value
@@ -96,13 +100,21 @@ def _insert_switches(
         scale, zp, attrs = qdq_params(graph, name, spec, fresh)
         q_out = ir.Value(name=fresh(f"{name}_q"), type=ir.TensorType(ir.DataType[spec.dtype.upper()]))
         dq_out = ir.Value(name=fresh(f"{name}_dq"), type=value.type, shape=value.shape)
+        kept = ir.Value(name=fresh(f"{name}_kept"), type=value.type, shape=value.shape)
         switch = ir.Value(name=fresh(f"switch_{name}"), type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]))
         picked = ir.Value(name=fresh(f"{name}_switched"), type=value.type, shape=value.shape)
-        nodes += [
-            ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out]),
-            ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out]),
-            ir.Node("", "Where", [switch, dq_out, chosen], outputs=[picked]),
-        ]
+        on = ir.Graph(
+            [],
+            [dq_out],
+            nodes=[
+                ir.Node("", "QuantizeLinear", [value, scale, zp], attributes=attrs, outputs=[q_out]),
+                ir.Node("", "DequantizeLinear", [q_out, scale, zp], attributes=attrs, outputs=[dq_out]),
+            ],
+            name=fresh(f"{name}_on"),
+        )
+        off = ir.Graph([], [kept], nodes=[ir.Node("", "Identity", [chosen], outputs=[kept])], name=fresh(f"{name}_off"))
+        branches = [ir.AttrGraph("then_branch", on), ir.AttrGraph("else_branch", off)]
+        nodes.append(ir.Node("", "If", [switch], attributes=branches, outputs=[picked]))
         graph.inputs.append(switch)
         by_variant[variant], chosen = switch.name or "", picked
     producer, home = value.producer(), value.graph or graph  # switches stay main-graph inputs, read

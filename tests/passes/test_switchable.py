@@ -4,8 +4,10 @@ executor as in process."""
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 
 from qcompile.budget import Budget, parse_metric
 from qcompile.metrics import OutputKind
@@ -160,3 +162,33 @@ def test_the_float_activations_are_kept_for_the_first_samples_only(rng):
     for p in inner:
         for kept, again in zip(evaluator.reference[p], fresh[p], strict=False):
             np.testing.assert_array_equal(kept, again)
+
+
+def _ops_run(model, feed: dict, folder) -> list[str]:
+    """The op types ORT's profiler saw run (subgraph nodes included) on `feed`."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling, options.profile_file_prefix = True, str(folder / "switchable")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return [e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})]
+
+
+def test_a_switch_that_is_off_runs_no_quantization(rng, tmp_path):
+    """Trials with most tensors float (a ranking's "this group alone int8") cost a float run, not
+    every tensor's Q/DQ (as a Where, which computes both of its inputs, did)."""
+    model = conv_model(rng)
+    sample = feeds(rng)[0]
+    plan, _ = planned(model, feeds(rng))
+    switchable, switches = switchable_model(model, plan)
+    names = sorted(switches)
+    flags = {switches[t][0][BASE]: np.array(False) for t in names}
+    off = _ops_run(switchable, {**sample, **flags}, tmp_path)
+    assert "Conv" in off and "QuantizeLinear" not in off and "DequantizeLinear" not in off
+    one = {**flags, switches[names[0]][0][BASE]: np.array(True)}
+    assert _ops_run(switchable, {**sample, **one}, tmp_path).count("QuantizeLinear") == 1
