@@ -38,6 +38,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, replace
 
+import numpy as np
 import onnx_ir as ir
 
 from qcompile.budget import Budget
@@ -48,7 +49,7 @@ from qcompile.data import Sample
 from qcompile.deadline import Deadline
 from qcompile.metrics import OutputKind
 from qcompile.passes.calibrate import CalibrationResult
-from qcompile.passes.quant_groups import quant_groups
+from qcompile.passes.quant_groups import QuantGroup, quant_groups
 from qcompile.passes.sensitivity import own_sqnr_db
 from qcompile.passes.switchable import BASE, Evaluator
 from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
@@ -116,23 +117,24 @@ def selective_search(
     if not result.met:
         choice, result, tried = _refine(evaluator, variants, choice, result, margin, deadline)
         evaluations += tried
-    found = float_search(evaluator.choosing(choice), pinned, margin, progress, deadline)
+    means = calib.channel_means if correct_biases else None
+    chose = _collapsed(evaluator, model, plans[base], variants, choice, groups, samples, kinds, budget, executor, means)
+    found = float_search(chose, pinned, margin, progress, deadline)
     evaluations += found.evaluations
     if not found.result.met and choice and not deadline.expired():  # the float search from the given calibrator too
         plain = float_search(evaluator, pinned, margin, progress, deadline, ranking=found)
         evaluations += plain.evaluations
         if _rank(plain) > _rank(found):
-            found, choice, best = plain, {}, base
+            found, choice, best, chose = plain, {}, base, evaluator
     # BASE ("") is the given calibrator; a tensor without a `best` variant has the same spec under both
     chosen = {t: base if choice.get(t) == BASE else choice.get(t, best) for t in variants}
     ranges = {t: calib.alternatives[chosen.get(t, best)][t] for t in calib.ranges}
     final = _using(calib, best, ranges)
     plan_of = lambda f: assign(final, f.decisions(plans[base], "selective"))  # noqa: E731
-    means = calib.channel_means if correct_biases else None
     compiled = compiled_judge(model, target, samples, kinds, budget, margin, plan_of, means)
-    rank = lambda: ranked(evaluator.choosing(choice), found.fixed, progress, deadline)  # noqa: E731
+    rank = lambda: ranked(chose, found.fixed, progress, deadline)  # noqa: E731
     found, confirmed = confirm_compiled(found, compiled, deadline, rank)
-    sampling_error = sampling_error_at(evaluator.choosing(choice), found)  # at the choice as confirmed, as hybrid
+    sampling_error = sampling_error_at(chose, found)  # at the choice as confirmed, as hybrid
     report = found.report(budget, margin, len(samples), "selective")
     report.evaluations = evaluations
     report.calibrator, report.cut, report.trials = best, deadline.cut, evaluator.trials
@@ -154,6 +156,33 @@ def selective_search(
         decided, speed = keep_fast(model, plan_for(decided), target, speed_sample, plan_for, pinned, keeps_budget)
         report.speed = asdict(speed)
     return decided, final, report
+
+
+def _collapsed(
+    evaluator: Evaluator,
+    model: ir.Model,
+    plan: QuantPlan,
+    variants: Mapping[str, Mapping[str, QuantSpec]],
+    choice: Mapping[str, str],
+    groups: Sequence[QuantGroup],
+    samples: Sequence[Sample],
+    kinds: dict[str, OutputKind],
+    budget: Budget,
+    executor: Executor | None,
+    means: Mapping[str, np.ndarray] | None,
+) -> Evaluator:
+    """An evaluator of `plan` with each tensor of `choice` taking its chosen variant's spec, one
+    switch a tensor: the float search's hundreds of trials then pass one `If` a tensor, not one
+    per calibrator (the same floats as `evaluator.choosing(choice)`; it takes over its float run and
+    continues its trial record)."""
+    if not choice:
+        return evaluator
+    specs = {t: variants[t][v] for t, v in choice.items() if v != BASE}
+    chosen = replace(plan, tensors={**plan.tensors, **specs})
+    evaluator.release()  # one search session in memory at a time
+    out = Evaluator(model, chosen, groups, samples, kinds, budget, evaluator.where, None, executor, means, evaluator)
+    out.trials = evaluator.trials
+    return out
 
 
 def _rank(found: FloatSearch) -> tuple:

@@ -192,3 +192,27 @@ def test_a_switch_that_is_off_runs_no_quantization(rng, tmp_path):
     assert "Conv" in off and "QuantizeLinear" not in off and "DequantizeLinear" not in off
     one = {**flags, switches[names[0]][0][BASE]: np.array(True)}
     assert _ops_run(switchable, {**sample, **one}, tmp_path).count("QuantizeLinear") == 1
+
+
+def test_an_evaluator_of_one_variant_a_tensor_runs_as_the_choosing_one_and_takes_over_its_float_run(rng):
+    """Selective's float search runs on an evaluator of the chosen specs only (one switch a
+    tensor): it gives the floats of the evaluator of every variant with that choice, and its
+    float outputs and probes are those a fresh evaluator computes, under its own probe names."""
+    model, samples = conv_model(rng), feeds(rng)
+    plan, _ = planned(model, samples)
+    variants = _coarser(plan, 4.0)
+    coarse_plan = replace(plan, tensors={**plan.tensors, **{n: v["coarse"] for n, v in variants.items()}})
+    groups = quant_groups(model, plan, get_target("ort-cpu"))
+    budget, kinds = Budget(parse_metric("sqnr"), floor=30), {"y": OutputKind(), "s": OutputKind()}
+    every = Evaluator(model, plan, groups, samples, kinds, budget, variants=variants)
+    one = Evaluator(model, coarse_plan, groups, samples, kinds, budget, float_run=every)
+    fresh = Evaluator(model, coarse_plan, groups, samples, kinds, budget)
+    assert one.reference.keys() == fresh.reference.keys() and one.probes == fresh.probes
+    for name, runs in fresh.reference.items():
+        for x, y in zip(one.reference[name], runs, strict=True):
+            np.testing.assert_array_equal(x, y)
+    choosing = every.choosing({n: "coarse" for n in variants})
+    for on in (set(), {"x"}, set(plan.tensors)):
+        a, b = one.run(on, one.probes[:2]), choosing.run(on, choosing.probes[:2])
+        for x, y in zip(a["y"] + a[one.probes[1]], b["y"] + b[choosing.probes[1]], strict=True):
+            np.testing.assert_array_equal(x, y)
