@@ -137,7 +137,8 @@ def measure(name: str) -> dict:
     tensors = sorted(activation_pairs(naive))
     alone = {t: scored(keeping(naive, {t})) for t in tensors}
     worst = sorted(tensors, key=lambda t: alone[t]["sqnr_db"])[:WORST]
-    ranges = _channel_ranges(path, calib, [t for t in tensors if t in _float_values(path)])
+    computed = _float_values(path)
+    ranges = _channel_ranges(path, calib, [t for t in tensors if t in computed])
     channels = {}
     for t in worst:
         lo, hi = ranges[t]

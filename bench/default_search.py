@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench import fresh_process
 
 HERE = Path(__file__).parent
 MODELS = ["ppocrv4_det", "ppocrv5_det"]
@@ -66,13 +67,7 @@ def main(names: list[str]) -> None:
     for name in names:
         entry = {}
         for policy in POLICIES:
-            run = subprocess.run(
-                [sys.executable, "-W", "ignore", "-m", "bench.default_search", "--one", name, policy],
-                capture_output=True,
-                text=True,
-            )
-            lines = run.stdout.strip().splitlines()
-            entry[policy] = json.loads(lines[-1]) if run.returncode == 0 and lines else {"error": run.stderr[-1500:]}
+            entry[policy] = fresh_process.run_one("bench.default_search", name, policy)
             print(name, policy, json.dumps(entry[policy])[:300], file=sys.stderr, flush=True)
         for policy in ("hybrid", "selective"):  # the search's cost over the plain compile's, in the same run
             if "seconds" in entry[policy] and "seconds" in entry["naive"]:

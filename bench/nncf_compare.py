@@ -32,7 +32,6 @@ from __future__ import annotations
 import hashlib
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+from bench import fresh_process
 
 HERE = Path(__file__).parent
 MODELS = [
@@ -353,13 +354,7 @@ def main(names: list[str], tools: tuple[str, ...] = ("qcompile", "nncf")) -> Non
     for name in names:
         entry = dict(report["models"].get(name, {}))
         for tool in tools:
-            run = subprocess.run(
-                [sys.executable, "-W", "ignore", "-m", "bench.nncf_compare", "--one", name, tool],
-                capture_output=True,
-                text=True,
-            )
-            lines = run.stdout.strip().splitlines()
-            entry[tool] = json.loads(lines[-1]) if run.returncode == 0 and lines else {"error": run.stderr[-1500:]}
+            entry[tool] = fresh_process.run_one("bench.nncf_compare", name, tool)
             entry[tool]["date"] = time.strftime("%Y-%m-%d")
             entry[tool]["machine"] = machine  # a partial rerun may be on another machine than the file's
             print(name, tool, json.dumps(entry[tool])[:400], file=sys.stderr, flush=True)

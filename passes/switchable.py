@@ -148,7 +148,8 @@ class Evaluator:
         float_run: Evaluator | None = None,
     ):
         """`float_run`: an evaluator of the same model, groups and samples whose float outputs and
-        probes this one takes over instead of running the float model again."""
+        probes this one takes over instead of running the float model again, and whose record of
+        trials it continues."""
         shifts = bias_shifts(model, plan, means) if means else None  # corrected where `plan` rounds a weight
         switchable, self.switches = switchable_model(model, plan, variants, shifts)
         self.executor = executor
@@ -166,14 +167,14 @@ class Evaluator:
         constants = all_initializers(model.graph)
         self.probes = list(dict.fromkeys(self.seen(t) for t in tensors if t not in constants))
         self.source = SessionSource.of(switchable, extra_outputs=self.probes)
-        self.session: Any = make_session(self.source, threads=SEARCH_THREADS)
+        self.session = make_session(self.source, threads=SEARCH_THREADS)
         self._scratch: tempfile.TemporaryDirectory | None = None
         self.streams: Streams | None = None  # read off the float run: the samples of a recurrent model's streams
         self.reference: dict[str, list[np.ndarray]]
         if float_run is not None:  # the same floats, under this model's names for the probes
             names = dict(zip(float_run.probes, self.probes, strict=True))
             self.reference = {names.get(k, k): v for k, v in float_run.reference.items()}
-            self.streams = float_run.streams
+            self.streams, self.trials = float_run.streams, float_run.trials
             return
         self.reference = self.run(on=set())  # float: the outputs on every sample, the probes on the first few
         self.streams = Streams.of(self.samples, self.reference, kinds, where)
@@ -218,14 +219,7 @@ class Evaluator:
 
     def run(self, on: set[str], probes: Sequence[str] = ()) -> dict[str, list[np.ndarray]]:
         """Model outputs (and the intermediate `probes`) on every sample, with the tensors in `on` quantized."""
-        if self.session is None:  # released (`release`): opened again
-            self.session = make_session(self.source, threads=SEARCH_THREADS)
         return _run(self.session, self.samples, self._flags(on), self._names(probes), SAMPLE_THREADS, self.streams)
-
-    def release(self) -> None:
-        """Close this evaluator's session until it runs again (its memory, while another evaluator
-        takes over the search: `float_run`)."""
-        self.session = None
 
     def run_many(self, configs: Sequence[tuple[set[str], Sequence[str]]]) -> Iterator[dict[str, list[np.ndarray]]]:
         """`run(on, probes)` for each configuration, in order; on the executor (batches of

@@ -38,7 +38,6 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, replace
 
-import numpy as np
 import onnx_ir as ir
 
 from qcompile.budget import Budget
@@ -49,7 +48,7 @@ from qcompile.data import Sample
 from qcompile.deadline import Deadline
 from qcompile.metrics import OutputKind
 from qcompile.passes.calibrate import CalibrationResult
-from qcompile.passes.quant_groups import QuantGroup, quant_groups
+from qcompile.passes.quant_groups import quant_groups
 from qcompile.passes.sensitivity import own_sqnr_db
 from qcompile.passes.switchable import BASE, Evaluator
 from qcompile.plan import NodeDecision, QuantPlan, QuantSpec
@@ -106,10 +105,9 @@ def selective_search(
     plans = {c: assign(_using(calib, c, calib.alternatives[c]), decisions) for c in _order(base)}
     variants = _variants(plans, base)
     groups = quant_groups(model, plans[base], target)
-    evaluator = Evaluator(
-        model, plans[base], groups, samples, kinds, budget, "the calibration data", variants, executor,
-        calib.channel_means if correct_biases else None,
-    )  # fmt: skip
+    means = calib.channel_means if correct_biases else None
+    where = "the calibration data"
+    evaluator = Evaluator(model, plans[base], groups, samples, kinds, budget, where, variants, executor, means)
     uniform = {c: {t: c for t, v in variants.items() if c in v} for c in _order(base)}
     scores = {c: evaluator.choosing(choice).score(set(), margin) for c, choice in uniform.items()}
     best = max(_order(base), key=lambda c: (scores[c].value, -_order(base).index(c)))
@@ -117,8 +115,10 @@ def selective_search(
     if not result.met:
         choice, result, tried = _refine(evaluator, variants, choice, result, margin, deadline)
         evaluations += tried
-    means = calib.channel_means if correct_biases else None
-    chose = _collapsed(evaluator, model, plans[base], variants, choice, groups, samples, kinds, budget, executor, means)
+    chose = evaluator  # the float search on the chosen specs only: one If a tensor, not one per calibrator
+    if choice:  # (the same floats as `evaluator.choosing(choice)`)
+        plan = _with_choice(plans[base], variants, choice)
+        chose = Evaluator(model, plan, groups, samples, kinds, budget, where, None, executor, means, evaluator)
     found = float_search(chose, pinned, margin, progress, deadline)
     evaluations += found.evaluations
     if not found.result.met and choice and not deadline.expired():  # the float search from the given calibrator too
@@ -158,31 +158,11 @@ def selective_search(
     return decided, final, report
 
 
-def _collapsed(
-    evaluator: Evaluator,
-    model: ir.Model,
-    plan: QuantPlan,
-    variants: Mapping[str, Mapping[str, QuantSpec]],
-    choice: Mapping[str, str],
-    groups: Sequence[QuantGroup],
-    samples: Sequence[Sample],
-    kinds: dict[str, OutputKind],
-    budget: Budget,
-    executor: Executor | None,
-    means: Mapping[str, np.ndarray] | None,
-) -> Evaluator:
-    """An evaluator of `plan` with each tensor of `choice` taking its chosen variant's spec, one
-    switch a tensor: the float search's hundreds of trials then pass one `If` a tensor, not one
-    per calibrator (the same floats as `evaluator.choosing(choice)`; it takes over its float run and
-    continues its trial record)."""
-    if not choice:
-        return evaluator
-    specs = {t: variants[t][v] for t, v in choice.items() if v != BASE}
-    chosen = replace(plan, tensors={**plan.tensors, **specs})
-    evaluator.release()  # one search session in memory at a time
-    out = Evaluator(model, chosen, groups, samples, kinds, budget, evaluator.where, None, executor, means, evaluator)
-    out.trials = evaluator.trials
-    return out
+def _with_choice(
+    plan: QuantPlan, variants: Mapping[str, Mapping[str, QuantSpec]], choice: Mapping[str, str]
+) -> QuantPlan:
+    """`plan` with each tensor of `choice` taking its chosen variant's spec."""
+    return replace(plan, tensors={**plan.tensors, **{t: variants[t][v] for t, v in choice.items() if v != BASE}})
 
 
 def _rank(found: FloatSearch) -> tuple:

@@ -208,6 +208,7 @@ def test_an_evaluator_of_one_variant_a_tensor_runs_as_the_choosing_one_and_takes
     one = Evaluator(model, coarse_plan, groups, samples, kinds, budget, float_run=every)
     fresh = Evaluator(model, coarse_plan, groups, samples, kinds, budget)
     assert one.reference.keys() == fresh.reference.keys() and one.probes == fresh.probes
+    assert one.trials is every.trials  # one search, one record of trials
     for name, runs in fresh.reference.items():
         for x, y in zip(one.reference[name], runs, strict=True):
             np.testing.assert_array_equal(x, y)
