@@ -13,6 +13,9 @@ For every int8 node, the target's `OpRule` says which tensors are quantized:
 - weights (constant inputs at `rule.weight`) get `target.weight_dtype`,
   symmetric, per channel along `rule.weight_axis` (or per tensor), from their
   own values: scale_c = max|W_c| / qmax;
+- an activation whose integer neighbours are convolutions that absorb a scale per channel
+  (`target.absorbs_channel_scales`; the tensors `calibrate` ranged per channel) gets one scale
+  per channel where its channels' ranges spread (`qcompile.channel_scales`);
 - bias gets int32 with scale_c = s_input · s_weight_c, zero point 0 (a derived
   spec: it is what lets the runtime accumulate in int32 without rescaling).
   Where |b_c| / scale_c would not fit in 2^30 (a channel whose weights are ~0,
@@ -35,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.channel_scales import channel_spec
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import (
     all_initializers,
@@ -265,8 +269,18 @@ class _Assigner:
                 lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
                 scale, zp = scale_zero_point(lo, hi, qrange, symmetric=sym)
             spec = QuantSpec(dtype, symmetric=sym).with_params(scale, zp)
+            if len(group) == 1 and not pinned and not is_wide and group[0] in self.calib.channel_ranges:
+                spec = self._per_channel(group[0], spec, (lo, hi), qrange)
             for n in group:
                 self.plan.tensors[n] = spec
+
+    def _per_channel(self, name: str, spec: QuantSpec, tensor_range: tuple[float, float], qrange) -> QuantSpec:
+        """`spec` with a scale per channel where the channels' ranges spread (qcompile.channel_scales)."""
+        found = channel_spec(spec, tensor_range, *self.calib.channel_ranges[name], qrange)
+        if found is None:
+            return spec
+        self.plan.meta.setdefault("channel_scales", {})[name] = round(found[1], 1)
+        return found[0]
 
     def _assign_weights(self, model: ir.Model, weights: dict[str, tuple[int | None, str | None]]) -> None:
         for name, (axis, own_dtype) in weights.items():
@@ -303,7 +317,8 @@ class _Assigner:
         """The weight spec with each s_w_c ≥ |b_c| / (2^30 · s_a), so that the int32 bias cannot saturate."""
         if bias is None:
             return w
-        needed = np.abs(bias.astype(np.float64)).reshape(-1) / (BIAS_HEADROOM * float(a.scale_array()))
+        # a depthwise Conv's input with a scale per channel (qcompile.channel_scales): one per output
+        needed = np.abs(bias.astype(np.float64)).reshape(-1) / (BIAS_HEADROOM * a.scale_array().astype(np.float64))
         current = w.scale_array().astype(np.float64)
         if w.per_channel and needed.size != current.size and needed.size % current.size == 0:
             needed = needed.reshape(-1, current.size).max(axis=0)  # grouped ConvTranspose: per group

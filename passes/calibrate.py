@@ -52,6 +52,8 @@ class CalibrationResult:
     alternatives: Mapping[str, Mapping[str, tuple[float, float]]] = field(default_factory=dict)
     # tensor → mean per channel (float64), for the tensors `calibrate` was asked to average
     channel_means: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # tensor → (min, max) per channel, for the tensors `calibrate` was asked to range per channel
+    channel_ranges: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
 def observable_tensors(model: ir.Model) -> list[str]:
@@ -74,6 +76,7 @@ def calibrate(
     max_in_flight: int = 4,
     alternatives: bool = False,
     mean_axes: Mapping[str, int] | None = None,
+    range_axes: Mapping[str, int] | None = None,
 ) -> CalibrationResult:
     """Run `samples` through the float `model` and return the range of every float tensor.
 
@@ -81,7 +84,8 @@ def calibrate(
     `executor` runs chunks of `chunk_size` samples, with at most `max_in_flight` pending.
     With `alternatives`, every tensor keeps one histogram and the result holds the range
     of each of `HISTOGRAM_CALIBRATORS` too (`calibrator` must be one of them).  Each tensor of
-    `mean_axes` (name → channel axis) also gets its mean per channel over every sample.
+    `mean_axes` (name → channel axis) also gets its mean per channel over every sample, and each
+    of `range_axes` its minimum and maximum per channel.
     """
     check_calibrator(calibrator)  # before any model runs
     if alternatives:
@@ -90,12 +94,13 @@ def calibrate(
     names = observable_tensors(model)
     source = SessionSource.of(model, extra_outputs=names)
     chunks = _chunks(iter((progress or (lambda it: it))(samples)), chunk_size)
+    axes = (dict(mean_axes or {}), dict(range_axes or {}))
     total = ChunkObservation()
     with tempfile.TemporaryDirectory(prefix="qcompile-calib-") as tmp:
         if executor is not None:
             source = source.spill(tmp)  # workers read the model from a file, not from every task
         try:
-            for obs in _observations(source, names, observed, chunks, executor, max_in_flight, dict(mean_axes or {})):
+            for obs in _observations(source, names, observed, chunks, executor, max_in_flight, axes):
                 total.merge(obs)
         finally:
             release_sessions()
@@ -104,7 +109,14 @@ def calibrate(
         others = {c: {k: s.range_by(c) for k, s in total.stats.items()} for c in HISTOGRAM_CALIBRATORS}  # type: ignore[attr-defined]
     ranges = others[calibrator] if alternatives else {k: s.range() for k, s in total.stats.items()}
     return CalibrationResult(
-        calibrator, ranges, total.dtypes, total.shapes, total.num_samples, others, total.channel_means()
+        calibrator,
+        ranges,
+        total.dtypes,
+        total.shapes,
+        total.num_samples,
+        others,
+        total.channel_means(),
+        total.channel_ranges,
     )
 
 
@@ -122,18 +134,18 @@ def _observations(
     chunks: Iterator[tuple[int, list[Sample]]],
     executor: Executor | None,
     max_in_flight: int,
-    mean_axes: dict[str, int],
+    axes: tuple[dict[str, int], dict[str, int]],
 ) -> Iterator[ChunkObservation]:
     """Chunk observations in chunk order, with at most `max_in_flight` submitted and not yet merged."""
     if executor is None:  # a session of this call's own: nothing shared with other compiles
         session = make_session(source, optimize=False, threads=CALIBRATION_THREADS)
         for start, chunk in chunks:
-            yield observe_samples(session, names, calibrator, chunk, start, mean_axes)
+            yield observe_samples(session, names, calibrator, chunk, start, *axes)
         return
     pending: deque[Future] = deque()
     try:
         for start, chunk in chunks:
-            pending.append(executor.submit(observe_chunk, source, names, calibrator, chunk, start, mean_axes))
+            pending.append(executor.submit(observe_chunk, source, names, calibrator, chunk, start, *axes))
             if len(pending) >= max_in_flight:
                 yield pending.popleft().result()
         while pending:

@@ -35,6 +35,7 @@ def build_card(
         "calibration_samples": calib.num_samples,
         "per_channel": plan.meta.get("per_channel"),
         "bias_corrected": list(plan.meta.get("bias_correction", [])),
+        "channel_scales": dict(plan.meta.get("channel_scales", {})),  # tensor → spread of its channel scales
         "shape_inference": quantized.model.meta.get("qcompile.shape_inference", "not run"),
         "sizes": {
             "float_bytes": prepared.float_bytes,

@@ -274,6 +274,17 @@ def _bias_line(card: dict) -> list[str]:
     return [f"- bias correction: {n} Conv/Gemm bias(es) shifted by the mean error of their rounded weights"]
 
 
+def _channel_line(card: dict) -> list[str]:
+    spreads = card.get("channel_scales", {})
+    if not spreads:
+        return []
+    widest = max(spreads, key=spreads.get)
+    return [
+        f"- scales per channel: {len(spreads)} activation(s) whose channels' ranges spread (up to"
+        f" {spreads[widest]:g}×, {widest}), folded into the weight scales of the Convs beside them"
+    ]
+
+
 def _cpu_line(target: dict) -> list[str]:
     cpu = target.get("options", {}).get("cpu")
     if not cpu:
@@ -351,6 +362,7 @@ def render_markdown(card: dict) -> str:
         if "imported" not in card
         else "- dtypes, granularity and scales as the file has them",
         *_bias_line(card),
+        *_channel_line(card),
         *_cpu_line(t),
         f"- opset {card['opset']['before']} → {card['opset']['after']}; shape inference: {card['shape_inference']}",
         f"- size {sizes['float_bytes']:,} B → {sizes['quantized_bytes']:,} B ({100 * sizes['ratio']:.1f}%)",

@@ -13,6 +13,7 @@ import onnx_ir as ir
 from qcompile.budget import Budget, BudgetResult, jackknife_error, stacked, stacked_labels
 from qcompile.data import Sample
 from qcompile.metrics import OutputKind
+from qcompile.passes.absorb_channel_scales import AbsorbChannelScales
 from qcompile.passes.correct_bias import BiasCorrection, bias_shifts, own_bias_values
 from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
@@ -34,7 +35,8 @@ def built(
     candidate = ir.from_proto(ir.to_proto(model))
     if means:
         run_passes(BiasCorrection(own_bias_values(candidate), bias_shifts(candidate, plan, means)), candidate)
-    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), *after), candidate)
+    # a scale per channel on an activation (qcompile.channel_scales) as the target's lowering writes it
+    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), AbsorbChannelScales(), *after), candidate)
     return candidate
 
 

@@ -29,8 +29,9 @@ _SESSIONS: dict[SessionSource, object] = {}
 
 @dataclass
 class ChunkObservation:
-    """Per-tensor statistics, dtypes and shapes of a run of consecutive samples, and for the
-    tensors asked for, per-channel sums (float64) and how many values each channel summed."""
+    """Per-tensor statistics, dtypes and shapes of a run of consecutive samples; for the tensors
+    asked for, per-channel sums (float64) and how many values each channel summed, and for others
+    asked for, per-channel minima and maxima."""
 
     stats: dict[str, RangeStat] = field(default_factory=dict)
     dtypes: dict[str, str] = field(default_factory=dict)
@@ -38,6 +39,7 @@ class ChunkObservation:
     num_samples: int = 0
     channel_sums: dict[str, np.ndarray] = field(default_factory=dict)
     channel_counts: dict[str, int] = field(default_factory=dict)
+    channel_ranges: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def add_channel_sums(self, name: str, sums: np.ndarray, count: int) -> None:
         """Add per-channel `sums` over `count` values each (sums of another channel count are left
@@ -47,6 +49,14 @@ class ChunkObservation:
         elif self.channel_sums[name].shape == sums.shape:
             self.channel_sums[name] = self.channel_sums[name] + sums
             self.channel_counts[name] += count
+
+    def add_channel_range(self, name: str, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Widen `name`'s per-channel [lo, hi] (a range of another channel count is left out)."""
+        if name not in self.channel_ranges:
+            self.channel_ranges[name] = (lo, hi)
+        elif self.channel_ranges[name][0].shape == lo.shape:
+            old_lo, old_hi = self.channel_ranges[name]
+            self.channel_ranges[name] = (np.minimum(old_lo, lo), np.maximum(old_hi, hi))
 
     def channel_means(self) -> dict[str, np.ndarray]:
         return {k: s / self.channel_counts[k] for k, s in self.channel_sums.items() if self.channel_counts[k]}
@@ -63,6 +73,8 @@ class ChunkObservation:
             self.shapes.setdefault(name, later.shapes[name])
         for name, sums in later.channel_sums.items():
             self.add_channel_sums(name, sums, later.channel_counts[name])
+        for name, (lo, hi) in later.channel_ranges.items():
+            self.add_channel_range(name, lo, hi)
         self.num_samples += later.num_samples
 
 
@@ -85,9 +97,10 @@ def observe_chunk(
     samples: Sequence[Sample],
     first_index: int,
     mean_axes: Mapping[str, int] | None = None,
+    range_axes: Mapping[str, int] | None = None,
 ) -> ChunkObservation:
     """On a worker: run `samples` (numbered from `first_index`) on this process's cached session."""
-    return observe_samples(_session(source), names, calibrator, samples, first_index, mean_axes)
+    return observe_samples(_session(source), names, calibrator, samples, first_index, mean_axes, range_axes)
 
 
 def observe_samples(
@@ -97,10 +110,12 @@ def observe_samples(
     samples: Sequence[Sample],
     first_index: int,
     mean_axes: Mapping[str, int] | None = None,
+    range_axes: Mapping[str, int] | None = None,
 ) -> ChunkObservation:
     """Run `samples` (numbered from `first_index`), reduce every float tensor into its statistic,
-    and sum the tensors of `mean_axes` per channel (name → channel axis)."""
-    mean_axes = mean_axes or {}
+    sum the tensors of `mean_axes` per channel (name → channel axis) and take the minimum and
+    maximum per channel of the tensors of `range_axes`."""
+    mean_axes, range_axes = mean_axes or {}, range_axes or {}
     obs = ChunkObservation()
     for i, sample in enumerate(samples):
         outputs = run_session(session, sample, names)
@@ -122,5 +137,8 @@ def observe_samples(
             if name in mean_axes and arr.ndim > (axis := mean_axes[name]):
                 sums = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1).sum(axis=1, dtype=np.float64)
                 obs.add_channel_sums(name, sums, arr.size // arr.shape[axis])
+            if name in range_axes and arr.ndim > (axis := range_axes[name]):
+                per_channel = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
+                obs.add_channel_range(name, per_channel.min(axis=1), per_channel.max(axis=1))
         obs.num_samples += 1
     return obs

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import onnx_ir as ir
 
+from qcompile.channel_scales import channel_candidates
 from qcompile.config import CompileConfig
 from qcompile.data import LABELS_KEY, Sample
 from qcompile.deadline import Deadline
@@ -23,6 +24,7 @@ from qcompile.errors import QCompileError
 from qcompile.ir_utils import all_initializers, onnx_opset
 from qcompile.legalise_import import legalise_imported, untied_requantizations
 from qcompile.model_io import EXTERNAL_DATA_KEY, EXTERNAL_DATA_THRESHOLD, check_serialised, weights_nbytes
+from qcompile.passes.absorb_channel_scales import AbsorbChannelScales
 from qcompile.passes.assign_specs import assign_specs
 from qcompile.passes.calibrate import ApplyObservedShapes, CalibrationResult, calibrate
 from qcompile.passes.convert_widths import ConvertWidths
@@ -99,6 +101,7 @@ def quantize(prepared: Prepared, samples: Iterable[Sample], config: CompileConfi
             executor=config.executor,
             alternatives=config.policy == "selective",
             mean_axes=mean_axes(model) if config.bias_correction else None,
+            range_axes=channel_candidates(model, target),
         )
 
     calib = calibrated(kept)
@@ -228,7 +231,9 @@ def _lower(
         meta["search"] = plan.meta["search"]
     plan = QuantPlan(plan.tensors, plan.nodes, meta)
     widths = [ConvertWidths(target)] if target.uniform_widths else []
-    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), *widths, CheckLegality(plan, target)), model)
+    absorb = [AbsorbChannelScales()] if target.absorbs_channel_scales else []
+    passes = [InsertQDQ(plan), FoldScales(plan), *absorb, *widths, CheckLegality(plan, target)]
+    run_passes(ir.passes.Sequential(*passes), model)
     scratch = _spill_weights(model)
     session = SessionSource.of(model, unfused_qdq=unfused_stand_in(target.ort_is_runtime))
     if session.data_folder is None:  # else the checker runs on the written file, in save()

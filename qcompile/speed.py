@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from qcompile.passes.absorb_channel_scales import AbsorbChannelScales
 from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.passes.quant_groups import QuantGroup, quant_groups
@@ -64,9 +65,10 @@ class SpeedReport:
 
 
 def compiled(model: ir.Model, plan: QuantPlan) -> SessionSource:
-    """A copy of float `model` quantized with `plan` (Q/DQ inserted, scales folded)."""
+    """A copy of float `model` quantized with `plan` (Q/DQ inserted, scales folded, any scale per channel
+    of an activation moved into the Convs beside it)."""
     copy = ir.from_proto(ir.to_proto(model))
-    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan)), copy)
+    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), AbsorbChannelScales()), copy)
     return SessionSource.of(copy)
 
 

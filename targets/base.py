@@ -129,6 +129,9 @@ class Target:
     float_runs: bool = True  # a node kept float runs on the target (False: an NPU, where it leaves for the CPU)
     uniform_widths: bool = False  # a node reads and writes one integer width (passes/convert_widths)
     keeps_integer_inputs: bool = False  # static graph: only scalar integer inputs (a rate, a flag) become constants
+    # its integer convolutions take a scale per channel of the activations they write and (depthwise) read,
+    # folded into their weights' scales (qcompile.channel_scales)
+    absorbs_channel_scales: bool = False
     ort_is_runtime: bool = False  # ORT's CPU runs the QDQ model in deployment (else it stands in for the target's)
     # before calibration: raises on a float graph `lower` could never take; returns extra files to write
     precheck: Callable[[ir.Model, Target], dict[str, bytes]] | None = None

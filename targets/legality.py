@@ -74,11 +74,26 @@ def _weights_prequantized(model: ir.Model, plan: QuantPlan, target: Target) -> I
             yield node.name, f"QuantizeLinear on constant {constant!r} was not folded into a quantized initializer"
 
 
+def _activation_scale_per_tensor(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
+    for node in model.graph.all_nodes():
+        x = node.inputs[0] if node.op_type == "QuantizeLinear" else None
+        scale = node.inputs[1].const_value if x is not None and not x.is_initializer() and node.inputs[1] else None
+        if scale is not None and len(scale.shape) == 1 and scale.size > 1:
+            yield (
+                node.name,
+                (
+                    f"activation {x.name!r} has a scale per channel; {target.name}'s integer kernels take one"  # type: ignore[union-attr]
+                    " scale per activation tensor"
+                ),
+            )
+
+
 RULES: dict[str, Rule] = {
     "opset-range": _opset_in_range,
     "qdq-dtype": _qdq_dtypes,
     "int8-op-supported": _int8_ops_supported,
     "weights-prequantized": _weights_prequantized,
+    "activation-scale-per-tensor": _activation_scale_per_tensor,
 }
 
 

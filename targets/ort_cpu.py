@@ -77,6 +77,7 @@ def make_target(cpu: CpuInfo | None = None, **options) -> Target:
         activation_dtype="uint8",
         weight_dtype="int8",
         weight_reduce_range=reduce,
+        absorbs_channel_scales=True,
         ort_is_runtime=True,
         notes=(note,),
         options={"reduce_range": reduce, "cpu": cpu.summary()},

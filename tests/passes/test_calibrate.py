@@ -101,3 +101,20 @@ def test_channel_means_match_numpy_and_every_executor(rng):
     for name in axes:
         assert np.array_equal(chunked.channel_means[name], one.channel_means[name])  # same plan, any executor
     assert calibrate(parse(TEXT), xs).channel_means == {}
+
+
+def test_channel_ranges_match_numpy_and_every_executor(rng):
+    xs = [{"x": (rng.normal(size=(1, 4)) * [1, 10, 0.1, 3]).astype(np.float32)} for _ in range(11)]
+    axes = {"x": 1, "y": 1}
+    one = calibrate(parse(TEXT), xs, chunk_size=3, range_axes=axes)
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        chunked = calibrate(parse(TEXT), xs, chunk_size=3, executor=pool, range_axes=axes)
+    stacked = np.concatenate([x["x"] for x in xs])
+    relu = np.maximum(stacked @ np.diag([1, 2, -1, 3]).astype(np.float32), 0)
+    np.testing.assert_array_equal(one.channel_ranges["x"][0], stacked.min(axis=0))
+    np.testing.assert_array_equal(one.channel_ranges["x"][1], stacked.max(axis=0))
+    np.testing.assert_allclose(one.channel_ranges["y"][1], relu.max(axis=0), rtol=1e-6)
+    for name in axes:
+        for got, want in zip(chunked.channel_ranges[name], one.channel_ranges[name], strict=True):
+            assert np.array_equal(got, want)  # same plan, any executor
+    assert calibrate(parse(TEXT), xs).channel_ranges == {}
