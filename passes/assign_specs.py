@@ -67,6 +67,15 @@ def _per_output(w_scale: np.ndarray, bias: np.ndarray | None) -> np.ndarray:
     return np.tile(w_scale, bias.size // w_scale.size)
 
 
+def _input_scale(a: QuantSpec, outputs: int) -> np.ndarray:
+    """The input scale that a bias of `outputs` channels is stored against: a depthwise Conv's input
+    with a scale per channel (qcompile.channel_scales) has one per output channel; an input with a
+    scale per channel that another node reads (a pinned plan) reaches it through a Mul by its
+    channel factors at the largest scale (passes/absorb_channel_scales), so that one."""
+    scale = a.scale_array().astype(np.float64)
+    return scale if scale.size in (1, outputs) else np.asarray(scale.max())
+
+
 def _input(node: ir.Node, index: int | None) -> ir.Value | None:
     return node.inputs[index] if index is not None and index < len(node.inputs) else None
 
@@ -308,7 +317,7 @@ class _Assigner:
             w = self._widen_for_bias(weight, w, a, bias)
             # the product in float64, stored as the float32 the file will hold (what an import reads back)
             w_scale = _per_output(w.scale_array().astype(np.float64), bias)
-            scale = (a.scale_array().astype(np.float64) * w_scale).astype(np.float32)
+            scale = (_input_scale(a, np.size(w_scale)) * w_scale).astype(np.float32)
             zp = np.zeros(np.shape(scale), np.int32)
             axis = 0 if w.per_channel else None
             self.plan.tensors[name] = QuantSpec("int32", axis=axis, symmetric=True).with_params(scale, zp)
@@ -317,8 +326,7 @@ class _Assigner:
         """The weight spec with each s_w_c ≥ |b_c| / (2^30 · s_a), so that the int32 bias cannot saturate."""
         if bias is None:
             return w
-        # a depthwise Conv's input with a scale per channel (qcompile.channel_scales): one per output
-        needed = np.abs(bias.astype(np.float64)).reshape(-1) / (BIAS_HEADROOM * a.scale_array().astype(np.float64))
+        needed = np.abs(bias.astype(np.float64)).reshape(-1) / (BIAS_HEADROOM * _input_scale(a, bias.size))
         current = w.scale_array().astype(np.float64)
         if w.per_channel and needed.size != current.size and needed.size % current.size == 0:
             needed = needed.reshape(-1, current.size).max(axis=0)  # grouped ConvTranspose: per group

@@ -21,13 +21,14 @@ def hardswish_net(rng: np.random.Generator, spread: np.ndarray = SPREAD) -> ir.M
         "w1": (rng.normal(size=(c, 1, 3, 3)) * 0.3).astype(np.float32),
         "b1": rng.normal(size=c).astype(np.float32),
         "w2": (rng.normal(size=(4, c, 1, 1)) * 0.3).astype(np.float32),
+        "b2": rng.normal(size=4).astype(np.float32),
     }
     nodes = [
         helper.make_node("Conv", ["x", "w0", "b0"], ["t0"], "stem", pads=[1, 1, 1, 1]),
         helper.make_node("HardSwish", ["t0"], ["t1"], "hs0"),
         helper.make_node("Conv", ["t1", "w1", "b1"], ["t2"], "dw", pads=[1, 1, 1, 1], group=c),
         helper.make_node("HardSwish", ["t2"], ["t3"], "hs1"),
-        helper.make_node("Conv", ["t3", "w2"], ["y"], "pw"),
+        helper.make_node("Conv", ["t3", "w2", "b2"], ["y"], "pw"),
     ]
     graph = helper.make_graph(
         nodes,

@@ -78,6 +78,16 @@ def _pinned(zero_points: list[int], name: str = "t1") -> QuantPlan:
     return QuantPlan(tensors={name: QuantSpec("uint8", scale=scales, zero_point=tuple(zero_points), axis=1)})
 
 
+def test_a_pinned_scale_per_channel_before_a_pointwise_conv_reaches_it_in_float(rng, tmp_path):
+    model, samples, result = _compile(rng, plan=_pinned([3] * 8, "t3"))
+    assert result.plan.tensors["t3"].per_channel
+    assert _kernels(result.to_proto(), tmp_path).count("QLinearConv") == 2  # the 1×1 Conv reads t3 · r in float
+    planned = copy(model)
+    ir.passes.Sequential(InsertQDQ(result.plan), FoldScales(result.plan))(planned)
+    want = _outputs(planned, samples[12:], fused=False)
+    assert sqnr_db(want, _outputs(result.to_proto(), samples[12:], fused=True)) > 30
+
+
 def test_a_pinned_scale_per_channel_needs_one_zero_point(rng):
     with pytest.raises(QCompileError, match="'t1': a scale per channel needs one zero point for every channel"):
         _compile(rng, plan=_pinned([3, 3, 3, 3, 3, 3, 3, 4]))
