@@ -102,17 +102,26 @@ class _Rewrite:
         self.graph.insert_after(producer, [ir.Node("", "Mul", [value, r], outputs=[out], name=self.fresh("Mul"))])
         return out
 
+    def _absorbing_writer(self, x: ir.Value) -> tuple[ir.Node, ir.Node | None] | None:
+        """The DQs of weight and bias of the Conv that writes `x` alone, if they are its own."""
+        writer = x.producer()
+        weight_dq = _dq_weight(writer) if writer is not None and writer.op_type == "Conv" else None
+        if writer is None or weight_dq is None or writer.outputs[0] is not x or len(x.uses()) != 1:
+            return None
+        bias = writer.inputs[2] if len(writer.inputs) > 2 else None
+        bias_dq = bias.producer() if bias is not None else None
+        if bias is not None and (bias_dq is None or bias_dq.op_type != "DequantizeLinear" or len(bias.uses()) != 1):
+            return None
+        return weight_dq, bias_dq
+
     def run(self) -> None:
         q, x = self.q, self.q.inputs[0]
         assert x is not None
-        writer = x.producer()
-        weight_dq = _dq_weight(writer) if writer is not None and writer.op_type == "Conv" else None
-        if weight_dq is not None and writer is not None and writer.outputs[0] is x and len(x.uses()) == 1:
-            self._scale_dq(weight_dq, 1.0 / self.ratio)
-            bias = writer.inputs[2] if len(writer.inputs) > 2 else None
-            bias_dq = bias.producer() if bias is not None else None
-            if bias_dq is not None and bias_dq.op_type == "DequantizeLinear":
-                self._scale_dq(bias_dq, 1.0 / self.ratio)
+        writer = self._absorbing_writer(x)
+        if writer is not None:
+            for dq in writer:
+                if dq is not None:
+                    self._scale_dq(dq, 1.0 / self.ratio)
         else:
             q.replace_input_with(0, self._mul(x, 1.0 / self.ratio))
         self._one_scale(q, name_of(x))
@@ -123,8 +132,8 @@ class _Rewrite:
     def _reroute(self, dq: ir.Node) -> None:
         if dq.outputs[0].is_graph_output():
             raise QCompileError(
-                f"graph output {name_of(dq.outputs[0])!r}: a scale per channel is only for tensors that"
-                " the model computes on with (the integer kernels take one scale per activation tensor)"
+                f"graph output {name_of(dq.outputs[0])!r} cannot take a scale per channel: only a tensor that"
+                " Convs beside it compute with can (ORT's integer kernels take one scale per activation tensor)"
             )
         self._one_scale(dq, name_of(dq.outputs[0]))
         others = []

@@ -95,7 +95,9 @@ def test_a_pinned_scale_per_channel_needs_one_zero_point(rng):
 
 def test_a_scale_per_channel_on_a_graph_output_is_refused(rng):
     plan = QuantPlan(tensors={"y": QuantSpec("uint8", scale=(0.1, 0.2, 0.1, 0.1), zero_point=(9,) * 4, axis=1)})
-    with pytest.raises(QCompileError, match="graph output 'y': a scale per channel is only for tensors"):
+    with pytest.raises(
+        QCompileError, match="graph output 'y' cannot take a scale per channel: only a tensor that Convs"
+    ):
         _compile(rng, plan=plan)
 
 
