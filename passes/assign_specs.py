@@ -179,6 +179,9 @@ class _Assigner:
         self._apply_pins(model)  # biases derive from the pinned weights and activations (an int4 weight)...
         self._assign_biases(model, roles.biases)
         self._apply_pins(model)  # ...and a pinned bias is the user's
+        spreads = self.plan.meta.pop("channel_scales", {})  # those the pins left
+        if kept := {t: x for t, x in spreads.items() if t not in self.pinned and t in self.plan.tensors}:
+            self.plan.meta["channel_scales"] = kept
         self.plan.meta["per_channel"] = self.per_channel
         return self.plan
 
@@ -317,9 +320,10 @@ class _Assigner:
             w = self._widen_for_bias(weight, w, a, bias)
             # the product in float64, stored as the float32 the file will hold (what an import reads back)
             w_scale = _per_output(w.scale_array().astype(np.float64), bias)
-            scale = (_input_scale(a, np.size(w_scale)) * w_scale).astype(np.float32)
+            outputs = bias.size if bias is not None else np.size(w_scale)
+            scale = (_input_scale(a, outputs) * w_scale).astype(np.float32)
             zp = np.zeros(np.shape(scale), np.int32)
-            axis = 0 if w.per_channel else None
+            axis = 0 if w.per_channel or np.size(scale) > 1 else None  # per channel: of the weight or the input
             self.plan.tensors[name] = QuantSpec("int32", axis=axis, symmetric=True).with_params(scale, zp)
 
     def _widen_for_bias(self, name: str, w: QuantSpec, a: QuantSpec, bias: np.ndarray | None) -> QuantSpec:

@@ -63,12 +63,22 @@ class Sensitivity:
 
 
 def own_sqnr_db(values: list[np.ndarray], spec) -> float:
-    """SQNR of a tensor quantized alone with its spec: its own rounding and clipping error."""
-    x = np.concatenate([np.asarray(v, np.float32).ravel() for v in values])
-    if spec.per_channel or spec.block_size is not None:
-        return math.inf  # weights: per-channel, rarely the loss
-    q = quantize(x, spec.scale_array(), spec.zero_point_array(), INT_RANGES[spec.dtype])
-    return sqnr_db(x, dequantize(q, spec.scale_array(), spec.zero_point_array()))
+    """SQNR of a tensor quantized alone with its spec: its own rounding and clipping error (a scale per
+    channel, `qcompile.channel_scales`, along the spec's axis of each sample)."""
+    if spec.block_size is not None:
+        return math.inf  # blocked weights, rarely the loss
+    axis = spec.axis
+    arrays = [np.asarray(v, np.float32) for v in values]
+    if axis is not None and any(a.ndim <= axis or a.shape[axis] != len(spec.scale) for a in arrays):
+        return math.inf
+    if axis is None:
+        arrays = [np.concatenate([a.ravel() for a in arrays])]
+    rounded = [
+        dequantize(quantize(a, spec.scale_array(), spec.zero_point_array(), INT_RANGES[spec.dtype], axis=axis),
+                   spec.scale_array(), spec.zero_point_array(), axis=axis)
+        for a in arrays
+    ]  # fmt: skip
+    return sqnr_db(np.concatenate([a.ravel() for a in arrays]), np.concatenate([r.ravel() for r in rounded]))
 
 
 def _candidates(evaluator: Evaluator, plan: QuantPlan) -> list[tuple[str, tuple[QuantGroup, ...], str]]:

@@ -75,6 +75,8 @@ def _weights_prequantized(model: ir.Model, plan: QuantPlan, target: Target) -> I
 
 
 def _activation_scale_per_tensor(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
+    if target.absorbs_channel_scales:  # folded into its Convs, or left as written: ORT runs per-axis Q/DQ
+        return
     for node in model.graph.all_nodes():
         x = node.inputs[0] if node.op_type == "QuantizeLinear" else None
         scale = node.inputs[1].const_value if x is not None and not x.is_initializer() and node.inputs[1] else None

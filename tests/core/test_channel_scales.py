@@ -1,5 +1,6 @@
 import numpy as np
 import onnx_ir as ir
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from qcompile.channel_scales import CHANNEL_SPREAD, channel_candidates, channel_spec
@@ -54,35 +55,43 @@ def test_candidates_are_tensors_between_absorbing_convs_and_float_kernels(rng):
 
 
 def _brute_force(lo, hi, qrange):
-    """Every zero point's scales; the one with the least Σ log s_c."""
+    """Every zero point's scales (inf where it cannot hold a channel); the one with the least Σ log s_c."""
     best = None
     for z in range(qrange.qmin, qrange.qmax + 1):
-        need = [max(-lo_c / (z - qrange.qmin) if lo_c < 0 else 0.0, hi_c / (qrange.qmax - z) if hi_c > 0 else 0.0)
-                for lo_c, hi_c in zip(lo, hi, strict=True)] if qrange.qmin < z < qrange.qmax else None  # fmt: skip
-        if need is not None and (best is None or np.sum(np.log(need)) < best[0]):
+        need = []
+        for lo_c, hi_c in zip(lo, hi, strict=True):
+            down = 0.0 if lo_c >= 0 else (-lo_c / (z - qrange.qmin) if z > qrange.qmin else np.inf)
+            up = 0.0 if hi_c <= 0 else (hi_c / (qrange.qmax - z) if z < qrange.qmax else np.inf)
+            need.append(max(down, up))
+        if np.all(np.isfinite(need)) and (best is None or np.sum(np.log(need)) < best[0]):
             best = (np.sum(np.log(need)), z, np.array(need))
     return best
 
 
-def test_channel_spec_fits_every_channel_with_the_best_shared_zero_point(rng):
+@pytest.mark.parametrize("signed", [True, False], ids=["both signs", "non-negative"])
+def test_channel_spec_fits_every_channel_with_the_best_shared_zero_point(rng, signed):
     qrange = int_range("uint8")
-    lo = -np.abs(rng.normal(size=8)) * SPREAD * 0.2
+    lo = -np.abs(rng.normal(size=8)) * SPREAD * 0.2 if signed else np.zeros(8)  # else the best z is qmin
     hi = np.abs(rng.normal(size=8)) * SPREAD
     per_tensor = QuantSpec("uint8", scale=(0.1,), zero_point=(40,))
     spec, spread = channel_spec(per_tensor, (float(lo.min()), float(hi.max())), lo, hi, qrange)
     _, z, scales = _brute_force(lo, hi, qrange)
-    assert spec.axis == 1 and set(spec.zero_point) == {z}
+    assert spec.axis == 1 and set(spec.zero_point) == {z} and (signed or z == 0)
     np.testing.assert_allclose(spec.scale, scales, rtol=1e-6)
     s = np.asarray(spec.scale)
     assert np.all(-z * s <= lo + 1e-6) and np.all((qrange.qmax - z) * s >= hi - 1e-6)  # nothing clipped
     assert np.isclose(spread, s.max() / s.min())  # float32 scales
 
 
-def test_channel_spec_keeps_one_scale_when_channels_agree_and_clips_to_the_tensor_range(rng):
+def test_channel_spec_keeps_one_scale_below_the_spread_and_clips_to_the_tensor_range():
     qrange = int_range("uint8")
     per_tensor = QuantSpec("uint8", scale=(0.1,), zero_point=(0,))
-    even = np.full(8, CHANNEL_SPREAD * 0.9)
-    assert channel_spec(per_tensor, (0.0, 4.0), np.zeros(8), even * np.linspace(1, 1 / 0.9, 8) / 4, qrange) is None
+    for factor, per_channel in ((0.9, False), (1.1, True)):  # channel peaks CHANNEL_SPREAD × factor apart
+        hi = np.array([1.0, 2.0, CHANNEL_SPREAD * factor])
+        found = channel_spec(per_tensor, (0.0, float(hi.max())), np.zeros(3), hi, qrange)
+        assert (found is not None) == per_channel
+        if found:
+            assert np.isclose(found[1], CHANNEL_SPREAD * factor)
     hi = np.array([1.0, 100.0, 1.0, 1.0])  # a percentile range of [0, 10] clips the 100 to 10
     spec, spread = channel_spec(per_tensor, (0.0, 10.0), np.zeros(4), hi, qrange)
     assert spec.zero_point == (0,) * 4 and np.isclose(spec.scale[1], 10 / 255) and np.isclose(spread, 10.0)

@@ -78,27 +78,67 @@ def _pinned(zero_points: list[int], name: str = "t1") -> QuantPlan:
     return QuantPlan(tensors={name: QuantSpec("uint8", scale=scales, zero_point=tuple(zero_points), axis=1)})
 
 
+def _as_planned(model: ir.Model, result, samples) -> float:
+    """SQNR of the compiled model (ORT, fused) against the plan's Q/DQ run as written."""
+    planned = copy(model)
+    ir.passes.Sequential(InsertQDQ(result.plan), FoldScales(result.plan))(planned)
+    return sqnr_db(_outputs(planned, samples, fused=False), _outputs(result.to_proto(), samples, fused=True))
+
+
 def test_a_pinned_scale_per_channel_before_a_pointwise_conv_reaches_it_in_float(rng, tmp_path):
     model, samples, result = _compile(rng, plan=_pinned([3] * 8, "t3"))
     assert result.plan.tensors["t3"].per_channel
     assert _kernels(result.to_proto(), tmp_path).count("QLinearConv") == 2  # the 1×1 Conv reads t3 · r in float
-    planned = copy(model)
-    ir.passes.Sequential(InsertQDQ(result.plan), FoldScales(result.plan))(planned)
-    want = _outputs(planned, samples[12:], fused=False)
-    assert sqnr_db(want, _outputs(result.to_proto(), samples[12:], fused=True)) > 30
+    assert _as_planned(model, result, samples[12:]) > 30
 
 
-def test_a_pinned_scale_per_channel_needs_one_zero_point(rng):
-    with pytest.raises(QCompileError, match="'t1': a scale per channel needs one zero point for every channel"):
-        _compile(rng, plan=_pinned([3, 3, 3, 3, 3, 3, 3, 4]))
+def test_per_tensor_weights_take_the_channel_scales_too(rng, tmp_path):
+    model, samples = hardswish_net(rng), hardswish_feeds(rng, 16)
+    result = qcompile.compile(
+        copy(model), "ort-cpu", samples[:12], samples[12:], per_channel=False, measure_latency=False
+    )
+    assert result.plan.tensors["t1"].per_channel and not result.plan.tensors["w1"].per_channel
+    assert _kernels(result.to_proto(), tmp_path).count("QLinearConv") == 3  # the depthwise bias scale fits
+    assert _as_planned(model, result, samples[12:]) > 30
 
 
-def test_a_scale_per_channel_on_a_graph_output_is_refused(rng):
-    plan = QuantPlan(tensors={"y": QuantSpec("uint8", scale=(0.1, 0.2, 0.1, 0.1), zero_point=(9,) * 4, axis=1)})
-    with pytest.raises(
-        QCompileError, match="graph output 'y' cannot take a scale per channel: only a tensor that Convs"
-    ):
-        _compile(rng, plan=plan)
+@pytest.mark.parametrize(
+    "spec, problem",
+    [
+        (
+            QuantSpec("uint8", scale=tuple(np.linspace(0.01, 0.2, 8)), zero_point=(3,) * 7 + (4,), axis=1),
+            r"with zero points \[3, 4\] \(the integer kernels take one for every channel\)",
+        ),
+        (
+            QuantSpec("uint8", scale=tuple(np.linspace(0.01, 0.2, 12)), zero_point=(3,) * 12, axis=3),
+            r"along axis 3 of a rank-4 tensor \(only axis 1, the channels\)",
+        ),
+    ],
+    ids=["two zero points", "axis 3"],
+)
+def test_a_pinned_scale_per_channel_it_cannot_fold_is_refused(rng, spec, problem):
+    with pytest.raises(QCompileError, match=f"tensor 't1': ort-cpu cannot take a scale per channel {problem}"):
+        _compile(rng, plan=QuantPlan(tensors={"t1": spec}))
+
+
+def test_a_scale_per_channel_on_a_graph_output_is_multiplied_back(rng, tmp_path):
+    spec = QuantSpec("uint8", scale=(0.1, 0.2, 0.1, 0.1), zero_point=(9,) * 4, axis=1)
+    model, samples, result = _compile(rng, plan=QuantPlan(tensors={"y": spec}))
+    assert _kernels(result.to_proto(), tmp_path).count("QLinearConv") == 3
+    assert _as_planned(model, result, samples[12:]) > 30
+
+
+def test_a_scale_per_channel_on_a_graph_input_goes_through_a_mul(rng, tmp_path):
+    spec = QuantSpec("uint8", scale=(0.01, 0.03, 0.02), zero_point=(128,) * 3, axis=1)
+    model, samples, result = _compile(rng, plan=QuantPlan(tensors={"x": spec}))
+    assert "Mul" in _kernels(result.to_proto(), tmp_path)
+    assert _as_planned(model, result, samples[12:]) > 30
+
+
+def test_pins_leave_only_their_own_tensors_in_the_card(rng):
+    pins = QuantPlan(tensors={"t1": QuantSpec("uint8"), "t2": QuantSpec("float32")})
+    _, _, result = _compile(rng, plan=pins)
+    assert set(result.plan.meta["channel_scales"]) == {"t0"}
 
 
 def test_a_target_without_absorbing_kernels_refuses_a_scale_per_channel(rng):

@@ -8,8 +8,9 @@ from qcompile.budget import Budget, parse_metric
 from qcompile.metrics import OutputKind
 from qcompile.passes.infer_shapes import InferShapes
 from qcompile.passes.quant_groups import quant_groups, quantized_tensors_when, weight_macs
-from qcompile.passes.sensitivity import rank_groups
+from qcompile.passes.sensitivity import own_sqnr_db, rank_groups
 from qcompile.passes.switchable import Evaluator
+from qcompile.plan import QuantSpec
 from qcompile.targets import get_target
 from tests.support.quant_models import conv_model, feeds, planned
 
@@ -104,3 +105,18 @@ def test_unknown_dimensions_count_once_in_weight_macs():
     assert weight_macs(node) == 5 * 7 * 6  # per item of the symbolic batch
     node.outputs[0].shape = ir.Shape([-1, 5, 7])  # as some exporters write an unknown dimension
     assert weight_macs(node) == 5 * 7 * 6
+
+
+def test_own_sqnr_of_a_tensor_with_a_scale_per_channel_matches_numpy(rng):
+    spread = np.array([1.0, 40.0, 0.5, 8.0])[None, :, None, None]
+    values = [(rng.normal(size=(1, 4, 3, w)) * spread).astype(np.float32) for w in (5, 7)]  # widths differ
+    peaks = np.max([np.abs(v).max(axis=(0, 2, 3)) for v in values], axis=0)
+    scales = peaks / 127.0
+    spec = QuantSpec("uint8", scale=tuple(scales), zero_point=(128,) * 4, axis=1)
+    x = np.concatenate([v.ravel() for v in values]).astype(np.float64)
+    s = np.concatenate([np.broadcast_to(scales[None, :, None, None], v.shape).ravel() for v in values])
+    rounded = (np.clip(np.round(x / s) + 128, 0, 255) - 128) * s
+    want = 10 * np.log10(np.sum(x**2) / np.sum((x - rounded) ** 2))
+    assert np.isclose(own_sqnr_db(values, spec), want, atol=1e-3)
+    one = QuantSpec("uint8", scale=(float(peaks.max() / 127.0),), zero_point=(128,))
+    assert own_sqnr_db(values, spec) > own_sqnr_db(values, one) + 3  # the narrow channels rounded finer
