@@ -5,10 +5,12 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import qcompile
 from qcompile.card import render_markdown
 from qcompile.errors import QCompileError
+from qcompile.passes.absorb_channel_scales import AbsorbChannelScales
 from qcompile.passes.fold_scales import FoldScales
 from qcompile.passes.insert_qdq import InsertQDQ
 from qcompile.plan import QuantPlan, QuantSpec
@@ -145,3 +147,35 @@ def test_a_target_without_absorbing_kernels_refuses_a_scale_per_channel(rng):
     one_scale = dataclasses.replace(get_target("ort-cpu"), absorbs_channel_scales=False)
     with pytest.raises(LegalityError, match="activation 't1' has a scale per channel; ort-cpu's integer kernels take"):
         _compile(rng, one_scale, plan=_pinned([3] * 8))
+
+
+def _q_model(body_q: bool) -> ir.Model:
+    """x → Q (two channels, axis 1) → T_q as a graph output, or the same Q inside an If's branch."""
+    s, z = (
+        numpy_helper.from_array(np.array([0.1, 0.2], np.float32), "s"),
+        numpy_helper.from_array(np.array([3, 3], np.uint8), "z"),
+    )
+    q = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["t_q"], axis=1)
+    out = helper.make_tensor_value_info("t_q", TensorProto.UINT8, [1, 2, 2, 2])
+    if not body_q:
+        graph = helper.make_graph([q], "g", [_x_info()], [out], [s, z])
+    else:
+        branch = helper.make_graph([q], "b", [], [out])
+        cond = numpy_helper.from_array(np.array(True), "c")
+        node = helper.make_node("If", ["c"], ["t_q"], then_branch=branch, else_branch=branch)
+        graph = helper.make_graph([node], "g", [_x_info()], [out], [s, z, cond])
+    return ir.from_proto(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10))
+
+
+def _x_info():
+    return helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 2, 2])
+
+
+@pytest.mark.parametrize(
+    "body_q, problem",
+    [(False, "read as integers by something other than a DequantizeLinear"), (True, "inside an If/Loop/Scan body")],
+    ids=["integers read", "If body"],
+)
+def test_the_pass_refuses_what_it_cannot_fold(body_q, problem):
+    with pytest.raises(QCompileError, match=f"tensor 'x': ort-cpu cannot take a scale per channel {problem}"):
+        AbsorbChannelScales()(_q_model(body_q))
