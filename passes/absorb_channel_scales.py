@@ -30,10 +30,11 @@ from qcompile.channel_scales import CHANNEL_AXIS, is_depthwise
 from qcompile.errors import QCompileError
 from qcompile.ir_utils import FreshNames, add_initializer, const_array, name_of, prepend
 
-__all__ = ["AbsorbChannelScales"]
+__all__ = ["AbsorbChannelScales", "per_channel_activation_q"]
 
 
-def _per_channel_activation_q(node: ir.Node) -> bool:
+def per_channel_activation_q(node: ir.Node) -> bool:
+    """A QuantizeLinear of a computed tensor with a 1-D scale of several values."""
     if node.op_type != "QuantizeLinear" or node.inputs[0] is None or node.inputs[0].is_initializer():
         return False
     scale = const_array(node.inputs[1])
@@ -66,7 +67,7 @@ class AbsorbChannelScales(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph, fresh = model.graph, FreshNames(model.graph)
-        found = [n for n in graph.all_nodes() if _per_channel_activation_q(n)]
+        found = [n for n in graph.all_nodes() if per_channel_activation_q(n)]
         for q in found:
             _check(q, graph)
             _Rewrite(graph, fresh, q).run()

@@ -50,12 +50,7 @@ def is_depthwise(node: ir.Node) -> bool:
         return False
     weight: ir.Value | None = node.inputs[1]
     producer = node.inputs[1].producer()
-    if (
-        weight is not None
-        and weight.const_value is None
-        and producer is not None
-        and producer.op_type == "DequantizeLinear"
-    ):
+    if producer is not None and producer.op_type == "DequantizeLinear":  # a quantized model's weight
         weight = producer.inputs[0]
     shape = weight.const_value.shape if weight is not None and weight.const_value is not None else None
     group = node.attributes.get_int("group", 1)

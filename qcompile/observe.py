@@ -90,6 +90,11 @@ def release_sessions() -> None:
     _SESSIONS.clear()
 
 
+def _by_channel(arr: np.ndarray, axis: int) -> np.ndarray:
+    """[channels, values]: `arr`'s values of each channel along `axis`."""
+    return np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
+
+
 def observe_chunk(
     source: SessionSource,
     names: Sequence[str],
@@ -135,10 +140,10 @@ def observe_samples(
                 )
             obs.stats.setdefault(name, make_stat(calibrator)).update(arr)
             if name in mean_axes and arr.ndim > (axis := mean_axes[name]):
-                sums = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1).sum(axis=1, dtype=np.float64)
-                obs.add_channel_sums(name, sums, arr.size // arr.shape[axis])
+                per_channel = _by_channel(arr, axis)
+                obs.add_channel_sums(name, per_channel.sum(axis=1, dtype=np.float64), per_channel.shape[1])
             if name in range_axes and arr.ndim > (axis := range_axes[name]):
-                per_channel = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
+                per_channel = _by_channel(arr, axis)
                 obs.add_channel_range(name, per_channel.min(axis=1), per_channel.max(axis=1))
         obs.num_samples += 1
     return obs

@@ -33,11 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from qcompile.passes.absorb_channel_scales import AbsorbChannelScales
-from qcompile.passes.fold_scales import FoldScales
-from qcompile.passes.insert_qdq import InsertQDQ
+from qcompile.judge import built
 from qcompile.passes.quant_groups import QuantGroup, quant_groups
-from qcompile.pipeline import run_passes
 from qcompile.plan import NodeDecision, QuantPlan
 from qcompile.profile import node_times_us
 from qcompile.runtime import SessionSource, interleaved_medians_ms, make_session
@@ -67,9 +64,7 @@ class SpeedReport:
 def compiled(model: ir.Model, plan: QuantPlan) -> SessionSource:
     """A copy of float `model` quantized with `plan` (Q/DQ inserted, scales folded, any scale per channel
     of an activation moved into the Convs beside it)."""
-    copy = ir.from_proto(ir.to_proto(model))
-    run_passes(ir.passes.Sequential(InsertQDQ(plan), FoldScales(plan), AbsorbChannelScales()), copy)
-    return SessionSource.of(copy)
+    return SessionSource.of(built(model, plan))
 
 
 def group_times(groups: list[QuantGroup], f: Mapping[str, float], q: Mapping[str, float]) -> dict[str, tuple]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import onnx_ir as ir
 
 from qcompile.ir_utils import onnx_opset
+from qcompile.passes.absorb_channel_scales import per_channel_activation_q
 from qcompile.pipeline import ReadOnlyPass
 from qcompile.plan import QuantPlan
 from qcompile.targets.base import LegalityError, Target
@@ -75,19 +76,13 @@ def _weights_prequantized(model: ir.Model, plan: QuantPlan, target: Target) -> I
 
 
 def _activation_scale_per_tensor(model: ir.Model, plan: QuantPlan, target: Target) -> Iterator[Violation]:
-    if target.absorbs_channel_scales:  # folded into its Convs, or left as written: ORT runs per-axis Q/DQ
+    if target.absorbs_channel_scales:  # folded into its Convs (passes/absorb_channel_scales refuses the rest)
         return
     for node in model.graph.all_nodes():
-        x = node.inputs[0] if node.op_type == "QuantizeLinear" else None
-        scale = node.inputs[1].const_value if x is not None and not x.is_initializer() and node.inputs[1] else None
-        if scale is not None and len(scale.shape) == 1 and scale.size > 1:
-            yield (
-                node.name,
-                (
-                    f"activation {x.name!r} has a scale per channel; {target.name}'s integer kernels take one"  # type: ignore[union-attr]
-                    " scale per activation tensor"
-                ),
-            )
+        if per_channel_activation_q(node):
+            x = node.inputs[0].name  # type: ignore[union-attr]
+            problem = f"activation {x!r} has a scale per channel; {target.name}'s integer kernels take one"
+            yield node.name, problem + " scale per activation tensor"
 
 
 RULES: dict[str, Rule] = {
